@@ -1,0 +1,505 @@
+//! Configuration: one TOML file (`orgkey.toml`), read into raw serde structs
+//! that refuse unknown keys, then validated into [`Config`] with every default
+//! applied here and nowhere else. Secrets are never part of the config.
+
+pub mod pkcs11_uri;
+pub mod profile;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use pkcs11_uri::Pkcs11Uri;
+pub use profile::{HsmProfile, OrgKeyAlgorithm};
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File
+        path: PathBuf,
+        /// Cause
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File
+        path: PathBuf,
+        /// Parser message
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// A `pkcs11:` URI is malformed or carries forbidden attributes.
+    #[error("invalid pkcs11: URI: {0}")]
+    Pkcs11Uri(String),
+}
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Default limit for `/v1/sign` bodies.
+pub const DEFAULT_MAX_BODY: u64 = 64 * 1024 * 1024;
+/// Default SQLite file name inside the data dir.
+pub const DEFAULT_DB_FILE: &str = "orgkey.db";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    domains: Vec<String>,
+    token: RawToken,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    ignition: RawIgnition,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    profile: Option<String>,
+    module: Option<PathBuf>,
+    label: Option<String>,
+    serial: Option<String>,
+    uri: Option<String>,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    sessions: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    sqlite: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_body: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIgnition {
+    backoff_after: Option<u32>,
+    backoff_initial: Option<String>,
+    backoff_max: Option<String>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from.
+    pub path: PathBuf,
+    /// Directory holding the store and (for SoftHSM) the token.
+    pub data_dir: PathBuf,
+    /// Managed mail domains, lower-case.
+    pub domains: Vec<String>,
+    /// Token selection.
+    pub token: TokenConfig,
+    /// Store location.
+    pub store: StoreConfig,
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// Ignition back-off.
+    pub ignition: IgnitionConfig,
+}
+
+/// Which token, through which module.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    /// The HSM profile.
+    pub profile: HsmProfile,
+    /// Explicit module path (from `module` or the URI's module-path).
+    pub module: Option<PathBuf>,
+    /// Token selection criteria.
+    pub selector: TokenSelector,
+    /// Environment variables set before the module is loaded.
+    pub environment: BTreeMap<String, String>,
+    /// Session pool size.
+    pub sessions: usize,
+}
+
+/// How the token is found: label and/or serial (never slot number).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenSelector {
+    /// CK_TOKEN_INFO label.
+    pub label: Option<String>,
+    /// CK_TOKEN_INFO serial number.
+    pub serial: Option<String>,
+    /// CK_TOKEN_INFO manufacturer.
+    pub manufacturer: Option<String>,
+    /// CK_TOKEN_INFO model.
+    pub model: Option<String>,
+}
+
+impl std::fmt::Display for TokenSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(l) = &self.label {
+            parts.push(format!("label {l:?}"));
+        }
+        if let Some(s) = &self.serial {
+            parts.push(format!("serial {s:?}"));
+        }
+        if let Some(m) = &self.manufacturer {
+            parts.push(format!("manufacturer {m:?}"));
+        }
+        if let Some(m) = &self.model {
+            parts.push(format!("model {m:?}"));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+impl TokenConfig {
+    /// The module to load: explicit path, else the first profile path present.
+    pub fn module_path(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(m) = &self.module {
+            return Ok(m.clone());
+        }
+        self.profile.find_module().map(Path::to_path_buf).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "no PKCS#11 module of profile {} found (tried {}); install it or set [token] module",
+                self.profile.name,
+                self.profile
+                    .module_paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+}
+
+/// Store location.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// SQLite database file.
+    pub sqlite: PathBuf,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// TLS certificate chain (PEM) and key, when TLS is on.
+    pub tls: Option<TlsFiles>,
+    /// Maximum `/v1/sign` body size in bytes.
+    pub max_body: u64,
+}
+
+/// TLS certificate and key files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Ignition back-off: after `after` consecutive wrong passphrases, further
+/// attempts are refused for `initial`, doubling per failure up to `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct IgnitionConfig {
+    /// Failures before back-off starts.
+    pub backoff_after: u32,
+    /// First delay.
+    pub backoff_initial: Duration,
+    /// Longest delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for IgnitionConfig {
+    fn default() -> Self {
+        Self {
+            backoff_after: 5,
+            backoff_initial: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Parses sizes like `64MiB`, `512KiB`, `1GiB`, `1000` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| ConfigError::Invalid(format!("size {s:?}: expected a number like 64MiB")))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(ConfigError::Invalid(format!(
+                "size {s:?}: unknown unit {other:?} (use B, KiB, MiB or GiB)"
+            )));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| ConfigError::Invalid(format!("size {s:?} is too large")))
+}
+
+fn parse_duration(what: &str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s)
+        .map_err(|e| ConfigError::Invalid(format!("{what} = {s:?}: {e} (examples: 10s, 5m, 1h)")))
+}
+
+fn normalize_domain(d: &str) -> Result<String, ConfigError> {
+    let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = !d.is_empty()
+        && d.contains('.')
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(d)
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "domain {d:?} is not a valid DNS name (use the ASCII/punycode form, e.g. example.com)"
+        )))
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.to_path_buf(), source: e })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Validates config text; relative paths are resolved against the file's directory.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let data_dir = base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from(".")));
+
+        let mut domains = Vec::new();
+        for d in &raw.domains {
+            let d = normalize_domain(d)?;
+            if !domains.contains(&d) {
+                domains.push(d);
+            }
+        }
+
+        let t = raw.token;
+        let profile = HsmProfile::load(t.profile.as_deref().unwrap_or("softhsm2"), &base)?;
+        let mut selector = TokenSelector { label: t.label, serial: t.serial, ..Default::default() };
+        let mut module = t.module.map(|m| base.join(m));
+        if let Some(uri) = &t.uri {
+            if selector.label.is_some() || selector.serial.is_some() {
+                return Err(ConfigError::Invalid(
+                    "[token]: give either uri or label/serial, not both".into(),
+                ));
+            }
+            let u = Pkcs11Uri::parse(uri)?;
+            selector = TokenSelector {
+                label: u.token,
+                serial: u.serial,
+                manufacturer: u.manufacturer,
+                model: u.model,
+            };
+            if let Some(mp) = u.module_path {
+                if module.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "[token]: module given both as module and in the URI's module-path".into(),
+                    ));
+                }
+                module = Some(PathBuf::from(mp));
+            }
+        }
+        if selector.label.is_none() && selector.serial.is_none() {
+            return Err(ConfigError::Invalid(
+                "[token] must name the token by label, serial or uri (slot numbers are not stable)"
+                    .into(),
+            ));
+        }
+        let sessions = t.sessions.unwrap_or(profile.limits.max_sessions.min(16));
+        if sessions == 0 || sessions > profile.limits.max_sessions {
+            return Err(ConfigError::Invalid(format!(
+                "[token] sessions = {sessions}: must be between 1 and {} (profile {})",
+                profile.limits.max_sessions, profile.name
+            )));
+        }
+        let environment = t
+            .environment
+            .into_iter()
+            .map(|(k, v)| {
+                // Paths in the module environment are relative to the config file too.
+                let v = if v.starts_with("./") || v.starts_with("../") {
+                    base.join(&v).display().to_string()
+                } else {
+                    v
+                };
+                (k, v)
+            })
+            .collect();
+
+        let sqlite = data_dir.join(raw.store.sqlite.unwrap_or_else(|| DEFAULT_DB_FILE.into()));
+
+        let listen_s = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            ConfigError::Invalid(format!("[server] listen = {listen_s:?}: expected IP:PORT"))
+        })?;
+        let tls = match (raw.server.tls_cert, raw.server.tls_key) {
+            (Some(c), Some(k)) => Some(TlsFiles { cert: base.join(c), key: base.join(k) }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "[server]: tls_cert and tls_key must be given together".into(),
+                ));
+            }
+        };
+        let max_body = match raw.server.max_body.as_deref() {
+            Some(s) => parse_size(s)?,
+            None => DEFAULT_MAX_BODY,
+        };
+        if max_body == 0 {
+            return Err(ConfigError::Invalid("[server] max_body must be above 0".into()));
+        }
+
+        let d = IgnitionConfig::default();
+        let ignition = IgnitionConfig {
+            backoff_after: raw.ignition.backoff_after.unwrap_or(d.backoff_after),
+            backoff_initial: match raw.ignition.backoff_initial.as_deref() {
+                Some(s) => parse_duration("[ignition] backoff_initial", s)?,
+                None => d.backoff_initial,
+            },
+            backoff_max: match raw.ignition.backoff_max.as_deref() {
+                Some(s) => parse_duration("[ignition] backoff_max", s)?,
+                None => d.backoff_max,
+            },
+        };
+        if ignition.backoff_after == 0 || ignition.backoff_initial.is_zero() {
+            return Err(ConfigError::Invalid(
+                "[ignition]: backoff_after and backoff_initial must be above 0".into(),
+            ));
+        }
+        if ignition.backoff_max < ignition.backoff_initial {
+            return Err(ConfigError::Invalid(
+                "[ignition]: backoff_max must not be below backoff_initial".into(),
+            ));
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            data_dir,
+            domains,
+            token: TokenConfig { profile, module, selector, environment, sessions },
+            store: StoreConfig { sqlite },
+            server: ServerConfig { listen, tls, max_body },
+            ignition,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[token]\nlabel = \"orgkey\"\n";
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/srv/orgkey/orgkey.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.data_dir, Path::new("/srv/orgkey/."));
+        assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.server.listen.ip().is_loopback());
+        assert!(c.server.tls.is_none());
+        assert_eq!(c.server.max_body, 64 << 20);
+        assert_eq!(c.store.sqlite, Path::new("/srv/orgkey/./orgkey.db"));
+        assert_eq!(c.token.profile.name, "softhsm2");
+        assert_eq!(c.ignition.backoff_after, 5);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = load("[token]\nlabel = \"x\"\nlable = \"typo\"\n").unwrap_err().to_string();
+        assert!(e.contains("lable"), "{e}");
+    }
+
+    #[test]
+    fn token_must_be_named_not_by_slot() {
+        assert!(load("[token]\n").unwrap_err().to_string().contains("label, serial or uri"));
+        assert!(load("[token]\nslot = 0\n").is_err());
+    }
+
+    #[test]
+    fn uri_selects_token_and_module() {
+        let c = load("[token]\nuri = \"pkcs11:token=org;serial=42?module-path=/opt/hsm.so\"\n")
+            .unwrap();
+        assert_eq!(c.token.selector.label.as_deref(), Some("org"));
+        assert_eq!(c.token.selector.serial.as_deref(), Some("42"));
+        assert_eq!(c.token.module_path().unwrap(), Path::new("/opt/hsm.so"));
+        assert!(load("[token]\nuri = \"pkcs11:token=org\"\nlabel = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn domains_are_lowercased_deduplicated_and_checked() {
+        let c = load(&format!("domains = [\"Example.COM\", \"example.com.\"]\n{MINIMAL}")).unwrap();
+        assert_eq!(c.domains, vec!["example.com"]);
+        assert!(load(&format!("domains = [\"not a domain\"]\n{MINIMAL}")).is_err());
+        assert!(load(&format!("domains = [\"localhost\"]\n{MINIMAL}")).is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert!(parse_size("12MB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_listen_must_parse() {
+        assert!(load(&format!("{MINIMAL}[server]\ntls_cert = \"c.pem\"\n")).is_err());
+        assert!(load(&format!("{MINIMAL}[server]\nlisten = \"localhost\"\n")).is_err());
+        let c = load(&format!(
+            "{MINIMAL}[server]\nlisten = \"0.0.0.0:443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.server.tls.unwrap().cert, Path::new("/srv/orgkey/c.pem"));
+    }
+
+    #[test]
+    fn session_count_is_bounded_by_profile() {
+        assert!(load("[token]\nlabel = \"x\"\nsessions = 0\n").is_err());
+        assert!(load("[token]\nlabel = \"x\"\nsessions = 100000\n").is_err());
+        assert_eq!(load("[token]\nlabel = \"x\"\nsessions = 4\n").unwrap().token.sessions, 4);
+    }
+}

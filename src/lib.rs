@@ -1,0 +1,24 @@
+//! orgkey: an HSM-backed Organization Key appliance.
+//!
+//! The organization's OpenPGP Organization Key lives in a PKCS#11 token; the
+//! appliance unlocks the token at ignition, signs for authenticated clients over
+//! a small HTTP API and keeps a hash-chained audit log of everything it signs.
+//! Private key material never leaves the token in the clear.
+//!
+//! Layering (see `shared/ARCHITECTURE.md`): `cli -> service -> api ->
+//! {openpgp, store} -> signer <- token`; `config` and `clock` are leaves.
+//! Only `token` uses cryptoki, only `openpgp` uses sequoia, only `api` uses the
+//! HTTP stack.
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod openpgp;
+pub mod service;
+pub mod signer;
+pub mod store;
+pub mod token;

@@ -1,0 +1,60 @@
+//! OpenPGP: the only code that uses sequoia-openpgp.
+//!
+//! It builds the Organization Key certificate from public keys the token
+//! reports (every self-signature is made by the token through the
+//! [`crate::signer::Signer`] seam), checks that a token still holds the keys a
+//! stored certificate names, and makes detached data signatures with the org
+//! signing subkey. No sequoia type leaves this module.
+
+mod cert;
+mod sign;
+mod token_signer;
+
+pub use cert::{OrgKey, OrgKeyDraft, OrgKeyKeys, SubkeyInfo};
+pub use sign::{PendingSignature, SignMode, SignatureOutput};
+
+use crate::signer::SignerError;
+
+/// OpenPGP errors.
+#[derive(Debug, thiserror::Error)]
+pub enum PgpError {
+    /// The signer behind the seam failed (token sealed, down, refused).
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    /// Input that is not what it should be (not a certificate, wrong key...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The token's keys do not match the stored certificate.
+    #[error("the token's keys do not match the stored org key certificate: {0}")]
+    Mismatch(String),
+    /// Any other sequoia failure, with what was being done.
+    #[error("{context}: {message}")]
+    Sequoia {
+        /// What orgkey was doing
+        context: &'static str,
+        /// sequoia's message chain
+        message: String,
+    },
+}
+
+impl PgpError {
+    /// Wraps a sequoia (anyhow) error; a seam error inside it is recovered so
+    /// callers can tell "token down" from "bad input".
+    fn wrap(context: &'static str, e: anyhow::Error) -> Self {
+        match e.downcast::<SignerError>() {
+            Ok(s) => PgpError::Signer(s),
+            Err(e) => PgpError::Sequoia { context, message: format!("{e:#}") },
+        }
+    }
+}
+
+/// `.pgp("doing x")?` for sequoia results.
+trait PgpResultExt<T> {
+    fn pgp(self, context: &'static str) -> Result<T, PgpError>;
+}
+
+impl<T> PgpResultExt<T> for sequoia_openpgp::Result<T> {
+    fn pgp(self, context: &'static str) -> Result<T, PgpError> {
+        self.map_err(|e| PgpError::wrap(context, e))
+    }
+}

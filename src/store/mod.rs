@@ -1,0 +1,429 @@
+//! Persistence: the org key record, API clients and the audit log, in SQLite
+//! (WAL, one file in the data dir, mode 0600) through sqlx. SQL is kept
+//! portable (`$n` parameters, BIGINT/TEXT/BOOLEAN) for a PostgreSQL backend.
+
+mod audit;
+
+pub use audit::{AuditEvent, AuditRow, AuditWriter, VerifyReport, row_hash};
+
+use crate::clock::Clock;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A database operation failed.
+    #[error("{context}: {source}")]
+    Db {
+        /// What orgkey was doing
+        context: &'static str,
+        /// Cause
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Schema migration failed.
+    #[error("migrating the store: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// File system trouble around the database file.
+    #[error("{context}: {source}")]
+    Io {
+        /// What orgkey was doing
+        context: String,
+        /// Cause
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store does not exist (run `orgkey init`).
+    #[error("no store at {0} (run `orgkey init` first)")]
+    Missing(String),
+    /// A row holds something impossible.
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    /// A uniqueness rule was broken (duplicate name, second active key).
+    #[error("{0}")]
+    Conflict(String),
+    /// The audit log could not be written.
+    #[error("audit log unavailable: {0}")]
+    Audit(String),
+}
+
+impl StoreError {
+    fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+        move |source| StoreError::Db { context, source }
+    }
+}
+
+/// The stored facts about an org key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgKeyRecord {
+    /// Upper-case hex fingerprint.
+    pub fingerprint: String,
+    /// Algorithm name as on the command line (p256, ed25519, ...).
+    pub algorithm: String,
+    /// Primary user ID.
+    pub user_id: String,
+    /// Armored public certificate.
+    pub cert: String,
+    /// Hex CKA_IDs of the primary, signing and encryption key pairs.
+    pub primary_id: String,
+    /// Signing subkey CKA_ID.
+    pub signing_id: String,
+    /// Encryption subkey CKA_ID.
+    pub encryption_id: String,
+    /// Creation times (Unix seconds) of the three keys.
+    pub primary_created: i64,
+    /// Signing subkey creation time.
+    pub signing_created: i64,
+    /// Encryption subkey creation time.
+    pub encryption_created: i64,
+    /// Generated with CKA_EXTRACTABLE + CKA_WRAP_WITH_TRUSTED.
+    pub exportable: bool,
+    /// When orgkey generated it.
+    pub generated_at: i64,
+}
+
+/// A registered API client (the secret itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// Unique name.
+    pub name: String,
+    /// Public id embedded in the bearer token.
+    pub client_id: String,
+    /// Hex SHA-256 of the secret part of the bearer token.
+    pub secret_hash: String,
+    /// Comma-separated scopes.
+    pub scopes: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// The store.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+#[cfg(unix)]
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map(|_| ())
+}
+
+impl Store {
+    /// Opens the SQLite store at `path`; with `create`, makes a new one
+    /// (mode 0600) and refuses to touch an existing file.
+    pub async fn open(path: &Path, create: bool, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
+        if create {
+            create_private_file(path).map_err(|e| StoreError::Io {
+                context: format!("creating the store {}", path.display()),
+                source: e,
+            })?;
+        } else if !path.exists() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an audit row is on disk before the signature it records leaves.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(StoreError::db("opening the store"))?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool, clock })
+    }
+
+    /// The clock rows are stamped with.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Closes the connection pool (checkpoints the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The active org key, if one was generated.
+    pub async fn active_org_key(&self) -> Result<Option<OrgKeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT fingerprint, algorithm, user_id, cert, primary_id, signing_id, encryption_id, \
+             primary_created, signing_created, encryption_created, exportable, generated_at \
+             FROM org_keys WHERE state = 'active'",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::db("reading the org key"))?;
+        Ok(row.map(|r| OrgKeyRecord {
+            fingerprint: r.get("fingerprint"),
+            algorithm: r.get("algorithm"),
+            user_id: r.get("user_id"),
+            cert: r.get("cert"),
+            primary_id: r.get("primary_id"),
+            signing_id: r.get("signing_id"),
+            encryption_id: r.get("encryption_id"),
+            primary_created: r.get("primary_created"),
+            signing_created: r.get("signing_created"),
+            encryption_created: r.get("encryption_created"),
+            exportable: r.get("exportable"),
+            generated_at: r.get("generated_at"),
+        }))
+    }
+
+    /// Records a new active org key. With `replace`, the current one becomes
+    /// superseded in the same transaction; without it, an existing active key
+    /// is a conflict.
+    pub async fn insert_org_key(&self, rec: &OrgKeyRecord, replace: bool) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::db("starting a transaction"))?;
+        let now = crate::clock::unix_secs(self.clock.now()) as i64;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT fingerprint FROM org_keys WHERE state = 'active'")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::db("reading the org key"))?;
+        if let Some(fpr) = existing {
+            if !replace {
+                return Err(StoreError::Conflict(format!("an org key ({fpr}) already exists")));
+            }
+            sqlx::query("UPDATE org_keys SET state = 'superseded', superseded_at = $1 WHERE fingerprint = $2")
+                .bind(now)
+                .bind(&fpr)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db("superseding the old org key"))?;
+        }
+        sqlx::query(
+            "INSERT INTO org_keys (fingerprint, state, algorithm, user_id, cert, primary_id, signing_id, \
+             encryption_id, primary_created, signing_created, encryption_created, exportable, generated_at) \
+             VALUES ($1, 'active', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&rec.fingerprint)
+        .bind(&rec.algorithm)
+        .bind(&rec.user_id)
+        .bind(&rec.cert)
+        .bind(&rec.primary_id)
+        .bind(&rec.signing_id)
+        .bind(&rec.encryption_id)
+        .bind(rec.primary_created)
+        .bind(rec.signing_created)
+        .bind(rec.encryption_created)
+        .bind(rec.exportable)
+        .bind(rec.generated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("recording the org key"))?;
+        tx.commit().await.map_err(StoreError::db("committing the org key"))
+    }
+
+    /// CKA_IDs (hex) of every org key ever generated, with their role names,
+    /// for `token check`.
+    pub async fn org_key_object_ids(&self) -> Result<Vec<(String, &'static str, String)>, StoreError> {
+        let rows = sqlx::query("SELECT fingerprint, primary_id, signing_id, encryption_id FROM org_keys")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::db("reading org key ids"))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let fpr: String = r.get("fingerprint");
+            out.push((r.get("primary_id"), "certify", fpr.clone()));
+            out.push((r.get("signing_id"), "sign", fpr.clone()));
+            out.push((r.get("encryption_id"), "encrypt", fpr));
+        }
+        Ok(out)
+    }
+
+    /// Registers an API client.
+    pub async fn add_client(&self, rec: &ClientRecord) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO api_clients (name, client_id, secret_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&rec.name)
+        .bind(&rec.client_id)
+        .bind(&rec.secret_hash)
+        .bind(&rec.scopes)
+        .bind(rec.created_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Conflict(format!("a client named {:?} already exists", rec.name)))
+            }
+            Err(e) => Err(StoreError::Db { context: "adding a client", source: e }),
+        }
+    }
+
+    fn client_from_row(r: sqlx::sqlite::SqliteRow) -> ClientRecord {
+        ClientRecord {
+            name: r.get("name"),
+            client_id: r.get("client_id"),
+            secret_hash: r.get("secret_hash"),
+            scopes: r.get("scopes"),
+            created_at: r.get("created_at"),
+        }
+    }
+
+    /// Looks a client up by the id in its bearer token.
+    pub async fn client_by_id(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, client_id, secret_hash, scopes, created_at FROM api_clients WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::db("looking up a client"))?;
+        Ok(row.map(Self::client_from_row))
+    }
+
+    /// All clients, by name.
+    pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, client_id, secret_hash, scopes, created_at FROM api_clients ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::db("listing clients"))?;
+        Ok(rows.into_iter().map(Self::client_from_row).collect())
+    }
+
+    /// Removes a client; false if there was none by that name.
+    pub async fn remove_client(&self, name: &str) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM api_clients WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::db("removing a client"))?;
+        Ok(res.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::time::UNIX_EPOCH;
+
+    async fn fresh() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
+        let store = Store::open(&dir.path().join("s.db"), true, clock).await.unwrap();
+        (dir, store)
+    }
+
+    fn record(fpr: &str) -> OrgKeyRecord {
+        OrgKeyRecord {
+            fingerprint: fpr.into(),
+            algorithm: "p256".into(),
+            user_id: "Org <org@example.com>".into(),
+            cert: "-----BEGIN PGP PUBLIC KEY BLOCK-----".into(),
+            primary_id: "01".into(),
+            signing_id: "02".into(),
+            encryption_id: "03".into(),
+            primary_created: 1,
+            signing_created: 1,
+            encryption_created: 1,
+            exportable: true,
+            generated_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn store_file_is_private_and_not_recreated() {
+        let (dir, store) = fresh().await;
+        store.close().await;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("s.db")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let clock = Arc::new(crate::clock::SystemClock);
+        assert!(Store::open(&dir.path().join("s.db"), true, clock.clone()).await.is_err());
+        assert!(matches!(
+            Store::open(&dir.path().join("none.db"), false, clock).await,
+            Err(StoreError::Missing(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn one_active_org_key_unless_replaced() {
+        let (_d, store) = fresh().await;
+        assert_eq!(store.active_org_key().await.unwrap(), None);
+        store.insert_org_key(&record("AA"), false).await.unwrap();
+        let e = store.insert_org_key(&record("BB"), false).await.unwrap_err();
+        assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+        assert_eq!(store.active_org_key().await.unwrap().unwrap().fingerprint, "AA");
+        store.insert_org_key(&record("BB"), true).await.unwrap();
+        assert_eq!(store.active_org_key().await.unwrap().unwrap().fingerprint, "BB");
+        assert_eq!(store.org_key_object_ids().await.unwrap().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn client_names_are_unique() {
+        let (_d, store) = fresh().await;
+        let c = ClientRecord {
+            name: "gw".into(),
+            client_id: "id1".into(),
+            secret_hash: "00".into(),
+            scopes: "sign".into(),
+            created_at: 5,
+        };
+        store.add_client(&c).await.unwrap();
+        let dup = ClientRecord { client_id: "id2".into(), ..c.clone() };
+        assert!(matches!(store.add_client(&dup).await, Err(StoreError::Conflict(_))));
+        assert_eq!(store.client_by_id("id1").await.unwrap(), Some(c));
+        assert!(store.remove_client("gw").await.unwrap());
+        assert!(!store.remove_client("gw").await.unwrap());
+        assert_eq!(store.client_by_id("id1").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn audit_chain_verifies_and_detects_edits_and_gaps() {
+        let (_d, store) = fresh().await;
+        let writer = AuditWriter::spawn(store.clone());
+        let mut handles = Vec::new();
+        for i in 0..50 {
+            let w = writer.clone();
+            handles.push(tokio::spawn(async move {
+                w.append(AuditEvent::new(format!("c{i}"), "sign", "ok").digest("ab")).await
+            }));
+        }
+        let mut seqs: Vec<i64> = Vec::new();
+        for h in handles {
+            seqs.push(h.await.unwrap().unwrap());
+        }
+        seqs.sort();
+        assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+        assert_eq!(store.verify_audit().await.unwrap(), VerifyReport { rows: 50, first_broken: None });
+
+        sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 17")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let r = store.verify_audit().await.unwrap();
+        assert_eq!(r.first_broken.as_ref().map(|b| b.0), Some(17), "{r:?}");
+        assert_eq!(r.rows, 16);
+
+        let (_d2, store2) = fresh().await;
+        for i in 0..5 {
+            store2.append_audit(&[AuditEvent::new(format!("c{i}"), "x", "ok")]).await.unwrap();
+        }
+        sqlx::query("DELETE FROM audit_log WHERE seq = 3").execute(&store2.pool).await.unwrap();
+        let r = store2.verify_audit().await.unwrap();
+        assert_eq!(r.first_broken.map(|b| b.0), Some(4));
+    }
+}

@@ -1,0 +1,384 @@
+//! Org key pairs in the token: generation templates, public key read-back,
+//! destruction, and the [`TokenSigner`] that implements the signing seam.
+//!
+//! Templates follow one rule: a private key gets exactly the usage its role
+//! needs (SIGN for certify/sign keys, DERIVE or DECRYPT for the encryption
+//! key), is CKA_TOKEN, CKA_PRIVATE and CKA_SENSITIVE, cannot be modified
+//! afterwards, and is extractable only together with CKA_WRAP_WITH_TRUSTED.
+
+use super::error::CkResultExt;
+use super::{Token, TokenError};
+use crate::config::profile::Ed25519Params;
+use crate::signer::{DigestAlgorithm, EcCurve, PublicKey, Signer, SignerError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use std::sync::Arc;
+
+/// DER OID 1.2.840.10045.3.1.7 (prime256v1)
+const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// DER OID 1.3.132.0.34 (secp384r1)
+const OID_P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+/// DER OID 1.3.101.112 (id-Ed25519)
+const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+/// DER PrintableString "edwards25519"
+const PRINTABLE_ED25519: &[u8] = b"\x13\x0cedwards25519";
+
+/// Key pair types the token generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// ECDSA / ECDH on a NIST curve
+    Ec(EcCurve),
+    /// EdDSA Ed25519
+    Ed25519,
+    /// RSA with this modulus size
+    Rsa(u32),
+}
+
+/// What a key is allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUsage {
+    /// CKA_SIGN only
+    Sign,
+    /// CKA_DERIVE only (ECDH)
+    Derive,
+    /// CKA_DECRYPT only (RSA)
+    Decrypt,
+}
+
+/// A key pair to generate.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    /// Algorithm and size.
+    pub kind: KeyKind,
+    /// The one usage the private key gets.
+    pub usage: KeyUsage,
+    /// CKA_LABEL for both halves.
+    pub label: String,
+    /// CKA_EXTRACTABLE (always with CKA_WRAP_WITH_TRUSTED) or not at all.
+    pub exportable: bool,
+}
+
+/// A key pair in the token: its CKA_ID and public key.
+#[derive(Debug, Clone)]
+pub struct TokenKey {
+    /// CKA_ID shared by the private and public object.
+    pub id: Vec<u8>,
+    /// The public key read back from the token.
+    pub public: PublicKey,
+}
+
+fn ec_params(kind: KeyKind, ed: Ed25519Params) -> Option<&'static [u8]> {
+    match kind {
+        KeyKind::Ec(EcCurve::P256) => Some(OID_P256),
+        KeyKind::Ec(EcCurve::P384) => Some(OID_P384),
+        KeyKind::Ed25519 => Some(match ed {
+            Ed25519Params::Oid => OID_ED25519,
+            Ed25519Params::Printable => PRINTABLE_ED25519,
+        }),
+        KeyKind::Rsa(_) => None,
+    }
+}
+
+/// Strips a DER OCTET STRING wrapper from CKA_EC_POINT; some tokens return
+/// the raw point, which is passed through when it already has the right length.
+fn unwrap_octet_string(v: &[u8], expected_len: usize) -> Result<Vec<u8>, TokenError> {
+    if v.len() == expected_len {
+        return Ok(v.to_vec());
+    }
+    let bad = || TokenError::BadValue(format!("CKA_EC_POINT of {} bytes is not a DER octet string", v.len()));
+    if v.first() != Some(&0x04) || v.len() < 2 {
+        return Err(bad());
+    }
+    let (len, start) = match v[1] {
+        l if l < 0x80 => (l as usize, 2),
+        0x81 if v.len() > 2 => (v[2] as usize, 3),
+        _ => return Err(bad()),
+    };
+    if v.len() != start + len || len != expected_len {
+        return Err(bad());
+    }
+    Ok(v[start..].to_vec())
+}
+
+fn attr_bytes(attrs: &[Attribute], t: AttributeType) -> Option<&[u8]> {
+    attrs.iter().find_map(|a| match (a, t) {
+        (Attribute::EcParams(v), AttributeType::EcParams)
+        | (Attribute::EcPoint(v), AttributeType::EcPoint)
+        | (Attribute::Modulus(v), AttributeType::Modulus)
+        | (Attribute::PublicExponent(v), AttributeType::PublicExponent) => Some(v.as_slice()),
+        _ => None,
+    })
+}
+
+fn read_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey, TokenError> {
+    let attrs = session
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::KeyType,
+                AttributeType::EcParams,
+                AttributeType::EcPoint,
+                AttributeType::Modulus,
+                AttributeType::PublicExponent,
+            ],
+        )
+        .ck("reading a public key")?;
+    let key_type = attrs
+        .iter()
+        .find_map(|a| match a {
+            Attribute::KeyType(k) => Some(*k),
+            _ => None,
+        })
+        .ok_or_else(|| TokenError::BadValue("public key without CKA_KEY_TYPE".into()))?;
+    let missing = |what: &str| TokenError::BadValue(format!("public key without {what}"));
+    if key_type == KeyType::EC {
+        let params = attr_bytes(&attrs, AttributeType::EcParams).ok_or_else(|| missing("CKA_EC_PARAMS"))?;
+        let curve = if params == OID_P256 {
+            EcCurve::P256
+        } else if params == OID_P384 {
+            EcCurve::P384
+        } else {
+            return Err(TokenError::Unsupported(format!("EC curve {}", hex::encode(params))));
+        };
+        let raw = attr_bytes(&attrs, AttributeType::EcPoint).ok_or_else(|| missing("CKA_EC_POINT"))?;
+        let point = unwrap_octet_string(raw, 1 + 2 * curve.field_len())?;
+        if point[0] != 0x04 {
+            return Err(TokenError::BadValue("EC point is not uncompressed".into()));
+        }
+        Ok(PublicKey::Ec { curve, point })
+    } else if key_type == KeyType::EC_EDWARDS {
+        let raw = attr_bytes(&attrs, AttributeType::EcPoint).ok_or_else(|| missing("CKA_EC_POINT"))?;
+        let point = unwrap_octet_string(raw, 32)?;
+        let mut a = [0u8; 32];
+        a.copy_from_slice(&point);
+        Ok(PublicKey::Ed25519(a))
+    } else if key_type == KeyType::RSA {
+        let n = attr_bytes(&attrs, AttributeType::Modulus).ok_or_else(|| missing("CKA_MODULUS"))?;
+        let e = attr_bytes(&attrs, AttributeType::PublicExponent)
+            .ok_or_else(|| missing("CKA_PUBLIC_EXPONENT"))?;
+        let strip = |b: &[u8]| b[b.iter().position(|&x| x != 0).unwrap_or(b.len())..].to_vec();
+        Ok(PublicKey::Rsa { n: strip(n), e: strip(e) })
+    } else {
+        Err(TokenError::Unsupported(format!("key type {key_type}")))
+    }
+}
+
+fn find_one(
+    session: &Session,
+    class: ObjectClass,
+    id: &[u8],
+    what: &str,
+) -> Result<ObjectHandle, TokenError> {
+    let found = session
+        .find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])
+        .ck("finding a key object")?;
+    match found.as_slice() {
+        [h] => Ok(*h),
+        [] => Err(TokenError::KeyNotFound { what: what.to_string(), id: hex::encode(id) }),
+        _ => Err(TokenError::BadValue(format!(
+            "{} objects share CKA_ID {} ({what})",
+            found.len(),
+            hex::encode(id)
+        ))),
+    }
+}
+
+impl Token {
+    /// Generates a key pair from `spec` with a fresh random CKA_ID.
+    pub fn generate_key_pair(&self, spec: &KeySpec) -> Result<TokenKey, TokenError> {
+        let id: [u8; 16] = rand::random();
+        let id = id.to_vec();
+        let label = spec.label.as_bytes().to_vec();
+        let sign = spec.usage == KeyUsage::Sign;
+        let mut public = vec![
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Id(id.clone()),
+            Attribute::Label(label.clone()),
+            Attribute::Verify(sign),
+        ];
+        let mut private = vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(spec.exportable),
+            Attribute::Id(id.clone()),
+            Attribute::Label(label),
+            Attribute::Sign(sign),
+            Attribute::Derive(spec.usage == KeyUsage::Derive),
+            Attribute::Decrypt(spec.usage == KeyUsage::Decrypt),
+            Attribute::Unwrap(false),
+            Attribute::SignRecover(false),
+            Attribute::Modifiable(false),
+        ];
+        if spec.exportable {
+            private.push(Attribute::WrapWithTrusted(true));
+        }
+        let mechanism = match spec.kind {
+            KeyKind::Ec(_) | KeyKind::Ed25519 => {
+                let params = ec_params(spec.kind, self.options().ed25519_params)
+                    .unwrap_or_default()
+                    .to_vec();
+                public.push(Attribute::EcParams(params));
+                if spec.kind == KeyKind::Ed25519 {
+                    Mechanism::EccEdwardsKeyPairGen
+                } else {
+                    Mechanism::EccKeyPairGen
+                }
+            }
+            KeyKind::Rsa(bits) => {
+                public.push(Attribute::ModulusBits((bits as u64).into()));
+                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+                public.push(Attribute::Encrypt(spec.usage == KeyUsage::Decrypt));
+                Mechanism::RsaPkcsKeyPairGen
+            }
+        };
+        self.with_session(|s| {
+            let (pub_h, priv_h) = s
+                .generate_key_pair(&mechanism, &public, &private)
+                .ck("generating a key pair (C_GenerateKeyPair)")?;
+            match read_public(s, pub_h) {
+                Ok(public) => Ok(TokenKey { id: id.clone(), public }),
+                Err(e) => {
+                    // Leave nothing half-made behind.
+                    let _ = s.destroy_object(priv_h);
+                    let _ = s.destroy_object(pub_h);
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    /// Reads the public key of the key pair with CKA_ID `id`.
+    pub fn public_key(&self, id: &[u8], what: &str) -> Result<PublicKey, TokenError> {
+        self.with_session(|s| {
+            let h = find_one(s, ObjectClass::PUBLIC_KEY, id, what)?;
+            read_public(s, h)
+        })
+    }
+
+    /// Destroys both halves of the key pair with CKA_ID `id` (whatever of it exists).
+    pub fn destroy_key_pair(&self, id: &[u8]) -> Result<(), TokenError> {
+        self.with_session(|s| {
+            let objects = s
+                .find_objects(&[Attribute::Id(id.to_vec())])
+                .ck("finding key objects to destroy")?;
+            for h in objects {
+                s.destroy_object(h).ck("destroying a key object")?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A signer for the private key with CKA_ID `id`. Needs a login (private
+    /// objects are invisible before ignition).
+    pub fn signer(
+        self: &Arc<Self>,
+        id: &[u8],
+        public: PublicKey,
+        what: &str,
+    ) -> Result<TokenSigner, TokenError> {
+        let handle = self.with_session(|s| find_one(s, ObjectClass::PRIVATE_KEY, id, what))?;
+        Ok(TokenSigner { token: Arc::clone(self), handle, public })
+    }
+}
+
+/// A private key in the token that signs digests. Cheap to share; each
+/// signature borrows a session from the token's pool.
+pub struct TokenSigner {
+    token: Arc<Token>,
+    handle: ObjectHandle,
+    public: PublicKey,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner").field("public", &self.public).finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    /// The raw PKCS#11 operation, exposed for the benchmark's raw token rate.
+    pub fn sign_raw(&self, alg: DigestAlgorithm, digest: &[u8]) -> Result<Vec<u8>, TokenError> {
+        if digest.len() != alg.len() {
+            return Err(TokenError::BadValue(format!(
+                "digest of {} bytes for a {}-byte algorithm",
+                digest.len(),
+                alg.len()
+            )));
+        }
+        match &self.public {
+            PublicKey::Ec { curve, .. } => {
+                let sig = self.token.with_session(|s| {
+                    s.sign(&Mechanism::Ecdsa, self.handle, digest).ck("signing (CKM_ECDSA)")
+                })?;
+                if sig.len() != 2 * curve.field_len() {
+                    return Err(TokenError::BadValue(format!("ECDSA signature of {} bytes", sig.len())));
+                }
+                Ok(sig)
+            }
+            PublicKey::Ed25519(_) => {
+                let mech = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+                let sig = self
+                    .token
+                    .with_session(|s| s.sign(&mech, self.handle, digest).ck("signing (CKM_EDDSA)"))?;
+                if sig.len() != 64 {
+                    return Err(TokenError::BadValue(format!("EdDSA signature of {} bytes", sig.len())));
+                }
+                Ok(sig)
+            }
+            PublicKey::Rsa { n, .. } => {
+                let mut info = alg.digest_info_prefix().to_vec();
+                info.extend_from_slice(digest);
+                let sig = self.token.with_session(|s| {
+                    s.sign(&Mechanism::RsaPkcs, self.handle, &info).ck("signing (CKM_RSA_PKCS)")
+                })?;
+                if sig.len() > n.len() {
+                    return Err(TokenError::BadValue(format!("RSA signature of {} bytes", sig.len())));
+                }
+                Ok(sig)
+            }
+        }
+    }
+}
+
+impl Signer for TokenSigner {
+    fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    fn sign_digest(&self, alg: DigestAlgorithm, digest: &[u8]) -> Result<Vec<u8>, SignerError> {
+        if digest.len() != alg.len() {
+            return Err(SignerError::InvalidInput("digest length does not match its algorithm"));
+        }
+        self.sign_raw(alg, digest).map_err(|e| match e {
+            TokenError::NotLoggedIn => SignerError::Sealed,
+            e if e.is_unavailable() => SignerError::Unavailable(Box::new(e)),
+            e => SignerError::Failed(Box::new(e)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec_point_wrapper_is_stripped_or_passed_through() {
+        let mut point = vec![0x04];
+        point.extend([7u8; 64]);
+        let mut wrapped = vec![0x04, 65];
+        wrapped.extend(&point);
+        assert_eq!(unwrap_octet_string(&wrapped, 65).unwrap(), point);
+        assert_eq!(unwrap_octet_string(&point, 65).unwrap(), point);
+        let mut p384 = vec![0x04];
+        p384.extend([9u8; 96]);
+        let mut wrapped384 = vec![0x04, 97];
+        wrapped384.extend(&p384);
+        assert_eq!(unwrap_octet_string(&wrapped384, 97).unwrap(), p384);
+        assert!(unwrap_octet_string(&wrapped[..40], 65).is_err());
+        assert!(unwrap_octet_string(&[0x30, 2, 1, 1], 65).is_err());
+    }
+}

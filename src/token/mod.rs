@@ -1,0 +1,313 @@
+//! The token layer: the only code that talks PKCS#11 (through cryptoki).
+//!
+//! It loads the module an HSM profile names, finds the token by label or
+//! serial (never by slot number, which some tokens renumber), keeps a pool of
+//! sessions for concurrent signing, logs in at ignition, generates org key
+//! pairs from strict templates and signs digests. Every call blocks: callers
+//! run it on a blocking thread and never hold a session across an `.await`.
+
+mod check;
+mod error;
+mod keys;
+
+pub use check::{KeyObjectReport, KeyRole};
+pub use error::{TokenError, ckr_name};
+pub use keys::{KeyKind, KeySpec, KeyUsage, TokenKey, TokenSigner};
+
+use crate::config::TokenSelector;
+use crate::config::profile::Ed25519Params;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use error::CkResultExt;
+use secrecy::SecretString;
+use std::path::Path;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// What the token says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenDescription {
+    /// CK_TOKEN_INFO label (trimmed).
+    pub label: String,
+    /// Serial number.
+    pub serial: String,
+    /// Manufacturer.
+    pub manufacturer: String,
+    /// Model.
+    pub model: String,
+}
+
+/// Options that come from config and the HSM profile.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenOptions {
+    /// Most sessions kept open for concurrent operations.
+    pub max_sessions: usize,
+    /// CKA_EC_PARAMS encoding of Ed25519 on this token.
+    pub ed25519_params: Ed25519Params,
+}
+
+/// An open PKCS#11 token.
+pub struct Token {
+    ctx: Pkcs11,
+    slot: Slot,
+    description: TokenDescription,
+    options: TokenOptions,
+    pool: SessionPool,
+    /// A session kept open while logged in: PKCS#11 logs the user out when
+    /// the application's last session closes, so ignition must not depend on
+    /// pool sessions staying open.
+    login_session: Mutex<Option<Session>>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("description", &self.description)
+            .field("slot", &self.slot.id())
+            .finish_non_exhaustive()
+    }
+}
+
+struct PoolState {
+    idle: Vec<Session>,
+    open: usize,
+}
+
+struct SessionPool {
+    state: Mutex<PoolState>,
+    returned: Condvar,
+    max: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn load_module(module: &Path) -> Result<Pkcs11, TokenError> {
+    let ctx = Pkcs11::new(module)
+        .map_err(|e| TokenError::Module { path: module.display().to_string(), source: e })?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(|e| TokenError::Module { path: module.display().to_string(), source: e })?;
+    Ok(ctx)
+}
+
+fn describe(ctx: &Pkcs11, slot: Slot) -> Result<TokenDescription, TokenError> {
+    let info = ctx.get_token_info(slot).ck("reading token info")?;
+    Ok(TokenDescription {
+        label: info.label().trim().to_string(),
+        serial: info.serial_number().trim().to_string(),
+        manufacturer: info.manufacturer_id().trim().to_string(),
+        model: info.model().trim().to_string(),
+    })
+}
+
+fn matches(sel: &TokenSelector, d: &TokenDescription) -> bool {
+    sel.label.as_deref().is_none_or(|l| l == d.label)
+        && sel.serial.as_deref().is_none_or(|s| s == d.serial)
+        && sel.manufacturer.as_deref().is_none_or(|m| m == d.manufacturer)
+        && sel.model.as_deref().is_none_or(|m| m == d.model)
+}
+
+fn find_slot(ctx: &Pkcs11, sel: &TokenSelector) -> Result<(Slot, TokenDescription), TokenError> {
+    let mut found = Vec::new();
+    let mut present = Vec::new();
+    for slot in ctx.get_slots_with_initialized_token().ck("listing slots")? {
+        let d = describe(ctx, slot)?;
+        present.push(format!("{:?} (serial {})", d.label, d.serial));
+        if matches(sel, &d) {
+            found.push((slot, d));
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(TokenError::NotFound {
+            selector: sel.to_string(),
+            present: if present.is_empty() { "none".into() } else { present.join(", ") },
+        }),
+        n => Err(TokenError::Ambiguous { selector: sel.to_string(), count: n }),
+    }
+}
+
+/// Sets the environment variables a PKCS#11 module reads (SOFTHSM2_CONF,
+/// P11_KIT_SERVER_ADDRESS, ...) before it is loaded.
+///
+/// # Safety
+/// Must be called while the process has a single thread (before the async
+/// runtime or any other thread starts), because it changes the environment.
+pub unsafe fn set_module_environment<'a>(vars: impl IntoIterator<Item = (&'a String, &'a String)>) {
+    for (k, v) in vars {
+        // SAFETY: the caller guarantees that no other thread runs.
+        unsafe { std::env::set_var(k, v) };
+    }
+}
+
+impl Token {
+    /// Loads `module` and opens the token `selector` names.
+    pub fn open(
+        module: &Path,
+        selector: &TokenSelector,
+        options: TokenOptions,
+    ) -> Result<Token, TokenError> {
+        let ctx = load_module(module)?;
+        let (slot, description) = find_slot(&ctx, selector)?;
+        Ok(Token {
+            ctx,
+            slot,
+            description,
+            options,
+            pool: SessionPool {
+                state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
+                returned: Condvar::new(),
+                max: options.max_sessions.max(1),
+            },
+            login_session: Mutex::new(None),
+        })
+    }
+
+    /// Initializes a fresh token in the first free slot of `module` with
+    /// label `label`, security officer PIN and user PIN (the ignition
+    /// passphrase). Returns the new token's serial. This is what `orgkey init
+    /// --create-softhsm-token` does; on a real HSM tokens are set up with the
+    /// vendor's tools instead.
+    pub fn initialize_new_token(
+        module: &Path,
+        label: &str,
+        so_pin: &SecretString,
+        user_pin: &SecretString,
+    ) -> Result<String, TokenError> {
+        let ctx = load_module(module)?;
+        let selector = TokenSelector { label: Some(label.to_string()), ..Default::default() };
+        if find_slot(&ctx, &selector).is_ok() {
+            return Err(TokenError::Unsupported(format!(
+                "a token labelled {label:?} already exists; refusing to initialize another"
+            )));
+        }
+        let mut free = None;
+        for slot in ctx.get_all_slots().ck("listing slots")? {
+            let info = ctx.get_token_info(slot);
+            if let Ok(info) = info
+                && !info.token_initialized()
+            {
+                free = Some(slot);
+                break;
+            }
+        }
+        let slot = free.ok_or_else(|| {
+            TokenError::Unsupported("the module offers no slot with an uninitialized token".into())
+        })?;
+        ctx.init_token(slot, so_pin, label).ck("initializing the token")?;
+        // Some tokens (SoftHSM2) move the new token to another slot number.
+        let (slot, d) = find_slot(&ctx, &selector)?;
+        let session = ctx.open_rw_session(slot).ck("opening a session")?;
+        session.login(UserType::So, Some(so_pin)).ck("security officer login")?;
+        session.init_pin(user_pin).ck("setting the ignition passphrase (C_InitPIN)")?;
+        session.logout().ck("security officer logout")?;
+        Ok(d.serial)
+    }
+
+    /// What the token says about itself.
+    pub fn description(&self) -> &TokenDescription {
+        &self.description
+    }
+
+    /// Logs the user in with the ignition passphrase. Logging in twice is fine.
+    pub fn login(&self, passphrase: &SecretString) -> Result<(), TokenError> {
+        let mut guard = lock(&self.login_session);
+        if guard.is_some() {
+            return Ok(());
+        }
+        let session = self.ctx.open_rw_session(self.slot).ck("opening a session")?;
+        match session.login(UserType::User, Some(passphrase)) {
+            Ok(()) => {}
+            Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::UserAlreadyLoggedIn,
+                _,
+            )) => {}
+            Err(e) => return Err(TokenError::from_ck("ignition (C_Login)", e)),
+        }
+        *guard = Some(session);
+        Ok(())
+    }
+
+    /// Logs out and closes idle sessions (seals the appliance).
+    pub fn logout(&self) -> Result<(), TokenError> {
+        let session = lock(&self.login_session).take();
+        {
+            let mut st = lock(&self.pool.state);
+            st.open -= st.idle.len();
+            st.idle.clear();
+        }
+        match session {
+            Some(s) => match s.logout() {
+                Ok(()) => Ok(()),
+                Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserNotLoggedIn, _)) => {
+                    Ok(())
+                }
+                Err(e) => Err(TokenError::from_ck("sealing (C_Logout)", e)),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this process holds a login on the token.
+    pub fn is_logged_in(&self) -> bool {
+        lock(&self.login_session).is_some()
+    }
+
+    /// Runs `f` with a pooled session. A session that reports device or
+    /// session loss is closed instead of going back to the pool.
+    pub(crate) fn with_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
+        let session = {
+            let mut st = lock(&self.pool.state);
+            loop {
+                if let Some(s) = st.idle.pop() {
+                    break Some(s);
+                }
+                if st.open < self.pool.max {
+                    st.open += 1;
+                    break None;
+                }
+                st = self.pool.returned.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let session = match session {
+            Some(s) => s,
+            None => match self.ctx.open_rw_session(self.slot).ck("opening a session") {
+                Ok(s) => s,
+                Err(e) => {
+                    lock(&self.pool.state).open -= 1;
+                    self.pool.returned.notify_one();
+                    return Err(e);
+                }
+            },
+        };
+        let result = f(&session);
+        let mut st = lock(&self.pool.state);
+        match &result {
+            Err(e) if e.is_unavailable() => {
+                st.open -= 1;
+                drop(session);
+            }
+            _ => st.idle.push(session),
+        }
+        drop(st);
+        self.pool.returned.notify_one();
+        result
+    }
+
+    pub(crate) fn options(&self) -> TokenOptions {
+        self.options
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        // Close pool sessions before the login session so the logout is last.
+        lock(&self.pool.state).idle.clear();
+        let _ = lock(&self.login_session).take();
+    }
+}
