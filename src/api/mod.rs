@@ -1,1 +1,261 @@
-//! stub
+//! The HTTP API: the only code that uses the HTTP stack (axum on hyper,
+//! rustls for TLS, reqwest for the CLI's own client).
+//!
+//! The API sees the appliance through [`ApiState`]: the store, the audit
+//! writer, the seal state and an [`Igniter`] that the service layer
+//! implements on top of the token. Every error is `{"error", "code"}` JSON.
+
+pub mod auth;
+pub mod client;
+mod error;
+mod routes;
+
+pub use error::ApiError;
+
+use crate::clock::Clock;
+use crate::config::{IgnitionConfig, TlsFiles};
+use crate::openpgp::OrgKey;
+use crate::signer::Signer;
+use crate::store::{AuditWriter, Store};
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The org key as the API uses it once ignited.
+pub struct SigningKey {
+    /// The public certificate.
+    pub org: OrgKey,
+    /// The signing subkey in the token.
+    pub signer: Arc<dyn Signer>,
+}
+
+/// Sealed or ignited.
+#[derive(Clone, Default)]
+pub enum SealState {
+    /// Token not logged in; signing routes answer 503.
+    #[default]
+    Sealed,
+    /// Logged in; `None` when no org key has been generated yet.
+    Ignited(Option<Arc<SigningKey>>),
+}
+
+/// Why ignition failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IgniteError {
+    /// The token refused the passphrase.
+    #[error("bad ignition passphrase")]
+    BadPassphrase,
+    /// The token locked the PIN.
+    #[error("the ignition passphrase is locked on the token")]
+    Locked,
+    /// The token's keys are not the stored org key.
+    #[error("{0}")]
+    Mismatch(String),
+    /// Token or its link down.
+    #[error("token unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (logged, not shown to clients).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Logs in to the token and loads the org key. Implemented by the service
+/// layer; both methods block and are called from blocking threads.
+pub trait Igniter: Send + Sync + 'static {
+    /// Logs in with the ignition passphrase and returns the org signing key
+    /// (None if no org key exists yet). On error the token is left logged out.
+    fn ignite(&self, passphrase: &SecretString) -> Result<Option<Arc<SigningKey>>, IgniteError>;
+    /// Logs out.
+    fn seal(&self) -> Result<(), IgniteError>;
+}
+
+/// Facts for `/v1/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenFacts {
+    /// Token label.
+    pub label: String,
+    /// Token serial.
+    pub serial: String,
+    /// HSM profile name.
+    pub profile: String,
+}
+
+/// Consecutive-failure back-off for ignition (SoftHSM and some HSMs never
+/// lock the PIN, so this is the brake on guessing).
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+    blocked_until: Option<Instant>,
+}
+
+impl Backoff {
+    /// Seconds left before another attempt is allowed, if blocked.
+    pub fn blocked_for(&self, now: Instant) -> Option<Duration> {
+        self.blocked_until.filter(|t| *t > now).map(|t| t - now)
+    }
+
+    /// Records a failure and returns the delay now imposed, if any.
+    pub fn failed(&mut self, cfg: &IgnitionConfig, now: Instant) -> Option<Duration> {
+        self.failures = self.failures.saturating_add(1);
+        if self.failures < cfg.backoff_after {
+            return None;
+        }
+        let doublings = (self.failures - cfg.backoff_after).min(30);
+        let delay = cfg.backoff_initial.saturating_mul(1u32 << doublings).min(cfg.backoff_max);
+        self.blocked_until = Some(now + delay);
+        Some(delay)
+    }
+
+    /// Clears the failure count after a success.
+    pub fn succeeded(&mut self) {
+        *self = Backoff::default();
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// Everything the handlers need.
+pub struct ApiState {
+    /// The store (clients, org key record).
+    pub store: Store,
+    /// Group-commit audit writer.
+    pub audit: AuditWriter,
+    /// Time source for signatures.
+    pub clock: Arc<dyn Clock>,
+    /// Token login.
+    pub igniter: Arc<dyn Igniter>,
+    /// Sealed or ignited.
+    pub seal: RwLock<SealState>,
+    /// Ignition attempts are serialized through this lock.
+    pub backoff: tokio::sync::Mutex<Backoff>,
+    /// Back-off settings.
+    pub ignition: IgnitionConfig,
+    /// `/v1/sign` body limit in bytes.
+    pub max_body: u64,
+    /// Token facts for `/v1/status`.
+    pub token: TokenFacts,
+}
+
+impl ApiState {
+    /// The current seal state.
+    pub fn seal_state(&self) -> SealState {
+        self.seal.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the seal state.
+    pub fn set_seal_state(&self, s: SealState) {
+        *self.seal.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// Signature creation time.
+    pub fn now(&self) -> SystemTime {
+        self.clock.now_secs()
+    }
+}
+
+/// The router with every route.
+pub fn router(state: Arc<ApiState>) -> axum::Router {
+    routes::router(state)
+}
+
+/// Where and how to listen.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Address.
+    pub addr: SocketAddr,
+    /// TLS files; None for plaintext.
+    pub tls: Option<TlsFiles>,
+}
+
+/// API server errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS files unreadable or invalid.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// Bind or serve failure.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the server until `shutdown` resolves; calls `on_listening` with
+/// the bound address (useful with port 0).
+pub async fn serve(
+    state: Arc<ApiState>,
+    listener: Listener,
+    on_listening: impl FnOnce(SocketAddr, bool) + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let app = router(state);
+    let handle = axum_server::Handle::new();
+    let h2 = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h2.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let tls = listener.tls.is_some();
+    let server = async {
+        match &listener.tls {
+            Some(files) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                    .await
+                    .map_err(|e| {
+                        ServeError::Tls(format!(
+                            "{} / {}: {e}",
+                            files.cert.display(),
+                            files.key.display()
+                        ))
+                    })?;
+                axum_server::bind_rustls(listener.addr, cfg)
+                    .handle(handle.clone())
+                    .serve(app.into_make_service())
+                    .await
+                    .map_err(ServeError::from)
+            }
+            None => axum_server::bind(listener.addr)
+                .handle(handle.clone())
+                .serve(app.into_make_service())
+                .await
+                .map_err(ServeError::from),
+        }
+    };
+    let announce = async {
+        if let Some(addr) = handle.listening().await {
+            on_listening(addr, tls);
+        }
+    };
+    let (res, ()) = tokio::join!(server, announce);
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_after_the_configured_failures_and_doubles_to_a_cap() {
+        let cfg = IgnitionConfig {
+            backoff_after: 3,
+            backoff_initial: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(35),
+        };
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        assert_eq!(b.failed(&cfg, t0), None);
+        assert_eq!(b.failed(&cfg, t0), None);
+        assert_eq!(b.blocked_for(t0), None);
+        assert_eq!(b.failed(&cfg, t0), Some(Duration::from_secs(10)));
+        assert_eq!(b.blocked_for(t0), Some(Duration::from_secs(10)));
+        assert_eq!(b.blocked_for(t0 + Duration::from_secs(11)), None);
+        assert_eq!(b.failed(&cfg, t0), Some(Duration::from_secs(20)));
+        assert_eq!(b.failed(&cfg, t0), Some(Duration::from_secs(35)));
+        b.succeeded();
+        assert_eq!(b.failures(), 0);
+        assert_eq!(b.blocked_for(t0), None);
+    }
+}

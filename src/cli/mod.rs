@@ -1,2 +1,126 @@
-//! stub
-pub struct Cli; pub fn run(_c: Cli) -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The command line: argument parsing (clap), prompts and output. Each
+//! command group has its own file; the work happens in [`crate::service`].
+//! This is the only module that uses `anyhow`.
+
+mod audit;
+mod client;
+mod ignite;
+mod init;
+mod org_key;
+mod secrets;
+mod serve;
+mod token;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// orgkey: the organization's OpenPGP key, kept in an HSM, signing on request.
+#[derive(Debug, Parser)]
+#[command(
+    name = "orgkey",
+    version,
+    about = "HSM-backed Organization Key appliance",
+    long_about = "HSM-backed Organization Key appliance.\n\n\
+        The org key lives in a PKCS#11 token; `orgkey serve` starts sealed and signs only after an \
+        operator ignites it with the ignition passphrase (the token's user PIN).\n\n\
+        Typical first run:\n  \
+        orgkey init --data-dir /srv/orgkey --domain example.com --create-softhsm-token\n  \
+        export ORGKEY_CONFIG=/srv/orgkey/orgkey.toml\n  \
+        orgkey org-key generate --uid 'Example Org Key <orgkey@example.com>'\n  \
+        orgkey client add admin --scopes admin\n  \
+        orgkey serve &\n  \
+        orgkey ignite --token-file admin.token"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "ORGKEY_CONFIG", default_value = "orgkey.toml")]
+    pub config: PathBuf,
+    /// Log filter (error, warn, info, debug or a tracing filter).
+    #[arg(long, global = true, env = "ORGKEY_LOG", default_value = "info")]
+    pub log: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set up a new appliance: data dir, config, store and optionally a SoftHSM2 token.
+    Init(init::InitArgs),
+    /// Generate, show and export the Organization Key.
+    #[command(subcommand)]
+    OrgKey(org_key::OrgKeyCmd),
+    /// Inspect the PKCS#11 token.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
+    /// Run the HTTP API (starts sealed).
+    Serve(serve::ServeArgs),
+    /// Ignite a running appliance with the ignition passphrase.
+    Ignite(ignite::IgniteArgs),
+    /// Seal a running appliance (log out of the token).
+    Seal(ignite::SealArgs),
+    /// Manage API clients and their bearer tokens.
+    #[command(subcommand)]
+    Client(client::ClientCmd),
+    /// Inspect and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Loads the config and prepares the module environment. Must run before
+/// any other thread starts (it sets environment variables).
+fn load_config(path: &Path) -> anyhow::Result<crate::config::Config> {
+    let cfg = crate::config::Config::load(path).with_context(|| {
+        format!(
+            "loading the configuration (use --config FILE or ORGKEY_CONFIG; `orgkey init` writes one)"
+        )
+    })?;
+    // SAFETY: called from `run` before the async runtime or any thread starts.
+    unsafe { crate::token::set_module_environment(cfg.token.environment.iter()) };
+    Ok(cfg)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// The actor recorded in the audit log for CLI operations.
+fn cli_actor() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+fn clock() -> std::sync::Arc<dyn crate::clock::Clock> {
+    std::sync::Arc::new(crate::clock::SystemClock)
+}
+
+/// Runs a parsed command line; errors are printed with their causes.
+pub fn run(cli: Cli) -> ExitCode {
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Init(a) => init::run(a),
+        Command::OrgKey(c) => org_key::run(&cli.config, c),
+        Command::Token(c) => token::run(&cli.config, c),
+        Command::Serve(a) => serve::run(&cli.config, a),
+        Command::Ignite(a) => ignite::run_ignite(&cli.config, a),
+        Command::Seal(a) => ignite::run_seal(&cli.config, a),
+        Command::Client(c) => client::run(&cli.config, c),
+        Command::Audit(c) => audit::run(&cli.config, c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -123,15 +123,32 @@ impl Store {
     /// Appends events in one transaction, chained after the current last
     /// row; returns their sequence numbers.
     pub async fn append_audit(&self, events: &[AuditEvent]) -> Result<Vec<i64>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::db("starting an audit transaction"))?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::db("starting an audit transaction"))?;
+        let seqs = self.append_audit_in(&mut tx, events).await?;
+        tx.commit().await.map_err(StoreError::db("committing audit rows"))?;
+        Ok(seqs)
+    }
+
+    /// Appends events inside a caller's write transaction (begun with
+    /// BEGIN IMMEDIATE so the chain head cannot move underneath).
+    pub(super) async fn append_audit_in(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        events: &[AuditEvent],
+    ) -> Result<Vec<i64>, StoreError> {
         let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(StoreError::db("reading the audit chain head"))?;
         let (mut seq, mut prev) = match last {
             Some(r) => {
                 let h: String = r.get("hash");
-                let prev = parse_hash(&h).ok_or_else(|| StoreError::Corrupt("audit chain head hash is not hex".into()))?;
+                let prev = parse_hash(&h)
+                    .ok_or_else(|| StoreError::Corrupt("audit chain head hash is not hex".into()))?;
                 (r.get::<i64, _>("seq"), prev)
             }
             None => (0, GENESIS),
@@ -155,14 +172,22 @@ impl Store {
             .bind(&e.detail)
             .bind(hex::encode(prev))
             .bind(hex::encode(hash))
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(StoreError::db("writing an audit row"))?;
             prev = hash;
             out.push(seq);
         }
-        tx.commit().await.map_err(StoreError::db("committing audit rows"))?;
         Ok(out)
+    }
+
+    /// Sequence number of the last row (0 when empty).
+    pub async fn audit_head(&self) -> Result<i64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::db("reading the audit chain head"))?;
+        Ok(seq.unwrap_or(0))
     }
 
     /// Rows with `seq > after`, oldest first, at most `limit`.

@@ -184,10 +184,15 @@ impl Store {
         }))
     }
 
-    /// Records a new active org key. With `replace`, the current one becomes
-    /// superseded in the same transaction; without it, an existing active key
-    /// is a conflict.
-    pub async fn insert_org_key(&self, rec: &OrgKeyRecord, replace: bool) -> Result<(), StoreError> {
+    /// Records a new active org key and its audit row in one transaction.
+    /// With `replace`, the current key becomes superseded in the same
+    /// transaction; without it, an existing active key is a conflict.
+    pub async fn insert_org_key(
+        &self,
+        rec: &OrgKeyRecord,
+        replace: bool,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::db("starting a transaction"))?;
         let now = crate::clock::unix_secs(self.clock.now()) as i64;
         let existing: Option<String> =
@@ -226,6 +231,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::db("recording the org key"))?;
+        self.append_audit_in(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await.map_err(StoreError::db("committing the org key"))
     }
 
@@ -359,17 +365,23 @@ mod tests {
         ));
     }
 
+    fn ev() -> AuditEvent {
+        AuditEvent::new("cli", "org-key-generate", "ok")
+    }
+
     #[tokio::test]
     async fn one_active_org_key_unless_replaced() {
         let (_d, store) = fresh().await;
         assert_eq!(store.active_org_key().await.unwrap(), None);
-        store.insert_org_key(&record("AA"), false).await.unwrap();
-        let e = store.insert_org_key(&record("BB"), false).await.unwrap_err();
+        store.insert_org_key(&record("AA"), false, &ev()).await.unwrap();
+        let e = store.insert_org_key(&record("BB"), false, &ev()).await.unwrap_err();
         assert!(matches!(e, StoreError::Conflict(_)), "{e}");
         assert_eq!(store.active_org_key().await.unwrap().unwrap().fingerprint, "AA");
-        store.insert_org_key(&record("BB"), true).await.unwrap();
+        store.insert_org_key(&record("BB"), true, &ev()).await.unwrap();
         assert_eq!(store.active_org_key().await.unwrap().unwrap().fingerprint, "BB");
         assert_eq!(store.org_key_object_ids().await.unwrap().len(), 6);
+        // Two successful generations, two audit rows; the refused one left none.
+        assert_eq!(store.verify_audit().await.unwrap().rows, 2);
     }
 
     #[tokio::test]

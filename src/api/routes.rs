@@ -1,0 +1,386 @@
+//! Route handlers.
+
+use super::auth::{Client, Scope, authenticate};
+use super::{ApiError, ApiState, IgniteError, SealState, SigningKey};
+use crate::openpgp::{PendingSignature, PgpError, SignMode};
+use crate::signer::SignerError;
+use crate::store::AuditEvent;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Instant;
+use zeroize::Zeroize;
+
+type AppState = State<Arc<ApiState>>;
+
+/// Largest JSON body accepted by the small JSON routes.
+const MAX_JSON_BODY: usize = 16 * 1024;
+
+pub(super) fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
+        .route("/v1/status", get(status))
+        .route("/v1/org-key", get(org_key))
+        .route("/v1/sign", post(sign))
+        .route("/v1/ignition", post(ignite).delete(seal))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError> {
+    match st.seal_state() {
+        SealState::Sealed => Err(ApiError::sealed()),
+        SealState::Ignited(None) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_org_key",
+            "no org key has been generated",
+        )),
+        SealState::Ignited(Some(_)) => Ok(Json(serde_json::json!({ "ready": true }))),
+    }
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+async fn status(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError> {
+    let state = match st.seal_state() {
+        SealState::Sealed => "sealed",
+        SealState::Ignited(_) => "ignited",
+    };
+    let org = load_org_key(&st).await?;
+    let org_json = match org {
+        Some(org) => {
+            let expires = org.expires(st.clock.now()).map_err(|e| {
+                tracing::error!(error = %e, "stored org key is unreadable");
+                ApiError::internal()
+            })?;
+            serde_json::json!({
+                "fingerprint": org.fingerprint(),
+                "algorithm": org.algorithm(),
+                "user_ids": org.user_ids(),
+                "created": rfc3339(org.created()),
+                "expires": expires.map(rfc3339),
+                "signing_subkey": org.signing_subkey().fingerprint,
+            })
+        }
+        None => serde_json::Value::Null,
+    };
+    Ok(Json(serde_json::json!({
+        "state": state,
+        "version": env!("CARGO_PKG_VERSION"),
+        "token": st.token,
+        "org_key": org_json,
+    })))
+}
+
+async fn load_org_key(st: &ApiState) -> Result<Option<crate::openpgp::OrgKey>, ApiError> {
+    let rec = st.store.active_org_key().await.map_err(|e| {
+        tracing::error!(error = %e, "reading the org key record failed");
+        ApiError::internal()
+    })?;
+    rec.map(|r| {
+        crate::openpgp::OrgKey::parse(r.cert.as_bytes()).map_err(|e| {
+            tracing::error!(error = %e, "stored org key certificate is unreadable");
+            ApiError::internal()
+        })
+    })
+    .transpose()
+}
+
+async fn org_key(State(st): AppState) -> Result<Response, ApiError> {
+    let org = load_org_key(&st)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_org_key", "no org key has been generated"))?;
+    let armored = org.armored().map_err(|e| {
+        tracing::error!(error = %e, "armoring the org key failed");
+        ApiError::internal()
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/pgp-keys")], armored).into_response())
+}
+
+/// The ignited signing key, or the right 503/409.
+fn signing_key(st: &ApiState) -> Result<Arc<SigningKey>, ApiError> {
+    match st.seal_state() {
+        SealState::Sealed => Err(ApiError::sealed()),
+        SealState::Ignited(None) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_org_key",
+            "no org key has been generated (orgkey org-key generate)",
+        )),
+        SealState::Ignited(Some(k)) => Ok(k),
+    }
+}
+
+fn signer_error(e: &SignerError) -> ApiError {
+    match e {
+        SignerError::Sealed => ApiError::sealed(),
+        SignerError::Unavailable(_) => ApiError::token_unavailable(),
+        SignerError::InvalidInput(_) | SignerError::Failed(_) => ApiError::internal(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignQuery {
+    armor: Option<bool>,
+    mode: Option<String>,
+}
+
+async fn sign(
+    State(st): AppState,
+    headers: HeaderMap,
+    query: Result<Query<SignQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let client = authenticate(&st.store, &headers, Some(Scope::Sign)).await?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let mode = match q.mode.as_deref() {
+        None | Some("binary") => SignMode::Binary,
+        Some("text") => SignMode::Text,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("mode must be binary or text, not {other:?}")));
+        }
+    };
+    let armor = q.armor.unwrap_or(true);
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > st.max_body
+    {
+        return Err(ApiError::too_large(st.max_body));
+    }
+    let key = signing_key(&st)?;
+    let mut pending = PendingSignature::new(&key.org, key.signer.as_ref(), mode).map_err(|e| {
+        tracing::error!(error = %e, "starting a signature failed");
+        ApiError::internal()
+    })?;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if let Ok(chunk) = frame.into_data() {
+            if pending.len() + chunk.len() as u64 > st.max_body {
+                return Err(ApiError::too_large(st.max_body));
+            }
+            pending.update(&chunk);
+        }
+    }
+    let now = st.now();
+    let k = Arc::clone(&key);
+    let out = tokio::task::spawn_blocking(move || pending.sign(&k.org, k.signer.as_ref(), now, armor))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "signing task failed");
+            ApiError::internal()
+        })?;
+    let out = match out {
+        Ok(o) => o,
+        Err(PgpError::Signer(e)) => {
+            tracing::error!(error = %e, source = ?std::error::Error::source(&e), client = %client.name, "token signing failed");
+            return Err(signer_error(&e));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, client = %client.name, "signing failed");
+            return Err(ApiError::internal());
+        }
+    };
+    let event = AuditEvent::new(&client.name, "sign", "ok")
+        .key(key.org.signing_subkey().fingerprint)
+        .digest(hex::encode(out.data_sha256))
+        .detail(format!(
+            "{} bytes, {}{}",
+            out.data_len,
+            if mode == SignMode::Text { "text" } else { "binary" },
+            if armor { ", armored" } else { "" }
+        ));
+    if let Err(e) = st.audit.append(event).await {
+        // No audit row, no signature.
+        tracing::error!(error = %e, client = %client.name, "audit write failed; signature withheld");
+        return Err(ApiError::audit_unavailable());
+    }
+    let ctype = if armor { "application/pgp-signature" } else { "application/octet-stream" };
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], out.bytes).into_response())
+}
+
+/// Reads a small JSON body with a size limit and the right content type.
+async fn small_json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ctype.trim().to_ascii_lowercase().starts_with("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        ));
+    }
+    let limited = http_body_util::Limited::new(body, MAX_JSON_BODY);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(MAX_JSON_BODY as u64)),
+        Err(_) => Err(ApiError::bad_request("could not read the request body")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IgnitionRequest {
+    passphrase: SecretString,
+}
+
+fn wipe(bytes: Bytes) {
+    // Best effort: the passphrase bytes are overwritten when this is the
+    // only reference to the buffer.
+    if let Ok(mut m) = bytes.try_into_mut() {
+        m.as_mut().zeroize();
+    }
+}
+
+async fn ignite(State(st): AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let client = authenticate(&st.store, &headers, Some(Scope::Admin)).await?;
+    let raw = small_json_body(&headers, body).await?;
+    let parsed: Result<IgnitionRequest, _> = serde_json::from_slice(&raw);
+    wipe(raw);
+    let req = parsed.map_err(|_| {
+        ApiError::bad_request("expected a JSON object {\"passphrase\": \"...\"}")
+    })?;
+    audited_ignition(&st, &client, req.passphrase).await
+}
+
+async fn audit_or_503(st: &ApiState, event: AuditEvent) -> Result<(), ApiError> {
+    st.audit.append(event).await.map(|_| ()).map_err(|e| {
+        tracing::error!(error = %e, "audit write failed");
+        ApiError::audit_unavailable()
+    })
+}
+
+async fn audited_ignition(
+    st: &Arc<ApiState>,
+    client: &Client,
+    passphrase: SecretString,
+) -> Result<Response, ApiError> {
+    if let SealState::Ignited(_) = st.seal_state() {
+        return Ok(Json(serde_json::json!({ "state": "ignited" })).into_response());
+    }
+    // Held across the attempt: concurrent guesses are counted one by one.
+    let mut backoff = st.backoff.lock().await;
+    if let SealState::Ignited(_) = st.seal_state() {
+        return Ok(Json(serde_json::json!({ "state": "ignited" })).into_response());
+    }
+    let now = Instant::now();
+    if let Some(wait) = backoff.blocked_for(now) {
+        let secs = wait.as_secs_f64().ceil() as u64;
+        audit_or_503(
+            st,
+            AuditEvent::new(&client.name, "ignition", "refused")
+                .detail(format!("back-off after {} failures, {secs}s left", backoff.failures())),
+        )
+        .await?;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ignition_backoff",
+            format!("too many wrong passphrases; try again in {secs} s"),
+        )
+        .retry_after(secs));
+    }
+    let igniter = Arc::clone(&st.igniter);
+    let result = tokio::task::spawn_blocking(move || igniter.ignite(&passphrase))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "ignition task failed");
+            ApiError::internal()
+        })?;
+    match result {
+        Ok(key) => {
+            let fpr = key.as_ref().map(|k| k.org.fingerprint());
+            let mut ev = AuditEvent::new(&client.name, "ignition", "ok");
+            if let Some(f) = &fpr {
+                ev = ev.key(f.clone());
+            }
+            if let Err(e) = st.audit.append(ev).await {
+                // Do not stay ignited without a record of it.
+                tracing::error!(error = %e, "audit write failed; sealing again");
+                let ig = Arc::clone(&st.igniter);
+                let _ = tokio::task::spawn_blocking(move || ig.seal()).await;
+                return Err(ApiError::audit_unavailable());
+            }
+            backoff.succeeded();
+            st.set_seal_state(SealState::Ignited(key));
+            tracing::info!(client = %client.name, org_key = ?fpr, "appliance ignited");
+            Ok(Json(serde_json::json!({ "state": "ignited", "org_key": fpr })).into_response())
+        }
+        Err(IgniteError::BadPassphrase) => {
+            let delay = backoff.failed(&st.ignition, Instant::now());
+            tracing::warn!(client = %client.name, failures = backoff.failures(), "wrong ignition passphrase");
+            audit_or_503(
+                st,
+                AuditEvent::new(&client.name, "ignition", "denied")
+                    .detail(format!("bad passphrase (consecutive failures: {})", backoff.failures())),
+            )
+            .await?;
+            let mut err = ApiError::new(StatusCode::UNAUTHORIZED, "bad_passphrase", "bad ignition passphrase");
+            if let Some(d) = delay {
+                err = err.retry_after(d.as_secs());
+            }
+            Err(err)
+        }
+        Err(e) => {
+            let (err, outcome) = match &e {
+                IgniteError::Locked => (
+                    ApiError::new(StatusCode::FORBIDDEN, "passphrase_locked", "the token has locked the ignition passphrase"),
+                    "denied",
+                ),
+                IgniteError::Mismatch(_) => (
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "org_key_mismatch",
+                        "the token's keys do not match the stored org key; the appliance stays sealed (see the log)",
+                    ),
+                    "failed",
+                ),
+                IgniteError::Unavailable(_) => (ApiError::token_unavailable(), "failed"),
+                IgniteError::BadPassphrase | IgniteError::Internal(_) => (ApiError::internal(), "failed"),
+            };
+            tracing::error!(error = %e, client = %client.name, "ignition failed");
+            audit_or_503(st, AuditEvent::new(&client.name, "ignition", outcome).detail(e.to_string())).await?;
+            Err(err)
+        }
+    }
+}
+
+async fn seal(State(st): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
+    let client = authenticate(&st.store, &headers, Some(Scope::Admin)).await?;
+    let _guard = st.backoff.lock().await;
+    st.set_seal_state(SealState::Sealed);
+    let ig = Arc::clone(&st.igniter);
+    let res = tokio::task::spawn_blocking(move || ig.seal()).await.map_err(|e| {
+        tracing::error!(error = %e, "seal task failed");
+        ApiError::internal()
+    })?;
+    if let Err(e) = &res {
+        tracing::error!(error = %e, "logout failed (the appliance refuses to sign either way)");
+    }
+    audit_or_503(&st, AuditEvent::new(&client.name, "seal", if res.is_ok() { "ok" } else { "failed" })).await?;
+    tracing::info!(client = %client.name, "appliance sealed");
+    Ok(Json(serde_json::json!({ "state": "sealed" })).into_response())
+}

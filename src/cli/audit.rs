@@ -1,0 +1,63 @@
+//! `orgkey audit verify|list`
+
+use super::{clock, load_config, runtime};
+use crate::service::open_store;
+use clap::Subcommand;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Audit commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Recompute the hash chain; exit 1 and name the first broken row if it does not hold.
+    Verify,
+    /// Print the most recent rows.
+    List {
+        /// How many rows.
+        #[arg(long, default_value_t = 50)]
+        last: i64,
+    },
+}
+
+pub fn run(config: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let store = open_store(&cfg, clock()).await?;
+        let code = match cmd {
+            AuditCmd::Verify => {
+                let r = store.verify_audit().await?;
+                match r.first_broken {
+                    None => {
+                        println!("audit chain intact: {} rows", r.rows);
+                        ExitCode::SUCCESS
+                    }
+                    Some((seq, why)) => {
+                        println!("audit chain BROKEN at row {seq}: {why} ({} rows before it are intact)", r.rows);
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            AuditCmd::List { last } => {
+                let total = store.audit_head().await?;
+                for r in store.audit_rows((total - last).max(0), last.max(0)).await? {
+                    let at = humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.at.max(0) as u64),
+                    );
+                    println!(
+                        "{}\t{at}\t{}\t{}\t{}\t{}\t{}",
+                        r.seq,
+                        r.event.actor,
+                        r.event.operation,
+                        r.event.outcome,
+                        r.event.key_fingerprint.as_deref().unwrap_or("-"),
+                        r.event.detail.as_deref().unwrap_or("")
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+        };
+        store.close().await;
+        Ok(code)
+    })
+}

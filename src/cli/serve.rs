@@ -1,0 +1,36 @@
+//! `orgkey serve`
+
+use super::{clock, load_config, runtime, secrets};
+use crate::service::{ServeOptions, serve};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Run the HTTP API.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Unattended start: ignite with the passphrase in this file (logged as a warning).
+    #[arg(long)]
+    pub ignition_passphrase_file: Option<PathBuf>,
+    /// Allow plaintext HTTP on a non-loopback address (only behind a TLS-terminating proxy).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    /// Listen address, overriding [server] listen (e.g. 127.0.0.1:0 for a free port).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+pub fn run(config: &Path, a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config)?;
+    let pass = match &a.ignition_passphrase_file {
+        Some(p) => Some(secrets::from_file(p, "ignition passphrase")?),
+        None => None,
+    };
+    let rt = runtime()?;
+    rt.block_on(serve(
+        cfg,
+        ServeOptions { ignition_passphrase: pass, insecure_plaintext: a.insecure_plaintext, listen: a.listen },
+        clock(),
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}

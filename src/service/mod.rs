@@ -1,0 +1,152 @@
+//! Wiring and operations: builds the token, store and signers and hands them
+//! to the API, and implements the operator commands (init, org key
+//! generation, token check, serve). The CLI calls in here; nothing in here
+//! parses arguments or prompts.
+
+mod init;
+mod org_key;
+mod serve;
+
+pub use init::{InitRequest, InitResult, init_appliance};
+pub use org_key::{GenerateRequest, OrgKeySummary, TokenCheck, bench_raw_sign, check_token, generate_org_key, org_key_summary};
+pub use serve::{ServeOptions, serve};
+
+use crate::api::{IgniteError, Igniter, SigningKey};
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError};
+use crate::openpgp::{OrgKey, PgpError};
+use crate::store::{OrgKeyRecord, Store, StoreError};
+use crate::token::{Token, TokenError, TokenOptions};
+use secrecy::SecretString;
+use std::sync::Arc;
+
+/// Errors of operator-level operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Token problem.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Store problem.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// OpenPGP problem.
+    #[error(transparent)]
+    Pgp(#[from] PgpError),
+    /// HTTP server problem.
+    #[error(transparent)]
+    Serve(#[from] crate::api::ServeError),
+    /// The operation was refused for a reason the operator must act on.
+    #[error("{0}")]
+    Refused(String),
+    /// File system problem.
+    #[error("{context}: {source}")]
+    Io {
+        /// What orgkey was doing
+        context: String,
+        /// Cause
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ServiceError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceError {
+        let context = context.into();
+        move |source| ServiceError::Io { context, source }
+    }
+}
+
+/// Opens the configured token (module load, token lookup). Blocking.
+pub fn open_token(cfg: &Config) -> Result<Token, ServiceError> {
+    let module = cfg.token.module_path()?;
+    let options = TokenOptions {
+        max_sessions: cfg.token.sessions,
+        ed25519_params: cfg.token.profile.algorithms.ed25519_params,
+    };
+    Ok(Token::open(&module, &cfg.token.selector, options)?)
+}
+
+/// Opens the existing store.
+pub async fn open_store(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Store, ServiceError> {
+    Ok(Store::open(&cfg.store.sqlite, false, clock).await?)
+}
+
+fn decode_id(hex_id: &str) -> Result<Vec<u8>, ServiceError> {
+    hex::decode(hex_id)
+        .map_err(|_| ServiceError::Store(StoreError::Corrupt(format!("CKA_ID {hex_id:?} is not hex"))))
+}
+
+/// Loads the org key from the store and checks that the (logged-in) token
+/// holds exactly its keys; returns the signing key. Blocking.
+pub(crate) fn load_signing_key(
+    token: &Arc<Token>,
+    rec: &OrgKeyRecord,
+) -> Result<SigningKey, ServiceError> {
+    let org = OrgKey::parse(rec.cert.as_bytes())?;
+    if crate::clock::unix_secs(org.created()) as i64 != rec.primary_created {
+        return Err(ServiceError::Store(StoreError::Corrupt(
+            "stored creation time does not match the stored certificate".into(),
+        )));
+    }
+    let primary = token.public_key(&decode_id(&rec.primary_id)?, "org key primary")?;
+    let signing_id = decode_id(&rec.signing_id)?;
+    let signing = token.public_key(&signing_id, "org signing subkey")?;
+    let encryption = token.public_key(&decode_id(&rec.encryption_id)?, "org encryption subkey")?;
+    org.check_token_keys(&primary, &signing, &encryption)?;
+    let signer = token.signer(&signing_id, signing, "org signing subkey")?;
+    Ok(SigningKey { org, signer: Arc::new(signer) })
+}
+
+/// The service's [`Igniter`]: token login plus org key check.
+pub struct TokenIgniter {
+    token: Arc<Token>,
+    store: Store,
+    runtime: tokio::runtime::Handle,
+}
+
+impl TokenIgniter {
+    /// An igniter for `token` with the org key record from `store`.
+    pub fn new(token: Arc<Token>, store: Store, runtime: tokio::runtime::Handle) -> Self {
+        Self { token, store, runtime }
+    }
+
+    fn load(&self) -> Result<Option<Arc<SigningKey>>, IgniteError> {
+        let rec = self
+            .runtime
+            .block_on(self.store.active_org_key())
+            .map_err(|e| IgniteError::Internal(e.to_string()))?;
+        let Some(rec) = rec else { return Ok(None) };
+        match load_signing_key(&self.token, &rec) {
+            Ok(k) => Ok(Some(Arc::new(k))),
+            Err(ServiceError::Pgp(PgpError::Mismatch(m))) => Err(IgniteError::Mismatch(m)),
+            Err(ServiceError::Token(e @ TokenError::KeyNotFound { .. })) => {
+                Err(IgniteError::Mismatch(e.to_string()))
+            }
+            Err(ServiceError::Token(e)) if e.is_unavailable() => Err(IgniteError::Unavailable(e.to_string())),
+            Err(e) => Err(IgniteError::Internal(e.to_string())),
+        }
+    }
+}
+
+impl Igniter for TokenIgniter {
+    fn ignite(&self, passphrase: &SecretString) -> Result<Option<Arc<SigningKey>>, IgniteError> {
+        self.token.login(passphrase).map_err(|e| match e {
+            TokenError::BadPin => IgniteError::BadPassphrase,
+            TokenError::PinLocked => IgniteError::Locked,
+            e if e.is_unavailable() => IgniteError::Unavailable(e.to_string()),
+            e => IgniteError::Internal(e.to_string()),
+        })?;
+        let loaded = self.load();
+        if loaded.is_err() {
+            let _ = self.token.logout();
+        }
+        loaded
+    }
+
+    fn seal(&self) -> Result<(), IgniteError> {
+        self.token.logout().map_err(|e| IgniteError::Internal(e.to_string()))
+    }
+}

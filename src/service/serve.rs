@@ -1,0 +1,133 @@
+//! `orgkey serve`: open store and token, start sealed (or ignite from a
+//! file for unattended starts), serve the API until SIGINT/SIGTERM, seal.
+
+use super::{ServiceError, TokenIgniter, open_store, open_token};
+use crate::api::{ApiState, Backoff, Igniter, Listener, SealState, TokenFacts};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::{AuditEvent, AuditWriter};
+use secrecy::SecretString;
+use std::sync::{Arc, RwLock};
+
+/// How to serve.
+pub struct ServeOptions {
+    /// Ignite at start with this passphrase (unattended start).
+    pub ignition_passphrase: Option<SecretString>,
+    /// Allow plaintext HTTP on a non-loopback address.
+    pub insecure_plaintext: bool,
+    /// Override the configured listen address.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Runs the appliance until a shutdown signal.
+pub async fn serve(cfg: Config, opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<(), ServiceError> {
+    let addr = opts.listen.unwrap_or(cfg.server.listen);
+    if cfg.server.tls.is_none() && !addr.ip().is_loopback() && !opts.insecure_plaintext {
+        return Err(ServiceError::Refused(format!(
+            "refusing to serve plaintext HTTP on the non-loopback address {addr}: bearer tokens and the \
+             ignition passphrase would cross the network in the clear. Configure [server] tls_cert and \
+             tls_key, listen on 127.0.0.1, or pass --insecure-plaintext if a TLS proxy sits in front"
+        )));
+    }
+    let store = open_store(&cfg, Arc::clone(&clock)).await?;
+    let cfg2 = cfg.clone();
+    let token = tokio::task::spawn_blocking(move || open_token(&cfg2))
+        .await
+        .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))??;
+    let token = Arc::new(token);
+    let d = token.description().clone();
+    tracing::info!(label = %d.label, serial = %d.serial, profile = %cfg.token.profile.name, "token found");
+    if !cfg.token.profile.quirks.pin_lockout {
+        tracing::info!(
+            "this token never locks the ignition passphrase; orgkey's ignition back-off is the only brake on guessing"
+        );
+    }
+    let audit = AuditWriter::spawn(store.clone());
+    let igniter: Arc<dyn Igniter> = Arc::new(TokenIgniter::new(
+        Arc::clone(&token),
+        store.clone(),
+        tokio::runtime::Handle::current(),
+    ));
+    let state = Arc::new(ApiState {
+        store: store.clone(),
+        audit: audit.clone(),
+        clock,
+        igniter: Arc::clone(&igniter),
+        seal: RwLock::new(SealState::Sealed),
+        backoff: tokio::sync::Mutex::new(Backoff::default()),
+        ignition: cfg.ignition,
+        max_body: cfg.server.max_body,
+        token: TokenFacts { label: d.label, serial: d.serial, profile: cfg.token.profile.name.clone() },
+    });
+
+    if let Some(pass) = opts.ignition_passphrase {
+        tracing::warn!(
+            "unattended start: igniting from a passphrase file. Anyone who can read that file can \
+             use the org key; prefer interactive ignition"
+        );
+        let ig = Arc::clone(&igniter);
+        let res = tokio::task::spawn_blocking(move || ig.ignite(&pass))
+            .await
+            .map_err(|e| ServiceError::Refused(format!("ignition task failed: {e}")))?;
+        match res {
+            Ok(key) => {
+                let mut ev = AuditEvent::new("appliance", "ignition", "ok").detail("unattended start from a passphrase file");
+                if let Some(k) = &key {
+                    ev = ev.key(k.org.fingerprint());
+                }
+                audit.append(ev).await?;
+                state.set_seal_state(SealState::Ignited(key));
+                tracing::info!("appliance ignited");
+            }
+            Err(e) => {
+                audit
+                    .append(AuditEvent::new("appliance", "ignition", "denied").detail(format!("unattended start: {e}")))
+                    .await?;
+                return Err(ServiceError::Refused(format!("unattended ignition failed: {e}")));
+            }
+        }
+    } else {
+        tracing::info!("appliance is SEALED: ignite it with `orgkey ignite` or POST /v1/ignition");
+    }
+
+    let listener = Listener { addr, tls: cfg.server.tls.clone() };
+    let result = crate::api::serve(
+        Arc::clone(&state),
+        listener,
+        |addr, tls| {
+            let scheme = if tls { "https" } else { "http" };
+            tracing::info!(%addr, "listening");
+            // A plain line on stdout for scripts and tests that start on port 0.
+            println!("orgkey listening on {scheme}://{addr}");
+        },
+        shutdown_signal(),
+    )
+    .await;
+    state.set_seal_state(SealState::Sealed);
+    let ig = Arc::clone(&igniter);
+    let _ = tokio::task::spawn_blocking(move || ig.seal()).await;
+    store.close().await;
+    result.map_err(ServiceError::from)
+}
