@@ -19,7 +19,7 @@ pub enum DigestAlgorithm {
 
 impl DigestAlgorithm {
     /// Digest length in bytes.
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             DigestAlgorithm::Sha256 => 32,
             DigestAlgorithm::Sha384 => 48,
@@ -91,8 +91,14 @@ impl PublicKey {
     /// Short human name, e.g. "ECDSA P-256", "RSA 3072".
     pub fn describe(&self) -> String {
         match self {
-            PublicKey::Ec { curve: EcCurve::P256, .. } => "EC P-256".into(),
-            PublicKey::Ec { curve: EcCurve::P384, .. } => "EC P-384".into(),
+            PublicKey::Ec {
+                curve: EcCurve::P256,
+                ..
+            } => "EC P-256".into(),
+            PublicKey::Ec {
+                curve: EcCurve::P384,
+                ..
+            } => "EC P-384".into(),
             PublicKey::Ed25519(_) => "Ed25519".into(),
             PublicKey::Rsa { n, .. } => format!("RSA {}", rsa_bits(n)),
         }
@@ -155,10 +161,14 @@ mod tests {
 
     #[test]
     fn digest_info_prefixes_announce_the_digest_length() {
-        for alg in [DigestAlgorithm::Sha256, DigestAlgorithm::Sha384, DigestAlgorithm::Sha512] {
+        for alg in [
+            DigestAlgorithm::Sha256,
+            DigestAlgorithm::Sha384,
+            DigestAlgorithm::Sha512,
+        ] {
             let p = alg.digest_info_prefix();
-            assert_eq!(p[p.len() - 1] as usize, alg.len());
-            assert_eq!(p[1] as usize, p.len() - 2 + alg.len());
+            assert_eq!(p[p.len() - 1] as usize, alg.output_len());
+            assert_eq!(p[1] as usize, p.len() - 2 + alg.output_len());
         }
     }
 

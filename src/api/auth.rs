@@ -30,7 +30,13 @@ pub enum Scope {
 
 impl Scope {
     /// All scopes.
-    pub const ALL: [Scope; 5] = [Scope::Sign, Scope::Certify, Scope::Issue, Scope::Revoke, Scope::Admin];
+    pub const ALL: [Scope; 5] = [
+        Scope::Sign,
+        Scope::Certify,
+        Scope::Issue,
+        Scope::Revoke,
+        Scope::Admin,
+    ];
 
     /// Lower-case name.
     pub fn name(self) -> &'static str {
@@ -47,9 +53,12 @@ impl Scope {
     pub fn parse_list(s: &str) -> Result<Vec<Scope>, String> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let scope = Scope::ALL.into_iter().find(|sc| sc.name() == part).ok_or_else(|| {
-                format!("unknown scope {part:?} (scopes: sign, certify, issue, revoke, admin)")
-            })?;
+            let scope = Scope::ALL
+                .into_iter()
+                .find(|sc| sc.name() == part)
+                .ok_or_else(|| {
+                    format!("unknown scope {part:?} (scopes: sign, certify, issue, revoke, admin)")
+                })?;
             if !out.contains(&scope) {
                 out.push(scope);
             }
@@ -62,7 +71,11 @@ impl Scope {
 
     /// Comma-separated names.
     pub fn join(scopes: &[Scope]) -> String {
-        scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(",")
+        scopes
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -83,10 +96,16 @@ fn hash_secret(secret: &str) -> String {
 
 /// New credentials for a client: the record to store and the bearer token
 /// to show once.
-pub fn new_client(name: &str, scopes: &[Scope], now: i64) -> Result<(ClientRecord, SecretString), String> {
+pub fn new_client(
+    name: &str,
+    scopes: &[Scope],
+    now: i64,
+) -> Result<(ClientRecord, SecretString), String> {
     if name.is_empty()
         || name.len() > 64
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return Err("client names are 1-64 characters of A-Z, a-z, 0-9, '-', '_', '.'".into());
     }
@@ -147,7 +166,10 @@ pub async fn authenticate(
             format!("this client lacks the {} scope", needed.name()),
         ));
     }
-    Ok(Client { name: rec.name, scopes })
+    Ok(Client {
+        name: rec.name,
+        scopes,
+    })
 }
 
 /// Exposes a token's text (for the CLI to print once).
@@ -161,7 +183,10 @@ mod tests {
 
     #[test]
     fn scope_lists_parse_strictly() {
-        assert_eq!(Scope::parse_list("sign, admin,sign").unwrap(), vec![Scope::Sign, Scope::Admin]);
+        assert_eq!(
+            Scope::parse_list("sign, admin,sign").unwrap(),
+            vec![Scope::Sign, Scope::Admin]
+        );
         assert!(Scope::parse_list("sign,root").is_err());
         assert!(Scope::parse_list(" , ").is_err());
     }

@@ -44,16 +44,23 @@ impl ApiClient {
     /// `base` like `http://127.0.0.1:8443`; `ca` adds a trusted CA (PEM) for TLS.
     pub fn new(base: &str, token: SecretString, ca: Option<&Path>) -> Result<Self, ClientError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(60)).use_rustls_tls();
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .use_rustls_tls();
         if let Some(ca) = ca {
             let pem = std::fs::read(ca)
                 .map_err(|e| ClientError::Setup(format!("reading {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| ClientError::Setup(format!("{}: not a PEM certificate: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                ClientError::Setup(format!("{}: not a PEM certificate: {e}", ca.display()))
+            })?;
             b = b.add_root_certificate(cert);
         }
         let http = b.build().map_err(|e| ClientError::Setup(e.to_string()))?;
-        Ok(Self { base: base.trim_end_matches('/').to_string(), http, token })
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            token,
+        })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<serde_json::Value, ClientError> {
@@ -61,7 +68,10 @@ impl ApiClient {
             .bearer_auth(self.token.expose_secret())
             .send()
             .await
-            .map_err(|e| ClientError::Connect { url: self.base.clone(), message: format!("{e:#}") })?;
+            .map_err(|e| ClientError::Connect {
+                url: self.base.clone(),
+                message: format!("{e:#}"),
+            })?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -75,13 +85,19 @@ impl ApiClient {
         Err(ClientError::Api {
             status: status.as_u16(),
             code: body["code"].as_str().unwrap_or("unknown").to_string(),
-            message: body["error"].as_str().unwrap_or("request failed").to_string(),
+            message: body["error"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_string(),
             retry_after,
         })
     }
 
     /// `POST /v1/ignition`.
-    pub async fn ignite(&self, passphrase: &SecretString) -> Result<serde_json::Value, ClientError> {
+    pub async fn ignite(
+        &self,
+        passphrase: &SecretString,
+    ) -> Result<serde_json::Value, ClientError> {
         // Our serialized copy is wiped on drop; the HTTP stack's own buffer
         // is not under our control (see SECURITY.md).
         let body = zeroize::Zeroizing::new(
@@ -98,6 +114,7 @@ impl ApiClient {
 
     /// `DELETE /v1/ignition`.
     pub async fn seal(&self) -> Result<serde_json::Value, ClientError> {
-        self.send(self.http.delete(format!("{}/v1/ignition", self.base))).await
+        self.send(self.http.delete(format!("{}/v1/ignition", self.base)))
+            .await
     }
 }

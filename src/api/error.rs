@@ -20,7 +20,12 @@ pub struct ApiError {
 impl ApiError {
     /// A new error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// Adds Retry-After.
@@ -36,7 +41,11 @@ impl ApiError {
 
     /// 401: no or unknown bearer token.
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
     }
 
     /// 503 while sealed.
@@ -50,8 +59,12 @@ impl ApiError {
 
     /// 503 when the token cannot be reached.
     pub fn token_unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "token_unavailable", "the key token is unavailable")
-            .retry_after(5)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "token_unavailable",
+            "the key token is unavailable",
+        )
+        .retry_after(5)
     }
 
     /// 503 when the audit log cannot be written (nothing is signed without it).
@@ -66,7 +79,11 @@ impl ApiError {
 
     /// 500 with a fixed message; log the detail before returning this.
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error (see the appliance log)")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error (see the appliance log)",
+        )
     }
 
     /// 413 for bodies over the limit.
@@ -84,10 +101,12 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": self.message, "code": self.code });
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         if self.status == StatusCode::UNAUTHORIZED && self.code == "unauthorized" {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

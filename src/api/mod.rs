@@ -102,7 +102,10 @@ impl Backoff {
             return None;
         }
         let doublings = (self.failures - cfg.backoff_after).min(30);
-        let delay = cfg.backoff_initial.saturating_mul(1u32 << doublings).min(cfg.backoff_max);
+        let delay = cfg
+            .backoff_initial
+            .saturating_mul(1u32 << doublings)
+            .min(cfg.backoff_max);
         self.blocked_until = Some(now + delay);
         Some(delay)
     }
@@ -202,15 +205,16 @@ pub async fn serve(
         match &listener.tls {
             Some(files) => {
                 let _ = rustls::crypto::ring::default_provider().install_default();
-                let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
-                    .await
-                    .map_err(|e| {
-                        ServeError::Tls(format!(
-                            "{} / {}: {e}",
-                            files.cert.display(),
-                            files.key.display()
-                        ))
-                    })?;
+                let cfg =
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                        .await
+                        .map_err(|e| {
+                            ServeError::Tls(format!(
+                                "{} / {}: {e}",
+                                files.cert.display(),
+                                files.key.display()
+                            ))
+                        })?;
                 axum_server::bind_rustls(listener.addr, cfg)
                     .handle(handle.clone())
                     .serve(app.into_make_service())

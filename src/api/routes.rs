@@ -41,7 +41,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -110,9 +114,13 @@ async fn load_org_key(st: &ApiState) -> Result<Option<crate::openpgp::OrgKey>, A
 }
 
 async fn org_key(State(st): AppState) -> Result<Response, ApiError> {
-    let org = load_org_key(&st)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_org_key", "no org key has been generated"))?;
+    let org = load_org_key(&st).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_org_key",
+            "no org key has been generated",
+        )
+    })?;
     let armored = org.armored().map_err(|e| {
         tracing::error!(error = %e, "armoring the org key failed");
         ApiError::internal()
@@ -155,12 +163,15 @@ async fn sign(
     body: Body,
 ) -> Result<Response, ApiError> {
     let client = authenticate(&st.store, &headers, Some(Scope::Sign)).await?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let mode = match q.mode.as_deref() {
         None | Some("binary") => SignMode::Binary,
         Some("text") => SignMode::Text,
         Some(other) => {
-            return Err(ApiError::bad_request(format!("mode must be binary or text, not {other:?}")));
+            return Err(ApiError::bad_request(format!(
+                "mode must be binary or text, not {other:?}"
+            )));
         }
     };
     let armor = q.armor.unwrap_or(true);
@@ -189,12 +200,13 @@ async fn sign(
     }
     let now = st.now();
     let k = Arc::clone(&key);
-    let out = tokio::task::spawn_blocking(move || pending.sign(&k.org, k.signer.as_ref(), now, armor))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "signing task failed");
-            ApiError::internal()
-        })?;
+    let out =
+        tokio::task::spawn_blocking(move || pending.sign(&k.org, k.signer.as_ref(), now, armor))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "signing task failed");
+                ApiError::internal()
+            })?;
     let out = match out {
         Ok(o) => o,
         Err(PgpError::Signer(e)) => {
@@ -212,7 +224,11 @@ async fn sign(
         .detail(format!(
             "{} bytes, {}{}",
             out.data_len,
-            if mode == SignMode::Text { "text" } else { "binary" },
+            if mode == SignMode::Text {
+                "text"
+            } else {
+                "binary"
+            },
             if armor { ", armored" } else { "" }
         ));
     if let Err(e) = st.audit.append(event).await {
@@ -220,14 +236,29 @@ async fn sign(
         tracing::error!(error = %e, client = %client.name, "audit write failed; signature withheld");
         return Err(ApiError::audit_unavailable());
     }
-    let ctype = if armor { "application/pgp-signature" } else { "application/octet-stream" };
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], out.bytes).into_response())
+    let ctype = if armor {
+        "application/pgp-signature"
+    } else {
+        "application/octet-stream"
+    };
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))],
+        out.bytes,
+    )
+        .into_response())
 }
 
 /// Reads a small JSON body with a size limit and the right content type.
 async fn small_json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !ctype.trim().to_ascii_lowercase().starts_with("application/json") {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ctype
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -237,7 +268,9 @@ async fn small_json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiEr
     let limited = http_body_util::Limited::new(body, MAX_JSON_BODY);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(MAX_JSON_BODY as u64)),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::too_large(MAX_JSON_BODY as u64))
+        }
         Err(_) => Err(ApiError::bad_request("could not read the request body")),
     }
 }
@@ -261,9 +294,8 @@ async fn ignite(State(st): AppState, headers: HeaderMap, body: Body) -> Result<R
     let raw = small_json_body(&headers, body).await?;
     let parsed: Result<IgnitionRequest, _> = serde_json::from_slice(&raw);
     wipe(raw);
-    let req = parsed.map_err(|_| {
-        ApiError::bad_request("expected a JSON object {\"passphrase\": \"...\"}")
-    })?;
+    let req = parsed
+        .map_err(|_| ApiError::bad_request("expected a JSON object {\"passphrase\": \"...\"}"))?;
     audited_ignition(&st, &client, req.passphrase).await
 }
 
@@ -292,8 +324,10 @@ async fn audited_ignition(
         let secs = wait.as_secs_f64().ceil() as u64;
         audit_or_503(
             st,
-            AuditEvent::new(&client.name, "ignition", "refused")
-                .detail(format!("back-off after {} failures, {secs}s left", backoff.failures())),
+            AuditEvent::new(&client.name, "ignition", "refused").detail(format!(
+                "back-off after {} failures, {secs}s left",
+                backoff.failures()
+            )),
         )
         .await?;
         return Err(ApiError::new(
@@ -334,11 +368,17 @@ async fn audited_ignition(
             tracing::warn!(client = %client.name, failures = backoff.failures(), "wrong ignition passphrase");
             audit_or_503(
                 st,
-                AuditEvent::new(&client.name, "ignition", "denied")
-                    .detail(format!("bad passphrase (consecutive failures: {})", backoff.failures())),
+                AuditEvent::new(&client.name, "ignition", "denied").detail(format!(
+                    "bad passphrase (consecutive failures: {})",
+                    backoff.failures()
+                )),
             )
             .await?;
-            let mut err = ApiError::new(StatusCode::UNAUTHORIZED, "bad_passphrase", "bad ignition passphrase");
+            let mut err = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_passphrase",
+                "bad ignition passphrase",
+            );
             if let Some(d) = delay {
                 err = err.retry_after(d.as_secs());
             }
@@ -347,7 +387,11 @@ async fn audited_ignition(
         Err(e) => {
             let (err, outcome) = match &e {
                 IgniteError::Locked => (
-                    ApiError::new(StatusCode::FORBIDDEN, "passphrase_locked", "the token has locked the ignition passphrase"),
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "passphrase_locked",
+                        "the token has locked the ignition passphrase",
+                    ),
                     "denied",
                 ),
                 IgniteError::Mismatch(_) => (
@@ -359,10 +403,16 @@ async fn audited_ignition(
                     "failed",
                 ),
                 IgniteError::Unavailable(_) => (ApiError::token_unavailable(), "failed"),
-                IgniteError::BadPassphrase | IgniteError::Internal(_) => (ApiError::internal(), "failed"),
+                IgniteError::BadPassphrase | IgniteError::Internal(_) => {
+                    (ApiError::internal(), "failed")
+                }
             };
             tracing::error!(error = %e, client = %client.name, "ignition failed");
-            audit_or_503(st, AuditEvent::new(&client.name, "ignition", outcome).detail(e.to_string())).await?;
+            audit_or_503(
+                st,
+                AuditEvent::new(&client.name, "ignition", outcome).detail(e.to_string()),
+            )
+            .await?;
             Err(err)
         }
     }
@@ -373,14 +423,24 @@ async fn seal(State(st): AppState, headers: HeaderMap) -> Result<Response, ApiEr
     let _guard = st.backoff.lock().await;
     st.set_seal_state(SealState::Sealed);
     let ig = Arc::clone(&st.igniter);
-    let res = tokio::task::spawn_blocking(move || ig.seal()).await.map_err(|e| {
-        tracing::error!(error = %e, "seal task failed");
-        ApiError::internal()
-    })?;
+    let res = tokio::task::spawn_blocking(move || ig.seal())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "seal task failed");
+            ApiError::internal()
+        })?;
     if let Err(e) = &res {
         tracing::error!(error = %e, "logout failed (the appliance refuses to sign either way)");
     }
-    audit_or_503(&st, AuditEvent::new(&client.name, "seal", if res.is_ok() { "ok" } else { "failed" })).await?;
+    audit_or_503(
+        &st,
+        AuditEvent::new(
+            &client.name,
+            "seal",
+            if res.is_ok() { "ok" } else { "failed" },
+        ),
+    )
+    .await?;
     tracing::info!(client = %client.name, "appliance sealed");
     Ok(Json(serde_json::json!({ "state": "sealed" })).into_response())
 }

@@ -33,7 +33,10 @@ pub fn run(config: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                         ExitCode::SUCCESS
                     }
                     Some((seq, why)) => {
-                        println!("audit chain BROKEN at row {seq}: {why} ({} rows before it are intact)", r.rows);
+                        println!(
+                            "audit chain BROKEN at row {seq}: {why} ({} rows before it are intact)",
+                            r.rows
+                        );
                         ExitCode::FAILURE
                     }
                 }

@@ -55,10 +55,14 @@ pub fn run(config: &Path, cmd: ClientCmd) -> anyhow::Result<ExitCode> {
         let store = open_store(&cfg, clock.clone()).await?;
         let actor = super::cli_actor();
         match cmd {
-            ClientCmd::Add { name, scopes, token_out } => {
+            ClientCmd::Add {
+                name,
+                scopes,
+                token_out,
+            } => {
                 let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg)?;
-                let (rec, token) =
-                    new_client(&name, &scopes, unix_secs(clock.now()) as i64).map_err(anyhow::Error::msg)?;
+                let (rec, token) = new_client(&name, &scopes, unix_secs(clock.now()) as i64)
+                    .map_err(anyhow::Error::msg)?;
                 if let Some(p) = &token_out
                     && p.exists()
                 {
@@ -72,7 +76,10 @@ pub fn run(config: &Path, cmd: ClientCmd) -> anyhow::Result<ExitCode> {
                 match token_out {
                     Some(p) => {
                         write_new_private(&p, &format!("{}\n", reveal(&token)))?;
-                        eprintln!("client {name} added; bearer token written to {}", p.display());
+                        eprintln!(
+                            "client {name} added; bearer token written to {}",
+                            p.display()
+                        );
                     }
                     None => {
                         eprintln!("client {name} added; its bearer token (shown only now):");
@@ -83,7 +90,8 @@ pub fn run(config: &Path, cmd: ClientCmd) -> anyhow::Result<ExitCode> {
             ClientCmd::List => {
                 for c in store.list_clients().await? {
                     let created = humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.created_at.max(0) as u64),
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_secs(c.created_at.max(0) as u64),
                     );
                     println!("{}\t{}\tcreated {created}", c.name, c.scopes);
                 }
@@ -92,7 +100,11 @@ pub fn run(config: &Path, cmd: ClientCmd) -> anyhow::Result<ExitCode> {
                 if !store.remove_client(&name).await? {
                     bail!("no client named {name:?}");
                 }
-                store.append_audit(&[AuditEvent::new(&actor, "client-remove", "ok").detail(name.clone())]).await?;
+                store
+                    .append_audit(&[
+                        AuditEvent::new(&actor, "client-remove", "ok").detail(name.clone())
+                    ])
+                    .await?;
                 println!("removed client {name}");
             }
         }

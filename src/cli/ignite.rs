@@ -48,7 +48,11 @@ fn client(config: &Path, r: &Remote) -> anyhow::Result<ApiClient> {
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            let scheme = if cfg.server.tls.is_some() { "https" } else { "http" };
+            let scheme = if cfg.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             format!("{scheme}://{addr}")
         }
     };

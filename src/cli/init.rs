@@ -41,10 +41,16 @@ pub struct InitArgs {
 
 pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
     if a.create_softhsm_token && a.profile != "softhsm2" {
-        bail!("--create-softhsm-token needs --profile softhsm2; set up real HSM tokens with the vendor's tools");
+        bail!(
+            "--create-softhsm-token needs --profile softhsm2; set up real HSM tokens with the vendor's tools"
+        );
     }
     let (pin, so) = if a.create_softhsm_token {
-        let pin = secrets::obtain(a.ignition_passphrase_file.as_deref(), "new ignition passphrase", true)?;
+        let pin = secrets::obtain(
+            a.ignition_passphrase_file.as_deref(),
+            "new ignition passphrase",
+            true,
+        )?;
         secrets::require_strength(&pin, "ignition passphrase", MIN_SECRET)?;
         let so = secrets::obtain(a.so_pin_file.as_deref(), "new security officer PIN", true)?;
         secrets::require_strength(&so, "security officer PIN", MIN_SECRET)?;
@@ -67,6 +73,9 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
     if let Some(serial) = res.token_serial {
         println!("created SoftHSM2 token (serial {serial})");
     }
-    println!("next: export ORGKEY_CONFIG={} and run `orgkey org-key generate --uid ...`", res.config_path.display());
+    println!(
+        "next: export ORGKEY_CONFIG={} and run `orgkey org-key generate --uid ...`",
+        res.config_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -35,7 +35,12 @@ use std::process::ExitCode;
 )]
 pub struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "ORGKEY_CONFIG", default_value = "orgkey.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "ORGKEY_CONFIG",
+        default_value = "orgkey.toml"
+    )]
     pub config: PathBuf,
     /// Log filter (error, warn, info, debug or a tracing filter).
     #[arg(long, global = true, env = "ORGKEY_LOG", default_value = "info")]
@@ -73,29 +78,35 @@ pub enum Command {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Loads the config and prepares the module environment. Must run before
 /// any other thread starts (it sets environment variables).
 fn load_config(path: &Path) -> anyhow::Result<crate::config::Config> {
-    let cfg = crate::config::Config::load(path).with_context(|| {
-        format!(
-            "loading the configuration (use --config FILE or ORGKEY_CONFIG; `orgkey init` writes one)"
-        )
-    })?;
+    let cfg = crate::config::Config::load(path).context(
+        "loading the configuration (use --config FILE or ORGKEY_CONFIG; `orgkey init` writes one)",
+    )?;
     // SAFETY: called from `run` before the async runtime or any thread starts.
     unsafe { crate::token::set_module_environment(cfg.token.environment.iter()) };
     Ok(cfg)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// The actor recorded in the audit log for CLI operations.
 fn cli_actor() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
     format!("cli:{user}")
 }
 

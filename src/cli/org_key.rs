@@ -51,8 +51,9 @@ fn parse_expiry(s: &str) -> anyhow::Result<Option<Duration>> {
     if s == "never" {
         return Ok(None);
     }
-    let d = humantime::parse_duration(s)
-        .with_context(|| format!("--expires {s:?}: use a duration like 2y, 18months, 90d, or never"))?;
+    let d = humantime::parse_duration(s).with_context(|| {
+        format!("--expires {s:?}: use a duration like 2y, 18months, 90d, or never")
+    })?;
     if d < Duration::from_secs(86_400) {
         bail!("--expires {s:?}: an org key valid for less than a day makes no sense");
     }
@@ -104,18 +105,35 @@ pub fn run(config: &Path, cmd: OrgKeyCmd) -> anyhow::Result<ExitCode> {
                 bail!("no org key yet: run `orgkey org-key generate`");
             };
             println!("fingerprint:      {}", s.org.fingerprint());
-            println!("algorithm:        {} ({})", s.org.algorithm(), s.record.algorithm);
+            println!(
+                "algorithm:        {} ({})",
+                s.org.algorithm(),
+                s.record.algorithm
+            );
             for uid in s.org.user_ids() {
                 println!("user ID:          {uid}");
             }
             println!("created:          {}", fmt_time(s.org.created()));
-            println!("expires:          {}", s.expires.map(fmt_time).unwrap_or_else(|| "never".into()));
+            println!(
+                "expires:          {}",
+                s.expires.map(fmt_time).unwrap_or_else(|| "never".into())
+            );
             let sk = s.org.signing_subkey();
             let ek = s.org.encryption_subkey();
             println!("signing subkey:   {} ({})", sk.fingerprint, sk.algorithm);
-            println!("encryption subkey:{} ({})", format!(" {}", ek.fingerprint), ek.algorithm);
-            println!("token CKA_IDs:    certify {}, sign {}, encrypt {}", s.record.primary_id, s.record.signing_id, s.record.encryption_id);
-            println!("exportable:       {}", if s.record.exportable { "under a trusted wrapping key only" } else { "no" });
+            println!("encryption subkey: {} ({})", ek.fingerprint, ek.algorithm);
+            println!(
+                "token CKA_IDs:    certify {}, sign {}, encrypt {}",
+                s.record.primary_id, s.record.signing_id, s.record.encryption_id
+            );
+            println!(
+                "exportable:       {}",
+                if s.record.exportable {
+                    "under a trusted wrapping key only"
+                } else {
+                    "no"
+                }
+            );
         }
         OrgKeyCmd::Export { out } => {
             let Some(s) = rt.block_on(org_key_summary(&cfg, clock()))? else {
@@ -124,7 +142,8 @@ pub fn run(config: &Path, cmd: OrgKeyCmd) -> anyhow::Result<ExitCode> {
             let armored = s.org.armored()?;
             match out {
                 Some(p) => {
-                    std::fs::write(&p, armored).with_context(|| format!("writing {}", p.display()))?;
+                    std::fs::write(&p, armored)
+                        .with_context(|| format!("writing {}", p.display()))?;
                     eprintln!("wrote {}", p.display());
                 }
                 None => print!("{armored}"),

@@ -10,9 +10,11 @@ use zeroize::Zeroizing;
 /// Reads a secret from a file: the first line, without its line ending.
 pub fn from_file(path: &Path, what: &str) -> anyhow::Result<SecretString> {
     let raw = Zeroizing::new(
-        std::fs::read(path).with_context(|| format!("reading the {what} from {}", path.display()))?,
+        std::fs::read(path)
+            .with_context(|| format!("reading the {what} from {}", path.display()))?,
     );
-    let text = std::str::from_utf8(&raw).with_context(|| format!("the {what} file is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(&raw).with_context(|| format!("the {what} file is not UTF-8"))?;
     let line = text.split(['\n', '\r']).next().unwrap_or("");
     if line.is_empty() {
         bail!("the {what} file {} is empty", path.display());
@@ -34,7 +36,9 @@ pub fn prompt(what: &str, confirm: bool) -> anyhow::Result<SecretString> {
     if !std::io::stdin().is_terminal() {
         bail!("no terminal to ask for the {what}: pass it with the matching --*-file option");
     }
-    let first = SecretString::from(rpassword::prompt_password(format!("{what}: ")).context("reading the passphrase")?);
+    let first = SecretString::from(
+        rpassword::prompt_password(format!("{what}: ")).context("reading the passphrase")?,
+    );
     if confirm {
         let second = Zeroizing::new(rpassword::prompt_password(format!("{what} (again): "))?);
         if first.expose_secret() != second.as_str() {

@@ -29,7 +29,11 @@ pub fn run(config: &Path, a: ServeArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(serve(
         cfg,
-        ServeOptions { ignition_passphrase: pass, insecure_plaintext: a.insecure_plaintext, listen: a.listen },
+        ServeOptions {
+            ignition_passphrase: pass,
+            insecure_plaintext: a.insecure_plaintext,
+            listen: a.listen,
+        },
         clock(),
     ))?;
     Ok(ExitCode::SUCCESS)

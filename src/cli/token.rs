@@ -43,12 +43,23 @@ pub fn run(config: &Path, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
         TokenCmd::Check { passphrase_file } => {
             let pass = secrets::obtain(passphrase_file.as_deref(), "ignition passphrase", false)?;
             let report = rt.block_on(check_token(&cfg, pass, clock()))?;
-            println!("token {}: {} private key object(s)", report.token, report.objects.len());
+            println!(
+                "token {}: {} private key object(s)",
+                report.token,
+                report.objects.len()
+            );
             let mut failed = false;
             for o in &report.objects {
                 let role = o.role.map(|r| r.name()).unwrap_or("unknown");
-                println!("\n{} [{}] CKA_ID {} role {}", o.label, o.key_type, o.id, role);
-                let attrs: Vec<String> = o.attributes.iter().map(|(n, v)| format!("{n}={}", flag(*v))).collect();
+                println!(
+                    "\n{} [{}] CKA_ID {} role {}",
+                    o.label, o.key_type, o.id, role
+                );
+                let attrs: Vec<String> = o
+                    .attributes
+                    .iter()
+                    .map(|(n, v)| format!("{n}={}", flag(*v)))
+                    .collect();
                 println!("  {}", attrs.join(" "));
                 for w in &o.warnings {
                     println!("  warning: {w}");
@@ -67,12 +78,23 @@ pub fn run(config: &Path, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
             }
             println!("\ntoken check passed");
         }
-        TokenCmd::BenchSign { passphrase_file, seconds } => {
+        TokenCmd::BenchSign {
+            passphrase_file,
+            seconds,
+        } => {
             let pass = secrets::obtain(passphrase_file.as_deref(), "ignition passphrase", false)?;
-            let (n, elapsed) = rt.block_on(bench_raw_sign(&cfg, pass, Duration::from_secs(seconds.max(1)), clock()))?;
+            let (n, elapsed) = rt.block_on(bench_raw_sign(
+                &cfg,
+                pass,
+                Duration::from_secs(seconds.max(1)),
+                clock(),
+            ))?;
             let rate = n as f64 / elapsed.as_secs_f64();
             println!("raw_sign_per_sec {rate:.0}");
-            println!("signatures {n} in {:.2} s on one session", elapsed.as_secs_f64());
+            println!(
+                "signatures {n} in {:.2} s on one session",
+                elapsed.as_secs_f64()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

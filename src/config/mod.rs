@@ -286,15 +286,19 @@ fn normalize_domain(d: &str) -> Result<String, ConfigError> {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: path.to_path_buf(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         Self::from_toml(&text, path)
     }
 
     /// Validates config text; relative paths are resolved against the file's directory.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -313,7 +317,11 @@ impl Config {
 
         let t = raw.token;
         let profile = HsmProfile::load(t.profile.as_deref().unwrap_or("softhsm2"), &base)?;
-        let mut selector = TokenSelector { label: t.label, serial: t.serial, ..Default::default() };
+        let mut selector = TokenSelector {
+            label: t.label,
+            serial: t.serial,
+            ..Default::default()
+        };
         let mut module = t.module.map(|m| base.join(m));
         if let Some(uri) = &t.uri {
             if selector.label.is_some() || selector.serial.is_some() {
@@ -371,7 +379,10 @@ impl Config {
             ConfigError::Invalid(format!("[server] listen = {listen_s:?}: expected IP:PORT"))
         })?;
         let tls = match (raw.server.tls_cert, raw.server.tls_key) {
-            (Some(c), Some(k)) => Some(TlsFiles { cert: base.join(c), key: base.join(k) }),
+            (Some(c), Some(k)) => Some(TlsFiles {
+                cert: base.join(c),
+                key: base.join(k),
+            }),
             (None, None) => None,
             _ => {
                 return Err(ConfigError::Invalid(
@@ -384,7 +395,9 @@ impl Config {
             None => DEFAULT_MAX_BODY,
         };
         if max_body == 0 {
-            return Err(ConfigError::Invalid("[server] max_body must be above 0".into()));
+            return Err(ConfigError::Invalid(
+                "[server] max_body must be above 0".into(),
+            ));
         }
 
         let d = IgnitionConfig::default();
@@ -414,9 +427,19 @@ impl Config {
             path: path.to_path_buf(),
             data_dir,
             domains,
-            token: TokenConfig { profile, module, selector, environment, sessions },
+            token: TokenConfig {
+                profile,
+                module,
+                selector,
+                environment,
+                sessions,
+            },
             store: StoreConfig { sqlite },
-            server: ServerConfig { listen, tls, max_body },
+            server: ServerConfig {
+                listen,
+                tls,
+                max_body,
+            },
             ignition,
         })
     }
@@ -447,13 +470,20 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let e = load("[token]\nlabel = \"x\"\nlable = \"typo\"\n").unwrap_err().to_string();
+        let e = load("[token]\nlabel = \"x\"\nlable = \"typo\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lable"), "{e}");
     }
 
     #[test]
     fn token_must_be_named_not_by_slot() {
-        assert!(load("[token]\n").unwrap_err().to_string().contains("label, serial or uri"));
+        assert!(
+            load("[token]\n")
+                .unwrap_err()
+                .to_string()
+                .contains("label, serial or uri")
+        );
         assert!(load("[token]\nslot = 0\n").is_err());
     }
 
@@ -469,7 +499,10 @@ mod tests {
 
     #[test]
     fn domains_are_lowercased_deduplicated_and_checked() {
-        let c = load(&format!("domains = [\"Example.COM\", \"example.com.\"]\n{MINIMAL}")).unwrap();
+        let c = load(&format!(
+            "domains = [\"Example.COM\", \"example.com.\"]\n{MINIMAL}"
+        ))
+        .unwrap();
         assert_eq!(c.domains, vec!["example.com"]);
         assert!(load(&format!("domains = [\"not a domain\"]\n{MINIMAL}")).is_err());
         assert!(load(&format!("domains = [\"localhost\"]\n{MINIMAL}")).is_err());
@@ -500,6 +533,12 @@ mod tests {
     fn session_count_is_bounded_by_profile() {
         assert!(load("[token]\nlabel = \"x\"\nsessions = 0\n").is_err());
         assert!(load("[token]\nlabel = \"x\"\nsessions = 100000\n").is_err());
-        assert_eq!(load("[token]\nlabel = \"x\"\nsessions = 4\n").unwrap().token.sessions, 4);
+        assert_eq!(
+            load("[token]\nlabel = \"x\"\nsessions = 4\n")
+                .unwrap()
+                .token
+                .sessions,
+            4
+        );
     }
 }

@@ -33,7 +33,9 @@ fn decode(attr: &str, v: &str) -> Result<String, ConfigError> {
 
 fn set(slot: &mut Option<String>, attr: &str, v: &str) -> Result<(), ConfigError> {
     if slot.is_some() {
-        return Err(ConfigError::Pkcs11Uri(format!("attribute {attr} given twice")));
+        return Err(ConfigError::Pkcs11Uri(format!(
+            "attribute {attr} given twice"
+        )));
     }
     *slot = Some(decode(attr, v)?);
     Ok(())
@@ -51,9 +53,9 @@ impl Pkcs11Uri {
         };
         let mut uri = Pkcs11Uri::default();
         for attr in path.split(';').filter(|a| !a.is_empty()) {
-            let (k, v) = attr
-                .split_once('=')
-                .ok_or_else(|| ConfigError::Pkcs11Uri(format!("path attribute {attr:?} has no '='")))?;
+            let (k, v) = attr.split_once('=').ok_or_else(|| {
+                ConfigError::Pkcs11Uri(format!("path attribute {attr:?} has no '='"))
+            })?;
             match k {
                 "token" => set(&mut uri.token, k, v)?,
                 "serial" => set(&mut uri.serial, k, v)?,
@@ -72,14 +74,16 @@ impl Pkcs11Uri {
                     )));
                 }
                 other => {
-                    return Err(ConfigError::Pkcs11Uri(format!("unknown path attribute {other:?}")));
+                    return Err(ConfigError::Pkcs11Uri(format!(
+                        "unknown path attribute {other:?}"
+                    )));
                 }
             }
         }
         for attr in query.unwrap_or("").split('&').filter(|a| !a.is_empty()) {
-            let (k, v) = attr
-                .split_once('=')
-                .ok_or_else(|| ConfigError::Pkcs11Uri(format!("query attribute {attr:?} has no '='")))?;
+            let (k, v) = attr.split_once('=').ok_or_else(|| {
+                ConfigError::Pkcs11Uri(format!("query attribute {attr:?} has no '='"))
+            })?;
             match k {
                 "module-path" => set(&mut uri.module_path, k, v)?,
                 "module-name" => set(&mut uri.module_name, k, v)?,
@@ -89,7 +93,9 @@ impl Pkcs11Uri {
                     ));
                 }
                 other => {
-                    return Err(ConfigError::Pkcs11Uri(format!("unknown query attribute {other:?}")));
+                    return Err(ConfigError::Pkcs11Uri(format!(
+                        "unknown query attribute {other:?}"
+                    )));
                 }
             }
         }
@@ -115,7 +121,10 @@ mod tests {
         assert_eq!(u.token.as_deref(), Some("Org Key"));
         assert_eq!(u.serial.as_deref(), Some("0a1b2c"));
         assert_eq!(u.manufacturer.as_deref(), Some("SoftHSM project"));
-        assert_eq!(u.module_path.as_deref(), Some("/usr/lib/softhsm/libsofthsm2.so"));
+        assert_eq!(
+            u.module_path.as_deref(),
+            Some("/usr/lib/softhsm/libsofthsm2.so")
+        );
     }
 
     #[test]

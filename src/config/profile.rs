@@ -11,10 +11,22 @@ use std::path::{Path, PathBuf};
 pub const BUILTIN: &[(&str, &str)] = &[
     ("softhsm2", include_str!("../../hsm-profiles/softhsm2.toml")),
     ("yubihsm2", include_str!("../../hsm-profiles/yubihsm2.toml")),
-    ("thales-luna", include_str!("../../hsm-profiles/thales-luna.toml")),
-    ("aws-cloudhsm", include_str!("../../hsm-profiles/aws-cloudhsm.toml")),
-    ("entrust-nshield", include_str!("../../hsm-profiles/entrust-nshield.toml")),
-    ("opensc-nitrokey", include_str!("../../hsm-profiles/opensc-nitrokey.toml")),
+    (
+        "thales-luna",
+        include_str!("../../hsm-profiles/thales-luna.toml"),
+    ),
+    (
+        "aws-cloudhsm",
+        include_str!("../../hsm-profiles/aws-cloudhsm.toml"),
+    ),
+    (
+        "entrust-nshield",
+        include_str!("../../hsm-profiles/entrust-nshield.toml"),
+    ),
+    (
+        "opensc-nitrokey",
+        include_str!("../../hsm-profiles/opensc-nitrokey.toml"),
+    ),
 ];
 
 /// Org key algorithms, as named on the command line and in profiles.
@@ -47,9 +59,15 @@ impl OrgKeyAlgorithm {
 
     /// Parses a profile/command-line name.
     pub fn from_name(s: &str) -> Option<Self> {
-        [Self::P256, Self::P384, Self::Ed25519, Self::Rsa3072, Self::Rsa4096]
-            .into_iter()
-            .find(|a| a.name() == s)
+        [
+            Self::P256,
+            Self::P384,
+            Self::Ed25519,
+            Self::Rsa3072,
+            Self::Rsa4096,
+        ]
+        .into_iter()
+        .find(|a| a.name() == s)
     }
 }
 
@@ -178,8 +196,10 @@ impl HsmProfile {
         }
         if name_or_path.ends_with(".toml") || name_or_path.contains('/') {
             let path = base.join(name_or_path);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ConfigError::Read { path: path.clone(), source: e })?;
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                source: e,
+            })?;
             return Self::parse(&text, &path.display().to_string());
         }
         let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
@@ -191,7 +211,10 @@ impl HsmProfile {
 
     /// First module path of the profile that exists on this machine.
     pub fn find_module(&self) -> Option<&Path> {
-        self.module_paths.iter().map(PathBuf::as_path).find(|p| p.exists())
+        self.module_paths
+            .iter()
+            .map(PathBuf::as_path)
+            .find(|p| p.exists())
     }
 
     /// Whether the profile lists `alg` as supported.
@@ -210,7 +233,10 @@ mod tests {
             let p = HsmProfile::parse(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(&p.name, name);
             assert!(!p.module_paths.is_empty(), "{name} lists no module path");
-            assert!(!p.algorithms.supported.is_empty(), "{name} supports nothing");
+            assert!(
+                !p.algorithms.supported.is_empty(),
+                "{name} supports nothing"
+            );
         }
     }
 
@@ -224,7 +250,9 @@ mod tests {
 
     #[test]
     fn unknown_profile_names_list_the_builtins() {
-        let e = HsmProfile::load("nosuchhsm", Path::new("/")).unwrap_err().to_string();
+        let e = HsmProfile::load("nosuchhsm", Path::new("/"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("softhsm2") && e.contains("yubihsm2"), "{e}");
     }
 

@@ -5,7 +5,6 @@
 use super::token_signer::{PacketUse, SeamSigner, key_packet, preferred_hash};
 use super::{PgpError, PgpResultExt};
 use crate::signer::{PublicKey, Signer};
-use sequoia_openpgp as pgp;
 use pgp::cert::prelude::*;
 use pgp::packet::key::{PrimaryRole, PublicParts, SubordinateRole, UnspecifiedRole};
 use pgp::packet::signature::SignatureBuilder;
@@ -14,6 +13,7 @@ use pgp::parse::Parse;
 use pgp::policy::StandardPolicy;
 use pgp::serialize::SerializeInto;
 use pgp::types::{Features, HashAlgorithm, KeyFlags, SignatureType, SymmetricAlgorithm};
+use sequoia_openpgp as pgp;
 use std::time::{Duration, SystemTime};
 
 /// What the new org key should say about itself.
@@ -58,7 +58,9 @@ pub struct OrgKey {
 
 impl std::fmt::Debug for OrgKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrgKey").field("fingerprint", &self.fingerprint()).finish()
+        f.debug_struct("OrgKey")
+            .field("fingerprint", &self.fingerprint())
+            .finish()
     }
 }
 
@@ -67,10 +69,14 @@ fn validate_user_id(uid: &str) -> Result<(), PgpError> {
         return Err(PgpError::Invalid("the user ID must not be empty".into()));
     }
     if uid.chars().any(char::is_control) {
-        return Err(PgpError::Invalid("the user ID must not contain control characters".into()));
+        return Err(PgpError::Invalid(
+            "the user ID must not contain control characters".into(),
+        ));
     }
     if uid.len() > 1024 {
-        return Err(PgpError::Invalid("the user ID is longer than 1024 bytes".into()));
+        return Err(PgpError::Invalid(
+            "the user ID is longer than 1024 bytes".into(),
+        ));
     }
     Ok(())
 }
@@ -127,7 +133,8 @@ impl OrgKey {
         let encryption: Key<PublicParts, SubordinateRole> =
             key_packet(keys.encryption, PacketUse::Encryption, draft.created)?;
 
-        let mut primary_signer = SeamSigner::new(keys.primary, primary.clone().role_into_unspecified());
+        let mut primary_signer =
+            SeamSigner::new(keys.primary, primary.clone().role_into_unspecified());
         let mut sub_signer = SeamSigner::new(keys.signing, signing.clone().role_into_unspecified());
         let hash = primary_signer.hash();
 
@@ -161,7 +168,9 @@ impl OrgKey {
             .set_signature_creation_time(draft.created)
             .and_then(|b| {
                 b.set_key_flags(
-                    KeyFlags::empty().set_transport_encryption().set_storage_encryption(),
+                    KeyFlags::empty()
+                        .set_transport_encryption()
+                        .set_storage_encryption(),
                 )
             })
             .and_then(|b| b.set_key_validity_period(draft.validity))
@@ -185,12 +194,14 @@ impl OrgKey {
 
     fn from_cert(cert: Cert, at: SystemTime) -> Result<OrgKey, PgpError> {
         if cert.is_tsk() {
-            return Err(PgpError::Invalid("refusing a certificate that carries secret key material".into()));
+            return Err(PgpError::Invalid(
+                "refusing a certificate that carries secret key material".into(),
+            ));
         }
         let policy = StandardPolicy::new();
-        let vc = cert
-            .with_policy(&policy, at)
-            .map_err(|e| PgpError::Invalid(format!("the org key certificate is not valid: {e:#}")))?;
+        let vc = cert.with_policy(&policy, at).map_err(|e| {
+            PgpError::Invalid(format!("the org key certificate is not valid: {e:#}"))
+        })?;
         let signing = vc
             .keys()
             .subkeys()
@@ -209,7 +220,11 @@ impl OrgKey {
             .key()
             .clone()
             .role_into_unspecified();
-        Ok(OrgKey { cert, signing, encryption })
+        Ok(OrgKey {
+            cert,
+            signing,
+            encryption,
+        })
     }
 
     /// Parses a stored (armored or binary) org key certificate.
@@ -222,7 +237,11 @@ impl OrgKey {
 
     /// ASCII-armored public certificate.
     pub fn armored(&self) -> Result<String, PgpError> {
-        let bytes = self.cert.armored().to_vec().pgp("armoring the certificate")?;
+        let bytes = self
+            .cert
+            .armored()
+            .to_vec()
+            .pgp("armoring the certificate")?;
         String::from_utf8(bytes).map_err(|_| PgpError::Invalid("armor is not UTF-8".into()))
     }
 
@@ -243,7 +262,14 @@ impl OrgKey {
 
     /// Primary key algorithm, e.g. "ECDSA NIST P-256".
     pub fn algorithm(&self) -> String {
-        algorithm_name(&self.cert.primary_key().key().clone().role_into_unspecified())
+        algorithm_name(
+            &self
+                .cert
+                .primary_key()
+                .key()
+                .clone()
+                .role_into_unspecified(),
+        )
     }
 
     /// User IDs.
@@ -260,7 +286,9 @@ impl OrgKey {
         let vc = self
             .cert
             .with_policy(&policy, now.max(self.created()))
-            .map_err(|e| PgpError::Invalid(format!("the org key certificate is not valid: {e:#}")))?;
+            .map_err(|e| {
+                PgpError::Invalid(format!("the org key certificate is not valid: {e:#}"))
+            })?;
         Ok(vc.primary_key().key_expiration_time())
     }
 
@@ -282,7 +310,8 @@ impl OrgKey {
         signing: &PublicKey,
         encryption: &PublicKey,
     ) -> Result<(), PgpError> {
-        let p: Key<PublicParts, PrimaryRole> = key_packet(primary, PacketUse::Signing, self.created())?;
+        let p: Key<PublicParts, PrimaryRole> =
+            key_packet(primary, PacketUse::Signing, self.created())?;
         if p.fingerprint() != self.cert.fingerprint() {
             return Err(PgpError::Mismatch(format!(
                 "token primary key {} is not the stored org key {}",
@@ -292,9 +321,15 @@ impl OrgKey {
         }
         for (pk, usage, expected, what) in [
             (signing, PacketUse::Signing, &self.signing, "signing subkey"),
-            (encryption, PacketUse::Encryption, &self.encryption, "encryption subkey"),
+            (
+                encryption,
+                PacketUse::Encryption,
+                &self.encryption,
+                "encryption subkey",
+            ),
         ] {
-            let k: Key<PublicParts, SubordinateRole> = key_packet(pk, usage, expected.creation_time())?;
+            let k: Key<PublicParts, SubordinateRole> =
+                key_packet(pk, usage, expected.creation_time())?;
             if k.fingerprint() != expected.fingerprint() {
                 return Err(PgpError::Mismatch(format!(
                     "token {what} {} is not the stored {}",

@@ -43,7 +43,10 @@ impl PgpError {
     fn wrap(context: &'static str, e: anyhow::Error) -> Self {
         match e.downcast::<SignerError>() {
             Ok(s) => PgpError::Signer(s),
-            Err(e) => PgpError::Sequoia { context, message: format!("{e:#}") },
+            Err(e) => PgpError::Sequoia {
+                context,
+                message: format!("{e:#}"),
+            },
         }
     }
 }

@@ -4,11 +4,11 @@
 use super::token_signer::SeamSigner;
 use super::{OrgKey, PgpError, PgpResultExt};
 use crate::signer::Signer;
-use sequoia_openpgp as pgp;
 use pgp::crypto::hash::Context;
 use pgp::packet::signature::SignatureBuilder;
 use pgp::serialize::Marshal;
 use pgp::types::SignatureType;
+use sequoia_openpgp as pgp;
 use sha2::{Digest, Sha256};
 use std::time::SystemTime;
 
@@ -43,7 +43,10 @@ pub struct PendingSignature {
 
 impl std::fmt::Debug for PendingSignature {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingSignature").field("mode", &self.mode).field("len", &self.len).finish()
+        f.debug_struct("PendingSignature")
+            .field("mode", &self.mode)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -55,7 +58,13 @@ impl PendingSignature {
             .context()
             .pgp("starting the hash")?
             .for_signature(4);
-        Ok(Self { hash, mode, last_was_cr: false, audit: Sha256::new(), len: 0 })
+        Ok(Self {
+            hash,
+            mode,
+            last_was_cr: false,
+            audit: Sha256::new(),
+            len: 0,
+        })
     }
 
     /// Feeds a chunk of data.
@@ -124,12 +133,18 @@ impl PendingSignature {
                 .map_err(anyhow::Error::from)
                 .pgp("armoring the signature")?;
             packet.serialize(&mut w).pgp("serializing the signature")?;
-            w.finalize().map_err(anyhow::Error::from).pgp("armoring the signature")?
+            w.finalize()
+                .map_err(anyhow::Error::from)
+                .pgp("armoring the signature")?
         } else {
             let mut v = Vec::new();
             packet.serialize(&mut v).pgp("serializing the signature")?;
             v
         };
-        Ok(SignatureOutput { bytes, data_sha256: self.audit.finalize().into(), data_len: self.len })
+        Ok(SignatureOutput {
+            bytes,
+            data_sha256: self.audit.finalize().into(),
+            data_len: self.len,
+        })
     }
 }

@@ -3,11 +3,11 @@
 
 use super::{PgpError, PgpResultExt};
 use crate::signer::{DigestAlgorithm, EcCurve, PublicKey, Signer};
-use sequoia_openpgp as pgp;
 use pgp::crypto::mpi;
-use pgp::packet::key::{Key4, KeyRole, PublicParts};
 use pgp::packet::Key;
+use pgp::packet::key::{Key4, KeyRole, PublicParts};
 use pgp::types::{Curve, HashAlgorithm, PublicKeyAlgorithm, SymmetricAlgorithm};
+use sequoia_openpgp as pgp;
 use std::time::SystemTime;
 
 /// What an OpenPGP key packet is for; decides ECDSA vs ECDH for NIST curves.
@@ -28,10 +28,16 @@ fn curve(c: EcCurve) -> Curve {
 /// refuses shorter hashes there), SHA-256 otherwise.
 pub(crate) fn preferred_hash(pk: &PublicKey) -> HashAlgorithm {
     match pk {
-        PublicKey::Ec { curve: EcCurve::P384, .. } => HashAlgorithm::SHA384,
-        PublicKey::Ec { curve: EcCurve::P256, .. } | PublicKey::Ed25519(_) | PublicKey::Rsa { .. } => {
-            HashAlgorithm::SHA256
+        PublicKey::Ec {
+            curve: EcCurve::P384,
+            ..
+        } => HashAlgorithm::SHA384,
+        PublicKey::Ec {
+            curve: EcCurve::P256,
+            ..
         }
+        | PublicKey::Ed25519(_)
+        | PublicKey::Rsa { .. } => HashAlgorithm::SHA256,
     }
 }
 
@@ -54,7 +60,10 @@ pub(crate) fn key_packet<R: KeyRole>(
         (PublicKey::Ec { curve: c, point }, PacketUse::Signing) => Key4::new(
             created,
             PublicKeyAlgorithm::ECDSA,
-            mpi::PublicKey::ECDSA { curve: curve(*c), q: mpi::MPI::new(point) },
+            mpi::PublicKey::ECDSA {
+                curve: curve(*c),
+                q: mpi::MPI::new(point),
+            },
         )
         .pgp("building an ECDSA key packet")?,
         (PublicKey::Ec { curve: c, point }, PacketUse::Encryption) => {
@@ -65,7 +74,12 @@ pub(crate) fn key_packet<R: KeyRole>(
             Key4::new(
                 created,
                 PublicKeyAlgorithm::ECDH,
-                mpi::PublicKey::ECDH { curve: curve(*c), q: mpi::MPI::new(point), hash, sym },
+                mpi::PublicKey::ECDH {
+                    curve: curve(*c),
+                    q: mpi::MPI::new(point),
+                    hash,
+                    sym,
+                },
             )
             .pgp("building an ECDH key packet")?
         }
@@ -73,7 +87,9 @@ pub(crate) fn key_packet<R: KeyRole>(
             Key4::import_public_ed25519(a, created).pgp("building an EdDSA key packet")?
         }
         (PublicKey::Ed25519(_), PacketUse::Encryption) => {
-            return Err(PgpError::Invalid("an Ed25519 key cannot be an encryption key".into()));
+            return Err(PgpError::Invalid(
+                "an Ed25519 key cannot be an encryption key".into(),
+            ));
         }
         (PublicKey::Rsa { n, e }, PacketUse::Signing | PacketUse::Encryption) => {
             Key4::import_public_rsa(e, n, created).pgp("building an RSA key packet")?
@@ -114,24 +130,38 @@ impl pgp::crypto::Signer for SeamSigner<'_> {
 
     fn sign(&mut self, hash_algo: HashAlgorithm, digest: &[u8]) -> pgp::Result<mpi::Signature> {
         let alg = digest_algorithm(hash_algo).ok_or_else(|| {
-            pgp::Error::InvalidOperation(format!("hash {hash_algo} is not accepted by the token signer"))
+            pgp::Error::InvalidOperation(format!(
+                "hash {hash_algo} is not accepted by the token signer"
+            ))
         })?;
         let sig = self.inner.sign_digest(alg, digest)?;
         Ok(match self.inner.public_key() {
             PublicKey::Ec { curve, .. } => {
                 let n = curve.field_len();
                 if sig.len() != 2 * n {
-                    return Err(pgp::Error::InvalidOperation("bad ECDSA signature length".into()).into());
+                    return Err(
+                        pgp::Error::InvalidOperation("bad ECDSA signature length".into()).into(),
+                    );
                 }
-                mpi::Signature::ECDSA { r: mpi::MPI::new(&sig[..n]), s: mpi::MPI::new(&sig[n..]) }
+                mpi::Signature::ECDSA {
+                    r: mpi::MPI::new(&sig[..n]),
+                    s: mpi::MPI::new(&sig[n..]),
+                }
             }
             PublicKey::Ed25519(_) => {
                 if sig.len() != 64 {
-                    return Err(pgp::Error::InvalidOperation("bad EdDSA signature length".into()).into());
+                    return Err(
+                        pgp::Error::InvalidOperation("bad EdDSA signature length".into()).into(),
+                    );
                 }
-                mpi::Signature::EdDSA { r: mpi::MPI::new(&sig[..32]), s: mpi::MPI::new(&sig[32..]) }
+                mpi::Signature::EdDSA {
+                    r: mpi::MPI::new(&sig[..32]),
+                    s: mpi::MPI::new(&sig[32..]),
+                }
             }
-            PublicKey::Rsa { .. } => mpi::Signature::RSA { s: mpi::MPI::new(&sig) },
+            PublicKey::Rsa { .. } => mpi::Signature::RSA {
+                s: mpi::MPI::new(&sig),
+            },
         })
     }
 }

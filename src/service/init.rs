@@ -51,7 +51,8 @@ fn write_private(path: &Path, text: &str) -> Result<(), ServiceError> {
         .mode(0o600)
         .open(path)
         .map_err(ServiceError::io(format!("creating {}", path.display())))?;
-    f.write_all(text.as_bytes()).map_err(ServiceError::io(format!("writing {}", path.display())))
+    f.write_all(text.as_bytes())
+        .map_err(ServiceError::io(format!("writing {}", path.display())))
 }
 
 #[cfg(unix)]
@@ -94,7 +95,8 @@ fn config_text(req: &InitRequest, softhsm: bool) -> String {
 /// Must be called before the process starts other threads: a created
 /// SoftHSM2 token is found through SOFTHSM2_CONF, which this sets.
 pub fn init_appliance(req: InitRequest) -> Result<InitResult, ServiceError> {
-    let dir = &std::path::absolute(&req.data_dir).map_err(ServiceError::io("resolving the data dir"))?;
+    let dir =
+        &std::path::absolute(&req.data_dir).map_err(ServiceError::io("resolving the data dir"))?;
     let config_path = dir.join("orgkey.toml");
     if config_path.exists() {
         return Err(ServiceError::Refused(format!(
@@ -160,8 +162,10 @@ pub fn init_appliance(req: InitRequest) -> Result<InitResult, ServiceError> {
         .map_err(ServiceError::io("starting the runtime"))?;
     runtime.block_on(async {
         let store = Store::open(&cfg.store.sqlite, true, Arc::new(SystemClock)).await?;
-        let mut ev = AuditEvent::new(&req.actor, "init", "ok")
-            .detail(format!("token {:?}, domains {:?}", req.token_label, req.domains));
+        let mut ev = AuditEvent::new(&req.actor, "init", "ok").detail(format!(
+            "token {:?}, domains {:?}",
+            req.token_label, req.domains
+        ));
         if let Some(s) = &token_serial {
             ev = ev.detail(format!(
                 "created SoftHSM2 token {:?} (serial {s}), domains {:?}",
@@ -173,5 +177,8 @@ pub fn init_appliance(req: InitRequest) -> Result<InitResult, ServiceError> {
         Ok::<_, ServiceError>(())
     })?;
     write_private(&config_path, &text)?;
-    Ok(InitResult { config_path, token_serial })
+    Ok(InitResult {
+        config_path,
+        token_serial,
+    })
 }

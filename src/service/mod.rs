@@ -8,7 +8,10 @@ mod org_key;
 mod serve;
 
 pub use init::{InitRequest, InitResult, init_appliance};
-pub use org_key::{GenerateRequest, OrgKeySummary, TokenCheck, bench_raw_sign, check_token, generate_org_key, org_key_summary};
+pub use org_key::{
+    GenerateRequest, OrgKeySummary, TokenCheck, bench_raw_sign, check_token, generate_org_key,
+    org_key_summary,
+};
 pub use serve::{ServeOptions, serve};
 
 use crate::api::{IgniteError, Igniter, SigningKey};
@@ -75,8 +78,9 @@ pub async fn open_store(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Store, Se
 }
 
 fn decode_id(hex_id: &str) -> Result<Vec<u8>, ServiceError> {
-    hex::decode(hex_id)
-        .map_err(|_| ServiceError::Store(StoreError::Corrupt(format!("CKA_ID {hex_id:?} is not hex"))))
+    hex::decode(hex_id).map_err(|_| {
+        ServiceError::Store(StoreError::Corrupt(format!("CKA_ID {hex_id:?} is not hex")))
+    })
 }
 
 /// Loads the org key from the store and checks that the (logged-in) token
@@ -97,7 +101,10 @@ pub(crate) fn load_signing_key(
     let encryption = token.public_key(&decode_id(&rec.encryption_id)?, "org encryption subkey")?;
     org.check_token_keys(&primary, &signing, &encryption)?;
     let signer = token.signer(&signing_id, signing, "org signing subkey")?;
-    Ok(SigningKey { org, signer: Arc::new(signer) })
+    Ok(SigningKey {
+        org,
+        signer: Arc::new(signer),
+    })
 }
 
 /// The service's [`Igniter`]: token login plus org key check.
@@ -110,7 +117,11 @@ pub struct TokenIgniter {
 impl TokenIgniter {
     /// An igniter for `token` with the org key record from `store`.
     pub fn new(token: Arc<Token>, store: Store, runtime: tokio::runtime::Handle) -> Self {
-        Self { token, store, runtime }
+        Self {
+            token,
+            store,
+            runtime,
+        }
     }
 
     fn load(&self) -> Result<Option<Arc<SigningKey>>, IgniteError> {
@@ -125,7 +136,9 @@ impl TokenIgniter {
             Err(ServiceError::Token(e @ TokenError::KeyNotFound { .. })) => {
                 Err(IgniteError::Mismatch(e.to_string()))
             }
-            Err(ServiceError::Token(e)) if e.is_unavailable() => Err(IgniteError::Unavailable(e.to_string())),
+            Err(ServiceError::Token(e)) if e.is_unavailable() => {
+                Err(IgniteError::Unavailable(e.to_string()))
+            }
             Err(e) => Err(IgniteError::Internal(e.to_string())),
         }
     }
@@ -147,6 +160,8 @@ impl Igniter for TokenIgniter {
     }
 
     fn seal(&self) -> Result<(), IgniteError> {
-        self.token.logout().map_err(|e| IgniteError::Internal(e.to_string()))
+        self.token
+            .logout()
+            .map_err(|e| IgniteError::Internal(e.to_string()))
     }
 }

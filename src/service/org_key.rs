@@ -31,11 +31,23 @@ pub struct GenerateRequest {
 
 fn kinds(alg: OrgKeyAlgorithm) -> (KeyKind, KeyKind, KeyUsage) {
     match alg {
-        OrgKeyAlgorithm::P256 => (KeyKind::Ec(EcCurve::P256), KeyKind::Ec(EcCurve::P256), KeyUsage::Derive),
-        OrgKeyAlgorithm::P384 => (KeyKind::Ec(EcCurve::P384), KeyKind::Ec(EcCurve::P384), KeyUsage::Derive),
+        OrgKeyAlgorithm::P256 => (
+            KeyKind::Ec(EcCurve::P256),
+            KeyKind::Ec(EcCurve::P256),
+            KeyUsage::Derive,
+        ),
+        OrgKeyAlgorithm::P384 => (
+            KeyKind::Ec(EcCurve::P384),
+            KeyKind::Ec(EcCurve::P384),
+            KeyUsage::Derive,
+        ),
         // No widely available PKCS#11 X25519 key generation: the encryption
         // subkey is ECDH P-256 (docs/decisions/0002-ed25519-encryption-subkey.md).
-        OrgKeyAlgorithm::Ed25519 => (KeyKind::Ed25519, KeyKind::Ec(EcCurve::P256), KeyUsage::Derive),
+        OrgKeyAlgorithm::Ed25519 => (
+            KeyKind::Ed25519,
+            KeyKind::Ec(EcCurve::P256),
+            KeyUsage::Derive,
+        ),
         OrgKeyAlgorithm::Rsa3072 => (KeyKind::Rsa(3072), KeyKind::Rsa(3072), KeyUsage::Decrypt),
         OrgKeyAlgorithm::Rsa4096 => (KeyKind::Rsa(4096), KeyKind::Rsa(4096), KeyUsage::Decrypt),
     }
@@ -71,7 +83,13 @@ pub async fn generate_org_key(
             "the {} profile does not support {} (supported: {})",
             profile.name,
             req.algorithm.name(),
-            profile.algorithms.supported.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+            profile
+                .algorithms
+                .supported
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     let store = open_store(cfg, Arc::clone(&clock)).await?;
@@ -104,8 +122,16 @@ pub async fn generate_org_key(
             "{} {:?}, {}{}",
             req.algorithm.name(),
             req.user_id,
-            if exportable { "exportable under a trusted wrapping key" } else { "non-exportable" },
-            if req.replace { ", replacing the previous org key" } else { "" }
+            if exportable {
+                "exportable under a trusted wrapping key"
+            } else {
+                "non-exportable"
+            },
+            if req.replace {
+                ", replacing the previous org key"
+            } else {
+                ""
+            }
         ));
     let (record, ids) = rec;
     let stored = store.insert_org_key(&record, req.replace, &event).await;
@@ -114,7 +140,10 @@ pub async fn generate_org_key(
     tokio::task::spawn_blocking(move || {
         if failed {
             // Not recorded: leave nothing behind in the token either.
-            drop(Rollback { token: &token2, ids });
+            drop(Rollback {
+                token: &token2,
+                ids,
+            });
         }
         let _ = token2.logout();
     })
@@ -132,9 +161,17 @@ fn generate_in_token(
     created: SystemTime,
 ) -> Result<(OrgKeyRecord, Vec<Vec<u8>>), ServiceError> {
     let (sign_kind, enc_kind, enc_usage) = kinds(req.algorithm);
-    let mut rollback = Rollback { token, ids: Vec::new() };
+    let mut rollback = Rollback {
+        token,
+        ids: Vec::new(),
+    };
     let mut make = |kind, usage, label: &str| -> Result<TokenKey, ServiceError> {
-        let k = token.generate_key_pair(&KeySpec { kind, usage, label: label.into(), exportable })?;
+        let k = token.generate_key_pair(&KeySpec {
+            kind,
+            usage,
+            label: label.into(),
+            exportable,
+        })?;
         rollback.ids.push(k.id.clone());
         Ok(k)
     };
@@ -143,10 +180,18 @@ fn generate_in_token(
     let encryption = make(enc_kind, enc_usage, "orgkey encrypt")?;
     let primary_signer = token.signer(&primary.id, primary.public.clone(), "org key primary")?;
     let signing_signer = token.signer(&signing.id, signing.public.clone(), "org signing subkey")?;
-    let draft = OrgKeyDraft { user_id: req.user_id.clone(), created, validity: req.validity };
+    let draft = OrgKeyDraft {
+        user_id: req.user_id.clone(),
+        created,
+        validity: req.validity,
+    };
     let org = OrgKey::generate(
         &draft,
-        OrgKeyKeys { primary: &primary_signer, signing: &signing_signer, encryption: &encryption.public },
+        OrgKeyKeys {
+            primary: &primary_signer,
+            signing: &signing_signer,
+            encryption: &encryption.public,
+        },
     )?;
     let t = unix_secs(created) as i64;
     let rec = OrgKeyRecord {
@@ -181,14 +226,21 @@ pub struct OrgKeySummary {
 }
 
 /// The active org key from the store (no token access needed).
-pub async fn org_key_summary(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Option<OrgKeySummary>, ServiceError> {
+pub async fn org_key_summary(
+    cfg: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Option<OrgKeySummary>, ServiceError> {
     let store = open_store(cfg, Arc::clone(&clock)).await?;
     let rec = store.active_org_key().await?;
     store.close().await;
     let Some(record) = rec else { return Ok(None) };
     let org = OrgKey::parse(record.cert.as_bytes())?;
     let expires = org.expires(clock.now())?;
-    Ok(Some(OrgKeySummary { record, org, expires }))
+    Ok(Some(OrgKeySummary {
+        record,
+        org,
+        expires,
+    }))
 }
 
 /// Result of `token check`.
@@ -201,7 +253,11 @@ pub struct TokenCheck {
 }
 
 /// Logs in and judges every private key object in the token.
-pub async fn check_token(cfg: &Config, passphrase: SecretString, clock: Arc<dyn Clock>) -> Result<TokenCheck, ServiceError> {
+pub async fn check_token(
+    cfg: &Config,
+    passphrase: SecretString,
+    clock: Arc<dyn Clock>,
+) -> Result<TokenCheck, ServiceError> {
     let store = open_store(cfg, clock).await?;
     let mut roles = Vec::new();
     for (id, role, _) in store.org_key_object_ids().await? {
@@ -220,7 +276,10 @@ pub async fn check_token(cfg: &Config, passphrase: SecretString, clock: Arc<dyn 
         let objects = token.inspect_private_keys(&roles);
         let _ = token.logout();
         let d = token.description();
-        Ok(TokenCheck { token: format!("{:?} (serial {})", d.label, d.serial), objects: objects? })
+        Ok(TokenCheck {
+            token: format!("{:?} (serial {})", d.label, d.serial),
+            objects: objects?,
+        })
     })
     .await
     .map_err(|e| ServiceError::Refused(format!("check task failed: {e}")))?
@@ -236,10 +295,9 @@ pub async fn bench_raw_sign(
     clock: Arc<dyn Clock>,
 ) -> Result<(u64, Duration), ServiceError> {
     let store = open_store(cfg, clock).await?;
-    let rec = store
-        .active_org_key()
-        .await?
-        .ok_or_else(|| ServiceError::Refused("no org key: run `orgkey org-key generate` first".into()))?;
+    let rec = store.active_org_key().await?.ok_or_else(|| {
+        ServiceError::Refused("no org key: run `orgkey org-key generate` first".into())
+    })?;
     store.close().await;
     let cfg = cfg.clone();
     tokio::task::spawn_blocking(move || {
@@ -247,10 +305,13 @@ pub async fn bench_raw_sign(
         token.login(&passphrase)?;
         let key = load_signing_key(&token, &rec)?;
         let alg = match key.signer.public_key() {
-            crate::signer::PublicKey::Ec { curve: EcCurve::P384, .. } => DigestAlgorithm::Sha384,
+            crate::signer::PublicKey::Ec {
+                curve: EcCurve::P384,
+                ..
+            } => DigestAlgorithm::Sha384,
             _ => DigestAlgorithm::Sha256,
         };
-        let digest = vec![0x5a; alg.len()];
+        let digest = vec![0x5a; alg.output_len()];
         let start = Instant::now();
         let mut n = 0u64;
         while start.elapsed() < duration {

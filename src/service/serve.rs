@@ -42,7 +42,11 @@ async fn shutdown_signal() {
 }
 
 /// Runs the appliance until a shutdown signal.
-pub async fn serve(cfg: Config, opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<(), ServiceError> {
+pub async fn serve(
+    cfg: Config,
+    opts: ServeOptions,
+    clock: Arc<dyn Clock>,
+) -> Result<(), ServiceError> {
     let addr = opts.listen.unwrap_or(cfg.server.listen);
     if cfg.server.tls.is_none() && !addr.ip().is_loopback() && !opts.insecure_plaintext {
         return Err(ServiceError::Refused(format!(
@@ -79,7 +83,11 @@ pub async fn serve(cfg: Config, opts: ServeOptions, clock: Arc<dyn Clock>) -> Re
         backoff: tokio::sync::Mutex::new(Backoff::default()),
         ignition: cfg.ignition,
         max_body: cfg.server.max_body,
-        token: TokenFacts { label: d.label, serial: d.serial, profile: cfg.token.profile.name.clone() },
+        token: TokenFacts {
+            label: d.label,
+            serial: d.serial,
+            profile: cfg.token.profile.name.clone(),
+        },
     });
 
     if let Some(pass) = opts.ignition_passphrase {
@@ -93,7 +101,8 @@ pub async fn serve(cfg: Config, opts: ServeOptions, clock: Arc<dyn Clock>) -> Re
             .map_err(|e| ServiceError::Refused(format!("ignition task failed: {e}")))?;
         match res {
             Ok(key) => {
-                let mut ev = AuditEvent::new("appliance", "ignition", "ok").detail("unattended start from a passphrase file");
+                let mut ev = AuditEvent::new("appliance", "ignition", "ok")
+                    .detail("unattended start from a passphrase file");
                 if let Some(k) = &key {
                     ev = ev.key(k.org.fingerprint());
                 }
@@ -103,16 +112,24 @@ pub async fn serve(cfg: Config, opts: ServeOptions, clock: Arc<dyn Clock>) -> Re
             }
             Err(e) => {
                 audit
-                    .append(AuditEvent::new("appliance", "ignition", "denied").detail(format!("unattended start: {e}")))
+                    .append(
+                        AuditEvent::new("appliance", "ignition", "denied")
+                            .detail(format!("unattended start: {e}")),
+                    )
                     .await?;
-                return Err(ServiceError::Refused(format!("unattended ignition failed: {e}")));
+                return Err(ServiceError::Refused(format!(
+                    "unattended ignition failed: {e}"
+                )));
             }
         }
     } else {
         tracing::info!("appliance is SEALED: ignite it with `orgkey ignite` or POST /v1/ignition");
     }
 
-    let listener = Listener { addr, tls: cfg.server.tls.clone() };
+    let listener = Listener {
+        addr,
+        tls: cfg.server.tls.clone(),
+    };
     let result = crate::api::serve(
         Arc::clone(&state),
         listener,

@@ -129,7 +129,9 @@ impl Store {
             .await
             .map_err(StoreError::db("starting an audit transaction"))?;
         let seqs = self.append_audit_in(&mut tx, events).await?;
-        tx.commit().await.map_err(StoreError::db("committing audit rows"))?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing audit rows"))?;
         Ok(seqs)
     }
 
@@ -147,8 +149,9 @@ impl Store {
         let (mut seq, mut prev) = match last {
             Some(r) => {
                 let h: String = r.get("hash");
-                let prev = parse_hash(&h)
-                    .ok_or_else(|| StoreError::Corrupt("audit chain head hash is not hex".into()))?;
+                let prev = parse_hash(&h).ok_or_else(|| {
+                    StoreError::Corrupt("audit chain head hash is not hex".into())
+                })?;
                 (r.get::<i64, _>("seq"), prev)
             }
             None => (0, GENESIS),
@@ -228,12 +231,23 @@ impl Store {
         loop {
             let page = self.audit_rows(expected_seq - 1, VERIFY_PAGE).await?;
             if page.is_empty() {
-                return Ok(VerifyReport { rows, first_broken: None });
+                return Ok(VerifyReport {
+                    rows,
+                    first_broken: None,
+                });
             }
             for r in page {
-                let broken = |why: String| Ok(VerifyReport { rows, first_broken: Some((r.seq, why)) });
+                let broken = |why: String| {
+                    Ok(VerifyReport {
+                        rows,
+                        first_broken: Some((r.seq, why)),
+                    })
+                };
                 if r.seq != expected_seq {
-                    return broken(format!("row {expected_seq} is missing (next row is {})", r.seq));
+                    return broken(format!(
+                        "row {expected_seq} is missing (next row is {})",
+                        r.seq
+                    ));
                 }
                 if parse_hash(&r.prev_hash) != Some(prev) {
                     return broken("prev_hash does not match the previous row's hash".into());
@@ -301,7 +315,8 @@ impl AuditWriter {
             .send((event, ack))
             .await
             .map_err(|_| StoreError::Audit("the audit writer has stopped".into()))?;
-        done.await.map_err(|_| StoreError::Audit("the audit writer has stopped".into()))?
+        done.await
+            .map_err(|_| StoreError::Audit("the audit writer has stopped".into()))?
     }
 }
 
@@ -311,15 +326,36 @@ mod tests {
 
     #[test]
     fn hash_depends_on_every_field_and_on_absence() {
-        let e = AuditEvent::new("gw", "sign", "ok").key("AB").digest("cd").detail("x");
+        let e = AuditEvent::new("gw", "sign", "ok")
+            .key("AB")
+            .digest("cd")
+            .detail("x");
         let base = row_hash(&GENESIS, 1, 100, &e);
         let variants = [
-            AuditEvent { actor: "gx".into(), ..e.clone() },
-            AuditEvent { operation: "sigm".into(), ..e.clone() },
-            AuditEvent { outcome: "ko".into(), ..e.clone() },
-            AuditEvent { key_fingerprint: None, ..e.clone() },
-            AuditEvent { data_digest: Some(String::new()), ..e.clone() },
-            AuditEvent { detail: None, ..e.clone() },
+            AuditEvent {
+                actor: "gx".into(),
+                ..e.clone()
+            },
+            AuditEvent {
+                operation: "sigm".into(),
+                ..e.clone()
+            },
+            AuditEvent {
+                outcome: "ko".into(),
+                ..e.clone()
+            },
+            AuditEvent {
+                key_fingerprint: None,
+                ..e.clone()
+            },
+            AuditEvent {
+                data_digest: Some(String::new()),
+                ..e.clone()
+            },
+            AuditEvent {
+                detail: None,
+                ..e.clone()
+            },
         ];
         for v in &variants {
             assert_ne!(row_hash(&GENESIS, 1, 100, v), base, "{v:?}");

@@ -117,13 +117,22 @@ impl std::fmt::Debug for Store {
 #[cfg(unix)]
 fn create_private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map(|_| ())
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(|_| ())
 }
 
 impl Store {
     /// Opens the SQLite store at `path`; with `create`, makes a new one
     /// (mode 0600) and refuses to touch an existing file.
-    pub async fn open(path: &Path, create: bool, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
+    pub async fn open(
+        path: &Path,
+        create: bool,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Store, StoreError> {
         if create {
             create_private_file(path).map_err(|e| StoreError::Io {
                 context: format!("creating the store {}", path.display()),
@@ -193,7 +202,11 @@ impl Store {
         replace: bool,
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::db("starting a transaction"))?;
         let now = crate::clock::unix_secs(self.clock.now()) as i64;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT fingerprint FROM org_keys WHERE state = 'active'")
@@ -202,7 +215,9 @@ impl Store {
                 .map_err(StoreError::db("reading the org key"))?;
         if let Some(fpr) = existing {
             if !replace {
-                return Err(StoreError::Conflict(format!("an org key ({fpr}) already exists")));
+                return Err(StoreError::Conflict(format!(
+                    "an org key ({fpr}) already exists"
+                )));
             }
             sqlx::query("UPDATE org_keys SET state = 'superseded', superseded_at = $1 WHERE fingerprint = $2")
                 .bind(now)
@@ -231,17 +246,23 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::db("recording the org key"))?;
-        self.append_audit_in(&mut tx, std::slice::from_ref(audit)).await?;
-        tx.commit().await.map_err(StoreError::db("committing the org key"))
+        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
+            .await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing the org key"))
     }
 
     /// CKA_IDs (hex) of every org key ever generated, with their role names,
     /// for `token check`.
-    pub async fn org_key_object_ids(&self) -> Result<Vec<(String, &'static str, String)>, StoreError> {
-        let rows = sqlx::query("SELECT fingerprint, primary_id, signing_id, encryption_id FROM org_keys")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::db("reading org key ids"))?;
+    pub async fn org_key_object_ids(
+        &self,
+    ) -> Result<Vec<(String, &'static str, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT fingerprint, primary_id, signing_id, encryption_id FROM org_keys")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::db("reading org key ids"))?;
         let mut out = Vec::new();
         for r in rows {
             let fpr: String = r.get("fingerprint");
@@ -266,10 +287,13 @@ impl Store {
         .await;
         match res {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Conflict(format!("a client named {:?} already exists", rec.name)))
-            }
-            Err(e) => Err(StoreError::Db { context: "adding a client", source: e }),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
+                format!("a client named {:?} already exists", rec.name),
+            )),
+            Err(e) => Err(StoreError::Db {
+                context: "adding a client",
+                source: e,
+            }),
         }
     }
 
@@ -325,8 +349,12 @@ mod tests {
 
     async fn fresh() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
-        let store = Store::open(&dir.path().join("s.db"), true, clock).await.unwrap();
+        let clock = Arc::new(ManualClock::new(
+            UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        ));
+        let store = Store::open(&dir.path().join("s.db"), true, clock)
+            .await
+            .unwrap();
         (dir, store)
     }
 
@@ -354,11 +382,18 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("s.db")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("s.db"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let clock = Arc::new(crate::clock::SystemClock);
-        assert!(Store::open(&dir.path().join("s.db"), true, clock.clone()).await.is_err());
+        assert!(
+            Store::open(&dir.path().join("s.db"), true, clock.clone())
+                .await
+                .is_err()
+        );
         assert!(matches!(
             Store::open(&dir.path().join("none.db"), false, clock).await,
             Err(StoreError::Missing(_))
@@ -373,12 +408,27 @@ mod tests {
     async fn one_active_org_key_unless_replaced() {
         let (_d, store) = fresh().await;
         assert_eq!(store.active_org_key().await.unwrap(), None);
-        store.insert_org_key(&record("AA"), false, &ev()).await.unwrap();
-        let e = store.insert_org_key(&record("BB"), false, &ev()).await.unwrap_err();
+        store
+            .insert_org_key(&record("AA"), false, &ev())
+            .await
+            .unwrap();
+        let e = store
+            .insert_org_key(&record("BB"), false, &ev())
+            .await
+            .unwrap_err();
         assert!(matches!(e, StoreError::Conflict(_)), "{e}");
-        assert_eq!(store.active_org_key().await.unwrap().unwrap().fingerprint, "AA");
-        store.insert_org_key(&record("BB"), true, &ev()).await.unwrap();
-        assert_eq!(store.active_org_key().await.unwrap().unwrap().fingerprint, "BB");
+        assert_eq!(
+            store.active_org_key().await.unwrap().unwrap().fingerprint,
+            "AA"
+        );
+        store
+            .insert_org_key(&record("BB"), true, &ev())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.active_org_key().await.unwrap().unwrap().fingerprint,
+            "BB"
+        );
         assert_eq!(store.org_key_object_ids().await.unwrap().len(), 6);
         // Two successful generations, two audit rows; the refused one left none.
         assert_eq!(store.verify_audit().await.unwrap().rows, 2);
@@ -395,8 +445,14 @@ mod tests {
             created_at: 5,
         };
         store.add_client(&c).await.unwrap();
-        let dup = ClientRecord { client_id: "id2".into(), ..c.clone() };
-        assert!(matches!(store.add_client(&dup).await, Err(StoreError::Conflict(_))));
+        let dup = ClientRecord {
+            client_id: "id2".into(),
+            ..c.clone()
+        };
+        assert!(matches!(
+            store.add_client(&dup).await,
+            Err(StoreError::Conflict(_))
+        ));
         assert_eq!(store.client_by_id("id1").await.unwrap(), Some(c));
         assert!(store.remove_client("gw").await.unwrap());
         assert!(!store.remove_client("gw").await.unwrap());
@@ -411,7 +467,8 @@ mod tests {
         for i in 0..50 {
             let w = writer.clone();
             handles.push(tokio::spawn(async move {
-                w.append(AuditEvent::new(format!("c{i}"), "sign", "ok").digest("ab")).await
+                w.append(AuditEvent::new(format!("c{i}"), "sign", "ok").digest("ab"))
+                    .await
             }));
         }
         let mut seqs: Vec<i64> = Vec::new();
@@ -420,7 +477,13 @@ mod tests {
         }
         seqs.sort();
         assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
-        assert_eq!(store.verify_audit().await.unwrap(), VerifyReport { rows: 50, first_broken: None });
+        assert_eq!(
+            store.verify_audit().await.unwrap(),
+            VerifyReport {
+                rows: 50,
+                first_broken: None
+            }
+        );
 
         sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 17")
             .execute(&store.pool)
@@ -432,9 +495,15 @@ mod tests {
 
         let (_d2, store2) = fresh().await;
         for i in 0..5 {
-            store2.append_audit(&[AuditEvent::new(format!("c{i}"), "x", "ok")]).await.unwrap();
+            store2
+                .append_audit(&[AuditEvent::new(format!("c{i}"), "x", "ok")])
+                .await
+                .unwrap();
         }
-        sqlx::query("DELETE FROM audit_log WHERE seq = 3").execute(&store2.pool).await.unwrap();
+        sqlx::query("DELETE FROM audit_log WHERE seq = 3")
+            .execute(&store2.pool)
+            .await
+            .unwrap();
         let r = store2.verify_audit().await.unwrap();
         assert_eq!(r.first_broken.map(|b| b.0), Some(4));
     }

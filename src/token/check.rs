@@ -97,7 +97,9 @@ fn judge(
         problems.push("visible without login: CKA_PRIVATE is not true".into());
     }
     if !not("EXTRACTABLE") && !is("WRAP_WITH_TRUSTED") {
-        problems.push("extractable without CKA_WRAP_WITH_TRUSTED: any wrapping key can export it".into());
+        problems.push(
+            "extractable without CKA_WRAP_WITH_TRUSTED: any wrapping key can export it".into(),
+        );
     }
     if not("ALWAYS_SENSITIVE") {
         warnings.push("CKA_ALWAYS_SENSITIVE is false: the key was readable at some point".into());
@@ -112,14 +114,22 @@ fn judge(
     };
     for usage in ["SIGN", "SIGN_RECOVER", "DECRYPT", "DERIVE", "UNWRAP"] {
         if !allowed.contains(&usage) && !not(usage) {
-            problems.push(format!("usage beyond its role ({}): CKA_{usage} is not false", role.name()));
+            problems.push(format!(
+                "usage beyond its role ({}): CKA_{usage} is not false",
+                role.name()
+            ));
         }
     }
     if !allowed.iter().any(|u| is(u)) {
-        problems.push(format!("cannot do its job ({}): none of {} is true", role.name(), allowed.join("/")));
+        problems.push(format!(
+            "cannot do its job ({}): none of {} is true",
+            role.name(),
+            allowed.join("/")
+        ));
     }
     if !not("MODIFIABLE") {
-        warnings.push("CKA_MODIFIABLE is not false: a PIN holder could change its attributes".into());
+        warnings
+            .push("CKA_MODIFIABLE is not false: a PIN holder could change its attributes".into());
     }
 }
 
@@ -135,7 +145,11 @@ impl Token {
                 .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
                 .ck("listing private keys")?;
             let mut types: Vec<AttributeType> = FLAGS.iter().map(|(_, t)| *t).collect();
-            types.extend([AttributeType::Label, AttributeType::Id, AttributeType::KeyType]);
+            types.extend([
+                AttributeType::Label,
+                AttributeType::Id,
+                AttributeType::KeyType,
+            ]);
             let mut out = Vec::new();
             for h in handles {
                 let attrs = s.get_attributes(h, &types).ck("reading key attributes")?;
@@ -160,7 +174,12 @@ impl Token {
                     .map(|(n, t)| (*n, flags.iter().find(|(ft, _)| ft == t).map(|(_, v)| *v)))
                     .collect();
                 let role = roles.iter().find(|(rid, _)| *rid == id).map(|(_, r)| *r);
-                let get = |n: &str| attributes.iter().find(|(an, _)| *an == n).and_then(|(_, v)| *v);
+                let get = |n: &str| {
+                    attributes
+                        .iter()
+                        .find(|(an, _)| *an == n)
+                        .and_then(|(_, v)| *v)
+                };
                 let (mut problems, mut warnings) = (Vec::new(), Vec::new());
                 judge(role, get, &mut problems, &mut warnings);
                 out.push(KeyObjectReport {

@@ -37,7 +37,9 @@ pub enum TokenError {
     #[error("bad ignition passphrase")]
     BadPin,
     /// The token locked the user PIN after too many failures.
-    #[error("the token has locked the ignition passphrase (reset it with the security officer PIN)")]
+    #[error(
+        "the token has locked the ignition passphrase (reset it with the security officer PIN)"
+    )]
     PinLocked,
     /// An operation needed a logged-in session.
     #[error("the token is not logged in (appliance sealed)")]
@@ -123,10 +125,18 @@ impl TokenError {
                     | RvError::SessionHandleInvalid
                     | RvError::SessionClosed
                     | RvError::CryptokiNotInitialized => TokenError::Unavailable { function, code },
-                    _ => TokenError::Pkcs11 { context, function, code, rv },
+                    _ => TokenError::Pkcs11 {
+                        context,
+                        function,
+                        code,
+                        rv,
+                    },
                 }
             }
-            other => TokenError::Other { context, source: other },
+            other => TokenError::Other {
+                context,
+                source: other,
+            },
         }
     }
 
@@ -160,11 +170,20 @@ mod tests {
 
     #[test]
     fn wrong_pin_reads_as_bad_ignition_passphrase() {
-        let e = TokenError::from_ck("login", CkError::Pkcs11(RvError::PinIncorrect, Function::Login));
+        let e = TokenError::from_ck(
+            "login",
+            CkError::Pkcs11(RvError::PinIncorrect, Function::Login),
+        );
         assert_eq!(e.to_string(), "bad ignition passphrase");
-        let e = TokenError::from_ck("sign", CkError::Pkcs11(RvError::DeviceRemoved, Function::Sign));
+        let e = TokenError::from_ck(
+            "sign",
+            CkError::Pkcs11(RvError::DeviceRemoved, Function::Sign),
+        );
         assert!(e.is_unavailable());
-        assert_eq!(e.to_string(), "token unavailable: C_Sign returned CKR_DEVICE_REMOVED");
+        assert_eq!(
+            e.to_string(),
+            "token unavailable: C_Sign returned CKR_DEVICE_REMOVED"
+        );
         let e = TokenError::from_ck(
             "generating the signing key",
             CkError::Pkcs11(RvError::TemplateInconsistent, Function::GenerateKeyPair),

@@ -87,7 +87,12 @@ fn unwrap_octet_string(v: &[u8], expected_len: usize) -> Result<Vec<u8>, TokenEr
     if v.len() == expected_len {
         return Ok(v.to_vec());
     }
-    let bad = || TokenError::BadValue(format!("CKA_EC_POINT of {} bytes is not a DER octet string", v.len()));
+    let bad = || {
+        TokenError::BadValue(format!(
+            "CKA_EC_POINT of {} bytes is not a DER octet string",
+            v.len()
+        ))
+    };
     if v.first() != Some(&0x04) || v.len() < 2 {
         return Err(bad());
     }
@@ -134,22 +139,28 @@ fn read_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey, Tok
         .ok_or_else(|| TokenError::BadValue("public key without CKA_KEY_TYPE".into()))?;
     let missing = |what: &str| TokenError::BadValue(format!("public key without {what}"));
     if key_type == KeyType::EC {
-        let params = attr_bytes(&attrs, AttributeType::EcParams).ok_or_else(|| missing("CKA_EC_PARAMS"))?;
+        let params =
+            attr_bytes(&attrs, AttributeType::EcParams).ok_or_else(|| missing("CKA_EC_PARAMS"))?;
         let curve = if params == OID_P256 {
             EcCurve::P256
         } else if params == OID_P384 {
             EcCurve::P384
         } else {
-            return Err(TokenError::Unsupported(format!("EC curve {}", hex::encode(params))));
+            return Err(TokenError::Unsupported(format!(
+                "EC curve {}",
+                hex::encode(params)
+            )));
         };
-        let raw = attr_bytes(&attrs, AttributeType::EcPoint).ok_or_else(|| missing("CKA_EC_POINT"))?;
+        let raw =
+            attr_bytes(&attrs, AttributeType::EcPoint).ok_or_else(|| missing("CKA_EC_POINT"))?;
         let point = unwrap_octet_string(raw, 1 + 2 * curve.field_len())?;
         if point[0] != 0x04 {
             return Err(TokenError::BadValue("EC point is not uncompressed".into()));
         }
         Ok(PublicKey::Ec { curve, point })
     } else if key_type == KeyType::EC_EDWARDS {
-        let raw = attr_bytes(&attrs, AttributeType::EcPoint).ok_or_else(|| missing("CKA_EC_POINT"))?;
+        let raw =
+            attr_bytes(&attrs, AttributeType::EcPoint).ok_or_else(|| missing("CKA_EC_POINT"))?;
         let point = unwrap_octet_string(raw, 32)?;
         let mut a = [0u8; 32];
         a.copy_from_slice(&point);
@@ -159,7 +170,10 @@ fn read_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey, Tok
         let e = attr_bytes(&attrs, AttributeType::PublicExponent)
             .ok_or_else(|| missing("CKA_PUBLIC_EXPONENT"))?;
         let strip = |b: &[u8]| b[b.iter().position(|&x| x != 0).unwrap_or(b.len())..].to_vec();
-        Ok(PublicKey::Rsa { n: strip(n), e: strip(e) })
+        Ok(PublicKey::Rsa {
+            n: strip(n),
+            e: strip(e),
+        })
     } else {
         Err(TokenError::Unsupported(format!("key type {key_type}")))
     }
@@ -176,7 +190,10 @@ fn find_one(
         .ck("finding a key object")?;
     match found.as_slice() {
         [h] => Ok(*h),
-        [] => Err(TokenError::KeyNotFound { what: what.to_string(), id: hex::encode(id) }),
+        [] => Err(TokenError::KeyNotFound {
+            what: what.to_string(),
+            id: hex::encode(id),
+        }),
         _ => Err(TokenError::BadValue(format!(
             "{} objects share CKA_ID {} ({what})",
             found.len(),
@@ -240,7 +257,10 @@ impl Token {
                 .generate_key_pair(&mechanism, &public, &private)
                 .ck("generating a key pair (C_GenerateKeyPair)")?;
             match read_public(s, pub_h) {
-                Ok(public) => Ok(TokenKey { id: id.clone(), public }),
+                Ok(public) => Ok(TokenKey {
+                    id: id.clone(),
+                    public,
+                }),
                 Err(e) => {
                     // Leave nothing half-made behind.
                     let _ = s.destroy_object(priv_h);
@@ -281,7 +301,11 @@ impl Token {
         what: &str,
     ) -> Result<TokenSigner, TokenError> {
         let handle = self.with_session(|s| find_one(s, ObjectClass::PRIVATE_KEY, id, what))?;
-        Ok(TokenSigner { token: Arc::clone(self), handle, public })
+        Ok(TokenSigner {
+            token: Arc::clone(self),
+            handle,
+            public,
+        })
     }
 }
 
@@ -295,37 +319,46 @@ pub struct TokenSigner {
 
 impl std::fmt::Debug for TokenSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSigner").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("TokenSigner")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
 impl TokenSigner {
     /// The raw PKCS#11 operation, exposed for the benchmark's raw token rate.
     pub fn sign_raw(&self, alg: DigestAlgorithm, digest: &[u8]) -> Result<Vec<u8>, TokenError> {
-        if digest.len() != alg.len() {
+        if digest.len() != alg.output_len() {
             return Err(TokenError::BadValue(format!(
                 "digest of {} bytes for a {}-byte algorithm",
                 digest.len(),
-                alg.len()
+                alg.output_len()
             )));
         }
         match &self.public {
             PublicKey::Ec { curve, .. } => {
                 let sig = self.token.with_session(|s| {
-                    s.sign(&Mechanism::Ecdsa, self.handle, digest).ck("signing (CKM_ECDSA)")
+                    s.sign(&Mechanism::Ecdsa, self.handle, digest)
+                        .ck("signing (CKM_ECDSA)")
                 })?;
                 if sig.len() != 2 * curve.field_len() {
-                    return Err(TokenError::BadValue(format!("ECDSA signature of {} bytes", sig.len())));
+                    return Err(TokenError::BadValue(format!(
+                        "ECDSA signature of {} bytes",
+                        sig.len()
+                    )));
                 }
                 Ok(sig)
             }
             PublicKey::Ed25519(_) => {
                 let mech = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
-                let sig = self
-                    .token
-                    .with_session(|s| s.sign(&mech, self.handle, digest).ck("signing (CKM_EDDSA)"))?;
+                let sig = self.token.with_session(|s| {
+                    s.sign(&mech, self.handle, digest).ck("signing (CKM_EDDSA)")
+                })?;
                 if sig.len() != 64 {
-                    return Err(TokenError::BadValue(format!("EdDSA signature of {} bytes", sig.len())));
+                    return Err(TokenError::BadValue(format!(
+                        "EdDSA signature of {} bytes",
+                        sig.len()
+                    )));
                 }
                 Ok(sig)
             }
@@ -333,10 +366,14 @@ impl TokenSigner {
                 let mut info = alg.digest_info_prefix().to_vec();
                 info.extend_from_slice(digest);
                 let sig = self.token.with_session(|s| {
-                    s.sign(&Mechanism::RsaPkcs, self.handle, &info).ck("signing (CKM_RSA_PKCS)")
+                    s.sign(&Mechanism::RsaPkcs, self.handle, &info)
+                        .ck("signing (CKM_RSA_PKCS)")
                 })?;
                 if sig.len() > n.len() {
-                    return Err(TokenError::BadValue(format!("RSA signature of {} bytes", sig.len())));
+                    return Err(TokenError::BadValue(format!(
+                        "RSA signature of {} bytes",
+                        sig.len()
+                    )));
                 }
                 Ok(sig)
             }
@@ -350,8 +387,10 @@ impl Signer for TokenSigner {
     }
 
     fn sign_digest(&self, alg: DigestAlgorithm, digest: &[u8]) -> Result<Vec<u8>, SignerError> {
-        if digest.len() != alg.len() {
-            return Err(SignerError::InvalidInput("digest length does not match its algorithm"));
+        if digest.len() != alg.output_len() {
+            return Err(SignerError::InvalidInput(
+                "digest length does not match its algorithm",
+            ));
         }
         self.sign_raw(alg, digest).map_err(|e| match e {
             TokenError::NotLoggedIn => SignerError::Sealed,

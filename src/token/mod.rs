@@ -85,10 +85,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn load_module(module: &Path) -> Result<Pkcs11, TokenError> {
-    let ctx = Pkcs11::new(module)
-        .map_err(|e| TokenError::Module { path: module.display().to_string(), source: e })?;
+    let ctx = Pkcs11::new(module).map_err(|e| TokenError::Module {
+        path: module.display().to_string(),
+        source: e,
+    })?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .map_err(|e| TokenError::Module { path: module.display().to_string(), source: e })?;
+        .map_err(|e| TokenError::Module {
+            path: module.display().to_string(),
+            source: e,
+        })?;
     Ok(ctx)
 }
 
@@ -105,7 +110,10 @@ fn describe(ctx: &Pkcs11, slot: Slot) -> Result<TokenDescription, TokenError> {
 fn matches(sel: &TokenSelector, d: &TokenDescription) -> bool {
     sel.label.as_deref().is_none_or(|l| l == d.label)
         && sel.serial.as_deref().is_none_or(|s| s == d.serial)
-        && sel.manufacturer.as_deref().is_none_or(|m| m == d.manufacturer)
+        && sel
+            .manufacturer
+            .as_deref()
+            .is_none_or(|m| m == d.manufacturer)
         && sel.model.as_deref().is_none_or(|m| m == d.model)
 }
 
@@ -123,9 +131,16 @@ fn find_slot(ctx: &Pkcs11, sel: &TokenSelector) -> Result<(Slot, TokenDescriptio
         1 => Ok(found.remove(0)),
         0 => Err(TokenError::NotFound {
             selector: sel.to_string(),
-            present: if present.is_empty() { "none".into() } else { present.join(", ") },
+            present: if present.is_empty() {
+                "none".into()
+            } else {
+                present.join(", ")
+            },
         }),
-        n => Err(TokenError::Ambiguous { selector: sel.to_string(), count: n }),
+        n => Err(TokenError::Ambiguous {
+            selector: sel.to_string(),
+            count: n,
+        }),
     }
 }
 
@@ -157,7 +172,10 @@ impl Token {
             description,
             options,
             pool: SessionPool {
-                state: Mutex::new(PoolState { idle: Vec::new(), open: 0 }),
+                state: Mutex::new(PoolState {
+                    idle: Vec::new(),
+                    open: 0,
+                }),
                 returned: Condvar::new(),
                 max: options.max_sessions.max(1),
             },
@@ -177,7 +195,10 @@ impl Token {
         user_pin: &SecretString,
     ) -> Result<String, TokenError> {
         let ctx = load_module(module)?;
-        let selector = TokenSelector { label: Some(label.to_string()), ..Default::default() };
+        let selector = TokenSelector {
+            label: Some(label.to_string()),
+            ..Default::default()
+        };
         if find_slot(&ctx, &selector).is_ok() {
             return Err(TokenError::Unsupported(format!(
                 "a token labelled {label:?} already exists; refusing to initialize another"
@@ -196,12 +217,17 @@ impl Token {
         let slot = free.ok_or_else(|| {
             TokenError::Unsupported("the module offers no slot with an uninitialized token".into())
         })?;
-        ctx.init_token(slot, so_pin, label).ck("initializing the token")?;
+        ctx.init_token(slot, so_pin, label)
+            .ck("initializing the token")?;
         // Some tokens (SoftHSM2) move the new token to another slot number.
         let (slot, d) = find_slot(&ctx, &selector)?;
         let session = ctx.open_rw_session(slot).ck("opening a session")?;
-        session.login(UserType::So, Some(so_pin)).ck("security officer login")?;
-        session.init_pin(user_pin).ck("setting the ignition passphrase (C_InitPIN)")?;
+        session
+            .login(UserType::So, Some(so_pin))
+            .ck("security officer login")?;
+        session
+            .init_pin(user_pin)
+            .ck("setting the ignition passphrase (C_InitPIN)")?;
         session.logout().ck("security officer logout")?;
         Ok(d.serial)
     }
@@ -217,7 +243,10 @@ impl Token {
         if guard.is_some() {
             return Ok(());
         }
-        let session = self.ctx.open_rw_session(self.slot).ck("opening a session")?;
+        let session = self
+            .ctx
+            .open_rw_session(self.slot)
+            .ck("opening a session")?;
         match session.login(UserType::User, Some(passphrase)) {
             Ok(()) => {}
             Err(cryptoki::error::Error::Pkcs11(
@@ -241,9 +270,10 @@ impl Token {
         match session {
             Some(s) => match s.logout() {
                 Ok(()) => Ok(()),
-                Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserNotLoggedIn, _)) => {
-                    Ok(())
-                }
+                Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::UserNotLoggedIn,
+                    _,
+                )) => Ok(()),
                 Err(e) => Err(TokenError::from_ck("sealing (C_Logout)", e)),
             },
             None => Ok(()),
@@ -271,7 +301,11 @@ impl Token {
                     st.open += 1;
                     break None;
                 }
-                st = self.pool.returned.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = self
+                    .pool
+                    .returned
+                    .wait(st)
+                    .unwrap_or_else(|p| p.into_inner());
             }
         };
         let session = match session {

@@ -1,0 +1,295 @@
+//! Test fixture: every test gets its own appliance in a temp dir with its own
+//! SoftHSM2 token (own softhsm2.conf and token directory), created by the real
+//! `orgkey init --create-softhsm-token`, and talks to a real `orgkey serve` on
+//! 127.0.0.1:0. Tests run in parallel and leave nothing behind.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const PASSPHRASE: &str = "correct horse battery staple";
+pub const SO_PIN: &str = "security-officer-pin-42";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_orgkey")
+}
+
+pub struct Appliance {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub pin_file: PathBuf,
+}
+
+impl Appliance {
+    /// A fresh appliance (data dir, store, token); no org key yet.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pin_file = dir.path().join("pin");
+        let so_file = dir.path().join("so");
+        write_secret(&pin_file, PASSPHRASE);
+        write_secret(&so_file, SO_PIN);
+        let out = Command::new(bin())
+            .args(["init", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--domain",
+                "example.com",
+                "--create-softhsm-token",
+                "--ignition-passphrase-file",
+            ])
+            .arg(&pin_file)
+            .arg("--so-pin-file")
+            .arg(&so_file)
+            .env_remove("ORGKEY_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = dir.path().join("data/orgkey.toml");
+        Appliance {
+            dir,
+            config,
+            pin_file,
+        }
+    }
+
+    /// A fresh appliance with an org key of `alg`.
+    pub fn with_org_key(alg: &str) -> Self {
+        let a = Self::new();
+        a.ok(
+            &[
+                "org-key",
+                "generate",
+                "--algorithm",
+                alg,
+                "--uid",
+                "Example Org Key <orgkey@example.com>",
+            ],
+            true,
+        );
+        a
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `orgkey` with this appliance's config; `pin` appends --passphrase-file.
+    pub fn run(&self, args: &[&str], pin: bool) -> Output {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("ORGKEY_CONFIG", &self.config)
+            .env("ORGKEY_LOG", "warn");
+        if pin {
+            c.arg("--passphrase-file").arg(&self.pin_file);
+        }
+        c.stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Like `run` but asserts success and returns stdout.
+    pub fn ok(&self, args: &[&str], pin: bool) -> String {
+        let out = self.run(args, pin);
+        assert!(
+            out.status.success(),
+            "orgkey {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Registers a client and returns its bearer token.
+    pub fn client(&self, name: &str, scopes: &str) -> String {
+        let file = self.path(&format!("{name}.token"));
+        self.ok(
+            &[
+                "client",
+                "add",
+                name,
+                "--scopes",
+                scopes,
+                "--token-out",
+                file.to_str().unwrap(),
+            ],
+            false,
+        );
+        std::fs::read_to_string(file).unwrap().trim().to_string()
+    }
+
+    /// SOFTHSM2_CONF of this appliance's token.
+    pub fn softhsm_conf(&self) -> PathBuf {
+        self.dir.path().join("data/softhsm2.conf")
+    }
+
+    /// The SQLite store file.
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("data/orgkey.db")
+    }
+
+    /// Starts `orgkey serve` on a free loopback port.
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        let mut c = Command::new(bin());
+        c.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("ORGKEY_CONFIG", &self.config)
+            .env("ORGKEY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = match line.trim().strip_prefix("orgkey listening on ") {
+            Some(u) => u.to_string(),
+            None => {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "serve did not start: {line}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        };
+        Server { child, url }
+    }
+}
+
+pub fn write_secret(p: &Path, s: &str) {
+    std::fs::write(p, format!("{s}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// SIGTERM and wait (graceful shutdown seals the token).
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        for _ in 0..100 {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// POSTs the ignition passphrase with an admin token.
+pub async fn ignite(s: &Server, admin: &str, passphrase: &str) -> reqwest::Response {
+    http()
+        .post(s.url("/v1/ignition"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({ "passphrase": passphrase }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A throwaway GnuPG home.
+pub struct Gpg {
+    pub home: tempfile::TempDir,
+}
+
+impl Gpg {
+    pub fn new() -> Self {
+        let home = tempfile::tempdir().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        Gpg { home }
+    }
+
+    pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        use std::io::Write;
+        let mut c = Command::new("gpg");
+        c.env("GNUPGHOME", self.home.path())
+            .arg("--batch")
+            .arg("--no-tty")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut si = child.stdin.take().unwrap();
+        if let Some(data) = stdin {
+            si.write_all(data).unwrap();
+        }
+        drop(si);
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn import(&self, cert: &[u8]) {
+        let out = self.run(&["--import"], Some(cert));
+        assert!(
+            out.status.success(),
+            "gpg import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `gpg --verify sig data`; returns (success, stderr).
+    pub fn verify(&self, sig: &[u8], data: &[u8]) -> (bool, String) {
+        let sig_path = self.home.path().join("x.sig");
+        let data_path = self.home.path().join("x.dat");
+        std::fs::write(&sig_path, sig).unwrap();
+        std::fs::write(&data_path, data).unwrap();
+        let out = self.run(
+            &[
+                "--verify",
+                sig_path.to_str().unwrap(),
+                data_path.to_str().unwrap(),
+            ],
+            None,
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", "all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

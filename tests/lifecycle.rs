@@ -1,0 +1,655 @@
+//! Appliance lifecycle: init, org key generation rules, token check, auth,
+//! ignition back-off, seal, restart, audit tamper detection, listener rules.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+#[test]
+fn init_refuses_weak_secrets_and_an_existing_appliance() {
+    let dir = tempfile::tempdir().unwrap();
+    let weak = dir.path().join("weak");
+    let so = dir.path().join("so");
+    write_secret(&weak, "short");
+    write_secret(&so, SO_PIN);
+    let out = Command::new(bin())
+        .args(["init", "--create-softhsm-token", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .arg("--ignition-passphrase-file")
+        .arg(&weak)
+        .arg("--so-pin-file")
+        .arg(&so)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 10 characters"));
+    assert!(
+        !dir.path().join("d").exists(),
+        "nothing written after a refused init"
+    );
+
+    let a = Appliance::new();
+    let out = Command::new(bin())
+        .args(["init", "--data-dir"])
+        .arg(a.dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    let out = Command::new(bin())
+        .args(["init", "--domain", "not a domain", "--data-dir"])
+        .arg(dir.path().join("e"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid DNS name"));
+    assert!(!dir.path().join("e").exists());
+
+    // Files holding state are private.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["data/orgkey.toml", "data/orgkey.db", "data/softhsm2.conf"] {
+            let mode = std::fs::metadata(a.dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{f} is {mode:o}");
+        }
+    }
+}
+
+#[test]
+fn generation_refuses_replacement_without_flag_and_token_check_passes() {
+    let a = Appliance::with_org_key("p256");
+    let first = a.ok(&["org-key", "show"], false);
+    let out = a.run(
+        &["org-key", "generate", "--uid", "Second <x@example.com>"],
+        true,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already exists") && err.contains("--replace"),
+        "{err}"
+    );
+    assert_eq!(
+        a.ok(&["org-key", "show"], false),
+        first,
+        "refused generation changed nothing"
+    );
+
+    let check = a.ok(&["token", "check"], true);
+    assert!(check.contains("3 private key object(s)"), "{check}");
+    assert!(check.contains("token check passed"), "{check}");
+    assert!(
+        check.contains("WRAP_WITH_TRUSTED=true") && check.contains("SENSITIVE=true"),
+        "{check}"
+    );
+    assert_eq!(check.matches("  ok").count(), 3, "{check}");
+
+    // Replacement works with the flag; the old objects stay and still pass.
+    let out = a.ok(
+        &[
+            "org-key",
+            "generate",
+            "--replace",
+            "--non-exportable",
+            "--uid",
+            "New <n@example.com>",
+        ],
+        true,
+    );
+    assert!(out.contains("non-exportable"), "{out}");
+    let show = a.ok(&["org-key", "show"], false);
+    assert_ne!(show, first);
+    assert!(show.contains("New <n@example.com>"));
+    let check = a.ok(&["token", "check"], true);
+    assert!(check.contains("6 private key object(s)"), "{check}");
+    assert_eq!(check.matches(" EXTRACTABLE=false").count(), 3, "{check}");
+    assert!(check.contains("token check passed"), "{check}");
+
+    // Bad input: unknown algorithm, bad expiry, wrong passphrase.
+    assert!(
+        !a.run(
+            &["org-key", "generate", "--algorithm", "dsa", "--uid", "x"],
+            true
+        )
+        .status
+        .success()
+    );
+    let out = a.run(
+        &[
+            "org-key",
+            "generate",
+            "--replace",
+            "--expires",
+            "soon",
+            "--uid",
+            "x",
+        ],
+        true,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--expires"));
+    let wrong = a.path("wrong");
+    write_secret(&wrong, "wrong passphrase here");
+    let out = a.run(
+        &[
+            "org-key",
+            "generate",
+            "--replace",
+            "--uid",
+            "x",
+            "--passphrase-file",
+            wrong.to_str().unwrap(),
+        ],
+        false,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad ignition passphrase"));
+    assert!(
+        a.ok(&["token", "check"], true)
+            .contains("6 private key object(s)"),
+        "nothing half-made"
+    );
+}
+
+#[test]
+fn token_check_flags_a_key_that_can_be_exported_in_the_clear() {
+    let a = Appliance::with_org_key("p256");
+    let module = "/usr/lib/softhsm/libsofthsm2.so";
+    // An independent tool makes a key the way a careless admin would.
+    let out = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", a.softhsm_conf())
+        .args([
+            "--module",
+            module,
+            "--token-label",
+            "orgkey",
+            "--login",
+            "--pin",
+            PASSPHRASE,
+        ])
+        .args([
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "careless",
+            "--id",
+            "c0ffee",
+        ])
+        .args(["--usage-sign", "--usage-decrypt", "--extractable"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pkcs11-tool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = a.run(&["token", "check"], true);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "check must fail:\n{text}");
+    assert!(text.contains("careless"), "{text}");
+    assert!(
+        text.contains("extractable without CKA_WRAP_WITH_TRUSTED"),
+        "{text}"
+    );
+    assert!(text.contains("token check FAILED"), "{text}");
+    // The org keys themselves are still fine.
+    assert_eq!(text.matches("  ok").count(), 3, "{text}");
+}
+
+#[tokio::test]
+async fn bearer_tokens_and_scopes_are_enforced() {
+    let a = Appliance::with_org_key("p256");
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gw", "sign,certify");
+    let s = a.serve(&["--ignition-passphrase-file", a.pin_file.to_str().unwrap()]);
+    let post = |tok: Option<String>| {
+        let mut r = http().post(s.url("/v1/sign")).body("x");
+        if let Some(t) = tok {
+            r = r.header("authorization", t);
+        }
+        r.send()
+    };
+    for bad in [
+        None,
+        Some("Bearer".to_string()),
+        Some("Basic YWRtaW46YWRtaW4=".into()),
+        Some("Bearer okc_0000000000000000_AAAA".into()),
+        Some(format!("Bearer {}x", &gw)),
+        Some(format!("Bearer {}", gw.replace("okc_", "okx_"))),
+    ] {
+        let r = post(bad.clone()).await.unwrap();
+        assert_eq!(r.status(), 401, "{bad:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap()["code"],
+            "unauthorized"
+        );
+    }
+    // Admin cannot sign; the gateway cannot ignite or seal.
+    let r = post(Some(format!("Bearer {admin}"))).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["code"],
+        "forbidden"
+    );
+    let r = ignite(&s, &gw, PASSPHRASE).await;
+    assert_eq!(r.status(), 403);
+    let r = http()
+        .delete(s.url("/v1/ignition"))
+        .bearer_auth(&gw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        post(Some(format!("Bearer {gw}"))).await.unwrap().status(),
+        200
+    );
+
+    // Removing a client revokes its token at once.
+    a.ok(&["client", "remove", "gw"], false);
+    assert_eq!(
+        post(Some(format!("Bearer {gw}"))).await.unwrap().status(),
+        401
+    );
+    let list = a.ok(&["client", "list"], false);
+    assert!(
+        list.contains("admin\tadmin") && !list.contains("gw"),
+        "{list}"
+    );
+    assert!(
+        !a.run(&["client", "add", "admin", "--scopes", "sign"], false)
+            .status
+            .success()
+    );
+    assert!(
+        !a.run(&["client", "add", "x", "--scopes", "root"], false)
+            .status
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn ignition_backs_off_after_five_failures_and_bad_bodies_are_refused() {
+    let a = Appliance::with_org_key("p256");
+    let admin = a.client("admin", "admin");
+    let s = a.serve(&[]);
+
+    // Malformed ignition requests are refused without counting as guesses.
+    let r = http()
+        .post(s.url("/v1/ignition"))
+        .bearer_auth(&admin)
+        .body("passphrase=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    for body in [
+        "{",
+        "[]",
+        "{\"pass\": \"x\"}",
+        "{\"passphrase\": 5}",
+        "{\"passphrase\": \"x\", \"y\": 1}",
+    ] {
+        let r = http()
+            .post(s.url("/v1/ignition"))
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap()["code"],
+            "bad_request"
+        );
+    }
+    let huge = format!("{{\"passphrase\": \"{}\"}}", "a".repeat(100_000));
+    let r = http()
+        .post(s.url("/v1/ignition"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    for i in 1..=5 {
+        let r = ignite(&s, &admin, &format!("guess number {i}")).await;
+        assert_eq!(r.status(), 401, "attempt {i}");
+        if i == 5 {
+            assert!(
+                r.headers().contains_key("retry-after"),
+                "the fifth failure announces the back-off"
+            );
+        }
+    }
+    let r = ignite(&s, &admin, PASSPHRASE).await;
+    assert_eq!(
+        r.status(),
+        429,
+        "even the right passphrase waits out the back-off"
+    );
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&wait), "{wait}");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["code"],
+        "ignition_backoff"
+    );
+    let st: serde_json::Value = http()
+        .get(s.url("/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["state"], "sealed");
+
+    drop(s);
+    let list = a.ok(&["audit", "list"], false);
+    assert_eq!(list.matches("\tignition\tdenied").count(), 5, "{list}");
+    assert_eq!(list.matches("\tignition\trefused").count(), 1, "{list}");
+}
+
+#[tokio::test]
+async fn seal_and_restart_return_to_sealed() {
+    let a = Appliance::with_org_key("p256");
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gw", "sign");
+    let s = a.serve(&[]);
+    // The CLI ignites through the API.
+    let tok = a.path("admin.token");
+    let out = a.run(
+        &[
+            "ignite",
+            "--url",
+            &s.url,
+            "--token-file",
+            tok.to_str().unwrap(),
+        ],
+        true,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = http()
+        .get(s.url("/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["state"], "ignited");
+    assert_eq!(st["token"]["label"], "orgkey");
+    assert!(!st.to_string().contains(PASSPHRASE));
+    let r = http()
+        .post(s.url("/v1/sign"))
+        .bearer_auth(&gw)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Seal over the API: signing stops.
+    let r = http()
+        .delete(s.url("/v1/ignition"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http()
+        .post(s.url("/v1/sign"))
+        .bearer_auth(&gw)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+
+    // Ignite again, then restart: the new process is sealed.
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    assert!(s.stop().success(), "graceful shutdown");
+    let s = a.serve(&[]);
+    let st: serde_json::Value = http()
+        .get(s.url("/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["state"], "sealed");
+    let r = http()
+        .post(s.url("/v1/sign"))
+        .bearer_auth(&gw)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // The CLI reports a wrong passphrase clearly.
+    let wrong = a.path("wrong");
+    write_secret(&wrong, "definitely wrong");
+    let out = a.run(
+        &[
+            "ignite",
+            "--url",
+            &s.url,
+            "--token-file",
+            tok.to_str().unwrap(),
+            "--passphrase-file",
+            wrong.to_str().unwrap(),
+        ],
+        false,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad ignition passphrase"));
+    drop(s);
+    let list = a.ok(&["audit", "list"], false);
+    assert!(list.contains("\tseal\tok"), "{list}");
+}
+
+#[tokio::test]
+async fn ignition_stays_sealed_when_the_token_keys_do_not_match_the_store() {
+    let a = Appliance::with_org_key("p256");
+    let admin = a.client("admin", "admin");
+    // Point the signing subkey record at the primary key's objects.
+    let out = Command::new("sqlite3")
+        .arg(a.db())
+        .arg("UPDATE org_keys SET signing_id = primary_id WHERE state = 'active';")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = a.serve(&[]);
+    let r = ignite(&s, &admin, PASSPHRASE).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["code"],
+        "org_key_mismatch"
+    );
+    let st: serde_json::Value = http()
+        .get(s.url("/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["state"], "sealed");
+}
+
+#[test]
+fn audit_verify_names_the_first_tampered_row() {
+    let a = Appliance::with_org_key("p256");
+    a.client("one", "sign");
+    a.client("two", "sign");
+    assert!(a.ok(&["audit", "verify"], false).contains("intact: 4 rows"));
+    let out = Command::new("sqlite3")
+        .arg(a.db())
+        .arg("UPDATE audit_log SET detail = 'nothing to see' WHERE seq = 3;")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = a.run(&["audit", "verify"], false);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BROKEN at row 3"), "{text}");
+}
+
+#[test]
+fn serve_refuses_plaintext_off_loopback_and_a_missing_token() {
+    let a = Appliance::with_org_key("p256");
+    let out = a.run(&["serve", "--listen", "0.0.0.0:0"], false);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to serve plaintext"));
+
+    let cfg = std::fs::read_to_string(&a.config)
+        .unwrap()
+        .replace("label = \"orgkey\"", "label = \"elsewhere\"");
+    std::fs::write(&a.config, cfg).unwrap();
+    let out = a.run(&["serve", "--listen", "127.0.0.1:0"], false);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no token with label \"elsewhere\"") && err.contains("\"orgkey\""),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn serves_tls_when_configured() {
+    let a = Appliance::with_org_key("p256");
+    let (ca, ca_key, cert, key) = (
+        a.path("ca.pem"),
+        a.path("ca.key"),
+        a.path("tls.pem"),
+        a.path("tls.key"),
+    );
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(a.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+    ]);
+    std::fs::write(
+        a.path("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "tls.pem",
+    ]);
+    let _ = ca_key;
+    let mut cfg = std::fs::read_to_string(&a.config).unwrap();
+    cfg.push_str(&format!("tls_cert = {:?}\ntls_key = {:?}\n", cert, key));
+    std::fs::write(&a.config, cfg).unwrap();
+    let s = a.serve(&[]);
+    assert!(s.url.starts_with("https://"), "{}", s.url);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pem = std::fs::read(&ca).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let r = client.get(s.url("/v1/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The CLI ignites over TLS with the CA file.
+    a.client("admin", "admin");
+    let tok = a.path("admin.token");
+    let out = a.run(
+        &[
+            "ignite",
+            "--url",
+            &s.url,
+            "--token-file",
+            tok.to_str().unwrap(),
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+        true,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without trusting the CA it fails.
+    let out = a.run(
+        &[
+            "seal",
+            "--url",
+            &s.url,
+            "--token-file",
+            tok.to_str().unwrap(),
+        ],
+        false,
+    );
+    assert!(!out.status.success());
+}
