@@ -254,11 +254,8 @@ async fn small_json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiEr
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !ctype
-        .trim()
-        .to_ascii_lowercase()
-        .starts_with("application/json")
-    {
+    let essence = ctype.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -311,13 +308,19 @@ async fn audited_ignition(
     client: &Client,
     passphrase: SecretString,
 ) -> Result<Response, ApiError> {
-    if let SealState::Ignited(_) = st.seal_state() {
-        return Ok(Json(serde_json::json!({ "state": "ignited" })).into_response());
+    // Already ignited with an org key: nothing to do. Ignited without one
+    // (the key was generated after ignition) goes through again to load it.
+    let already = |st: &ApiState| match st.seal_state() {
+        SealState::Ignited(Some(k)) => Some(k.org.fingerprint()),
+        SealState::Ignited(None) | SealState::Sealed => None,
+    };
+    if let Some(fpr) = already(st) {
+        return Ok(Json(serde_json::json!({ "state": "ignited", "org_key": fpr })).into_response());
     }
     // Held across the attempt: concurrent guesses are counted one by one.
     let mut backoff = st.backoff.lock().await;
-    if let SealState::Ignited(_) = st.seal_state() {
-        return Ok(Json(serde_json::json!({ "state": "ignited" })).into_response());
+    if let Some(fpr) = already(st) {
+        return Ok(Json(serde_json::json!({ "state": "ignited", "org_key": fpr })).into_response());
     }
     let now = Instant::now();
     if let Some(wait) = backoff.blocked_for(now) {

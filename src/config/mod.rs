@@ -542,3 +542,16 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_checked_in_example_config_is_valid() {
+        let text = include_str!("../../orgkey.example.toml");
+        let c = Config::from_toml(text, Path::new("/srv/orgkey/orgkey.toml")).unwrap();
+        assert_eq!(c.token.selector.label.as_deref(), Some("orgkey"));
+        assert_eq!(c.token.environment["SOFTHSM2_CONF"], "/srv/orgkey/./softhsm2.conf");
+    }
+}

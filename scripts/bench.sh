@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Benchmark: in one run, the raw token signing rate (C_Sign on one session,
+# same key, in-process) and HTTP signatures/s through /v1/sign (keep-alive,
+# 1 KiB bodies, 16 concurrent clients), and their ratio. Release build, a
+# throwaway appliance in a temp dir, loopback only.
+#
+#   scripts/bench.sh            # p256
+#   ALG=ed25519 BENCH_SECONDS=10 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/deps.sh
+source scripts/lib/deps.sh
+orgkey_install_deps
+
+alg="${ALG:-p256}"
+secs="${BENCH_SECONDS:-5}"
+clients="${CLIENTS:-16}"
+cargo build --locked --release --bin orgkey --example loadgen >/dev/null
+bin="$PWD/target/release/orgkey"
+loadgen="$PWD/target/release/examples/loadgen"
+
+work=$(mktemp -d)
+server=""
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+umask 077
+echo "bench-ignition-passphrase" > "$work/pin"
+echo "bench-security-officer" > "$work/so"
+export ORGKEY_CONFIG="$work/data/orgkey.toml" ORGKEY_LOG=warn
+"$bin" init --data-dir "$work/data" --create-softhsm-token \
+  --ignition-passphrase-file "$work/pin" --so-pin-file "$work/so" >/dev/null
+"$bin" org-key generate --algorithm "$alg" --uid "Bench <bench@example.com>" --passphrase-file "$work/pin" >/dev/null
+"$bin" client add bench --scopes sign --token-out "$work/token" 2>/dev/null
+
+raw=$("$bin" token bench-sign --seconds "$secs" --passphrase-file "$work/pin" | awk '/^raw_sign_per_sec/ {print $2}')
+
+"$bin" serve --listen 127.0.0.1:0 --ignition-passphrase-file "$work/pin" > "$work/serve.out" 2> "$work/serve.err" &
+server=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
+url=$(sed -n 's/^orgkey listening on //p' "$work/serve.out")
+[ -n "$url" ] || { cat "$work/serve.err"; exit 1; }
+
+out=$("$loadgen" "$url/v1/sign" "$(cat "$work/token")" "$clients" "$secs" 1024)
+api=$(echo "$out" | awk '/^api_sign_per_sec/ {print $2}')
+echo "algorithm            $alg"
+echo "raw token sign/s     $raw   (one session, in-process)"
+echo "API /v1/sign/s       $api   ($clients clients, 1 KiB bodies, keep-alive, audit row per signature)"
+echo "$out" | grep -E '^(errors|latency_ms)'
+awk -v a="$api" -v r="$raw" 'BEGIN { printf "ratio API/raw        %.2f\n", a / r }'
+echo "machine              $(nproc) cores; load generator shares them with the appliance"
