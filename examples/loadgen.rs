@@ -19,7 +19,10 @@ async fn main() {
     let secs: u64 = args[4].parse().expect("SECONDS");
     let body = vec![b'a'; args[5].parse().expect("BODY_BYTES")];
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..clients {
@@ -29,7 +32,12 @@ async fn main() {
             let mut errors = 0u64;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let r = http.post(&url).bearer_auth(&token).body(body.clone()).send().await;
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .body(body.clone())
+                    .send()
+                    .await;
                 match r {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
@@ -51,7 +59,10 @@ async fn main() {
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+    };
     println!("api_sign_per_sec {:.0}", all.len() as f64 / elapsed);
     println!("requests_ok {}", all.len());
     println!("errors {errors}");

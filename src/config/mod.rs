@@ -552,6 +552,9 @@ mod example_tests {
         let text = include_str!("../../orgkey.example.toml");
         let c = Config::from_toml(text, Path::new("/srv/orgkey/orgkey.toml")).unwrap();
         assert_eq!(c.token.selector.label.as_deref(), Some("orgkey"));
-        assert_eq!(c.token.environment["SOFTHSM2_CONF"], "/srv/orgkey/./softhsm2.conf");
+        assert_eq!(
+            c.token.environment["SOFTHSM2_CONF"],
+            "/srv/orgkey/./softhsm2.conf"
+        );
     }
 }
