@@ -32,6 +32,28 @@ pub struct SignatureOutput {
     pub data_len: u64,
 }
 
+/// Text mode: every CRLF, lone LF and lone CR is emitted as CRLF; a CR at
+/// the end of one chunk and an LF at the start of the next are one break.
+fn normalize_line_endings(last_was_cr: &mut bool, chunk: &[u8], mut out: impl FnMut(&[u8])) {
+    let mut start = 0;
+    for (i, &b) in chunk.iter().enumerate() {
+        match b {
+            b'\n' if *last_was_cr && i == start => {
+                start = i + 1;
+                *last_was_cr = false;
+            }
+            b'\r' | b'\n' => {
+                out(&chunk[start..i]);
+                out(b"\r\n");
+                start = i + 1;
+                *last_was_cr = b == b'\r';
+            }
+            _ => *last_was_cr = false,
+        }
+    }
+    out(&chunk[start..]);
+}
+
 /// A signature in the making: feed the data, then sign.
 pub struct PendingSignature {
     hash: Context,
@@ -77,26 +99,9 @@ impl PendingSignature {
         }
     }
 
-    /// Text mode: every CRLF, lone LF and lone CR is hashed as CRLF; a CR at
-    /// the end of one chunk and an LF at the start of the next are one break.
     fn update_text(&mut self, chunk: &[u8]) {
-        let mut start = 0;
-        for (i, &b) in chunk.iter().enumerate() {
-            match b {
-                b'\n' if self.last_was_cr && i == start => {
-                    start = i + 1;
-                    self.last_was_cr = false;
-                }
-                b'\r' | b'\n' => {
-                    self.hash.update(&chunk[start..i]);
-                    self.hash.update(b"\r\n");
-                    start = i + 1;
-                    self.last_was_cr = b == b'\r';
-                }
-                _ => self.last_was_cr = false,
-            }
-        }
-        self.hash.update(&chunk[start..]);
+        let hash = &mut self.hash;
+        normalize_line_endings(&mut self.last_was_cr, chunk, |b| hash.update(b));
     }
 
     /// Bytes fed so far.
@@ -146,5 +151,44 @@ impl PendingSignature {
             data_sha256: self.audit.finalize().into(),
             data_len: self.len,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normalize(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut cr = false;
+        for c in chunks {
+            normalize_line_endings(&mut cr, c, |b| out.extend_from_slice(b));
+        }
+        out
+    }
+
+    #[test]
+    fn every_line_ending_becomes_crlf() {
+        assert_eq!(
+            normalize(&[b"a\r\nb\nc\rd\n\n"]),
+            b"a\r\nb\r\nc\r\nd\r\n\r\n"
+        );
+        assert_eq!(normalize(&[b"\r\r\n"]), b"\r\n\r\n");
+        assert_eq!(normalize(&[b"no break"]), b"no break");
+    }
+
+    #[test]
+    fn chunk_boundaries_do_not_matter() {
+        let text: &[u8] = b"one\r\ntwo\nthree\rfour\r\n\r\nfive\r";
+        let whole = normalize(&[text]);
+        for i in 0..=text.len() {
+            for j in i..=text.len() {
+                assert_eq!(
+                    normalize(&[&text[..i], &text[i..j], &text[j..]]),
+                    whole,
+                    "split at {i},{j}"
+                );
+            }
+        }
     }
 }
