@@ -20,6 +20,14 @@ use zeroize::Zeroize;
 
 type AppState = State<Arc<ApiState>>;
 
+/// Logs an internal failure and answers 500 with the fixed public message.
+fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> ApiError {
+    move |e| {
+        tracing::error!(error = %e, "{what}");
+        ApiError::internal()
+    }
+}
+
 /// Largest JSON body accepted by the small JSON routes.
 const MAX_JSON_BODY: usize = 16 * 1024;
 
@@ -76,10 +84,9 @@ async fn status(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError
     let org = load_org_key(&st).await?;
     let org_json = match org {
         Some(org) => {
-            let expires = org.expires(st.clock.now()).map_err(|e| {
-                tracing::error!(error = %e, "stored org key is unreadable");
-                ApiError::internal()
-            })?;
+            let expires = org
+                .expires(st.clock.now())
+                .map_err(internal("stored org key is unreadable"))?;
             serde_json::json!({
                 "fingerprint": org.fingerprint(),
                 "algorithm": org.algorithm(),
@@ -100,15 +107,14 @@ async fn status(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError
 }
 
 async fn load_org_key(st: &ApiState) -> Result<Option<crate::openpgp::OrgKey>, ApiError> {
-    let rec = st.store.active_org_key().await.map_err(|e| {
-        tracing::error!(error = %e, "reading the org key record failed");
-        ApiError::internal()
-    })?;
+    let rec = st
+        .store
+        .active_org_key()
+        .await
+        .map_err(internal("reading the org key record failed"))?;
     rec.map(|r| {
-        crate::openpgp::OrgKey::parse(r.cert.as_bytes()).map_err(|e| {
-            tracing::error!(error = %e, "stored org key certificate is unreadable");
-            ApiError::internal()
-        })
+        crate::openpgp::OrgKey::parse(r.cert.as_bytes())
+            .map_err(internal("stored org key certificate is unreadable"))
     })
     .transpose()
 }
@@ -121,10 +127,9 @@ async fn org_key(State(st): AppState) -> Result<Response, ApiError> {
             "no org key has been generated",
         )
     })?;
-    let armored = org.armored().map_err(|e| {
-        tracing::error!(error = %e, "armoring the org key failed");
-        ApiError::internal()
-    })?;
+    let armored = org
+        .armored()
+        .map_err(internal("armoring the org key failed"))?;
     Ok(([(header::CONTENT_TYPE, "application/pgp-keys")], armored).into_response())
 }
 
@@ -184,10 +189,8 @@ async fn sign(
         return Err(ApiError::too_large(st.max_body));
     }
     let key = signing_key(&st)?;
-    let mut pending = PendingSignature::new(&key.org, key.signer.as_ref(), mode).map_err(|e| {
-        tracing::error!(error = %e, "starting a signature failed");
-        ApiError::internal()
-    })?;
+    let mut pending = PendingSignature::new(&key.org, key.signer.as_ref(), mode)
+        .map_err(internal("starting a signature failed"))?;
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
@@ -203,10 +206,7 @@ async fn sign(
     let out =
         tokio::task::spawn_blocking(move || pending.sign(&k.org, k.signer.as_ref(), now, armor))
             .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "signing task failed");
-                ApiError::internal()
-            })?;
+            .map_err(internal("signing task failed"))?;
     let out = match out {
         Ok(o) => o,
         Err(PgpError::Signer(e)) => {
@@ -343,10 +343,7 @@ async fn audited_ignition(
     let igniter = Arc::clone(&st.igniter);
     let result = tokio::task::spawn_blocking(move || igniter.ignite(&passphrase))
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "ignition task failed");
-            ApiError::internal()
-        })?;
+        .map_err(internal("ignition task failed"))?;
     match result {
         Ok(key) => {
             let fpr = key.as_ref().map(|k| k.org.fingerprint());
@@ -428,10 +425,7 @@ async fn seal(State(st): AppState, headers: HeaderMap) -> Result<Response, ApiEr
     let ig = Arc::clone(&st.igniter);
     let res = tokio::task::spawn_blocking(move || ig.seal())
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "seal task failed");
-            ApiError::internal()
-        })?;
+        .map_err(internal("seal task failed"))?;
     if let Err(e) = &res {
         tracing::error!(error = %e, "logout failed (the appliance refuses to sign either way)");
     }

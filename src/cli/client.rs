@@ -5,7 +5,7 @@ use crate::api::auth::{Scope, new_client, reveal};
 use crate::clock::unix_secs;
 use crate::service::open_store;
 use crate::store::AuditEvent;
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,20 +31,6 @@ pub enum ClientCmd {
         /// Client name.
         name: String,
     },
-}
-
-#[cfg(unix)]
-fn write_new_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 pub fn run(config: &Path, cmd: ClientCmd) -> anyhow::Result<ExitCode> {
@@ -75,7 +61,7 @@ pub fn run(config: &Path, cmd: ClientCmd) -> anyhow::Result<ExitCode> {
                     .await?;
                 match token_out {
                     Some(p) => {
-                        write_new_private(&p, &format!("{}\n", reveal(&token)))?;
+                        crate::service::write_private(&p, &format!("{}\n", reveal(&token)))?;
                         eprintln!(
                             "client {name} added; bearer token written to {}",
                             p.display()

@@ -41,8 +41,9 @@ pub struct InitResult {
     pub token_serial: Option<String>,
 }
 
+/// Creates `path` (which must not exist) with mode 0600 and writes `text`.
 #[cfg(unix)]
-fn write_private(path: &Path, text: &str) -> Result<(), ServiceError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), ServiceError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -7,6 +7,7 @@ mod init;
 mod org_key;
 mod serve;
 
+pub(crate) use init::write_private;
 pub use init::{InitRequest, InitResult, init_appliance};
 pub use org_key::{
     GenerateRequest, OrgKeySummary, TokenCheck, bench_raw_sign, check_token, generate_org_key,
