@@ -224,18 +224,12 @@ async fn bearer_tokens_and_scopes_are_enforced() {
         let r = post(bad.clone()).await.unwrap();
         assert_eq!(r.status(), 401, "{bad:?}");
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
-        assert_eq!(
-            r.json::<serde_json::Value>().await.unwrap()["code"],
-            "unauthorized"
-        );
+        assert_eq!(error_code(r).await, "unauthorized");
     }
     // Admin cannot sign; the gateway cannot ignite or seal.
     let r = post(Some(format!("Bearer {admin}"))).await.unwrap();
     assert_eq!(r.status(), 403);
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["code"],
-        "forbidden"
-    );
+    assert_eq!(error_code(r).await, "forbidden");
     let r = ignite(&s, &gw, PASSPHRASE).await;
     assert_eq!(r.status(), 403);
     let r = http()
@@ -304,10 +298,7 @@ async fn ignition_backs_off_after_five_failures_and_bad_bodies_are_refused() {
             .await
             .unwrap();
         assert_eq!(r.status(), 400, "{body}");
-        assert_eq!(
-            r.json::<serde_json::Value>().await.unwrap()["code"],
-            "bad_request"
-        );
+        assert_eq!(error_code(r).await, "bad_request");
     }
     let huge = format!("{{\"passphrase\": \"{}\"}}", "a".repeat(100_000));
     let r = http()
@@ -342,18 +333,8 @@ async fn ignition_backs_off_after_five_failures_and_bad_bodies_are_refused() {
         .parse()
         .unwrap();
     assert!((1..=10).contains(&wait), "{wait}");
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["code"],
-        "ignition_backoff"
-    );
-    let st: serde_json::Value = http()
-        .get(s.url("/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(error_code(r).await, "ignition_backoff");
+    let st: serde_json::Value = get_json(&s, "/v1/status").await;
     assert_eq!(st["state"], "sealed");
 
     drop(s);
@@ -369,30 +350,13 @@ async fn seal_and_restart_return_to_sealed() {
     let gw = a.client("gw", "sign");
     let s = a.serve(&[]);
     // The CLI ignites through the API.
-    let tok = a.path("admin.token");
-    let out = a.run(
-        &[
-            "ignite",
-            "--url",
-            &s.url,
-            "--token-file",
-            tok.to_str().unwrap(),
-        ],
-        true,
-    );
+    let out = a.remote("ignite", &s.url, &[], true);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let st: serde_json::Value = http()
-        .get(s.url("/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: serde_json::Value = get_json(&s, "/v1/status").await;
     assert_eq!(st["state"], "ignited");
     assert_eq!(st["token"]["label"], "orgkey");
     assert!(!st.to_string().contains(PASSPHRASE));
@@ -426,14 +390,7 @@ async fn seal_and_restart_return_to_sealed() {
     assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
     assert!(s.stop().success(), "graceful shutdown");
     let s = a.serve(&[]);
-    let st: serde_json::Value = http()
-        .get(s.url("/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: serde_json::Value = get_json(&s, "/v1/status").await;
     assert_eq!(st["state"], "sealed");
     let r = http()
         .post(s.url("/v1/sign"))
@@ -446,16 +403,10 @@ async fn seal_and_restart_return_to_sealed() {
     // The CLI reports a wrong passphrase clearly.
     let wrong = a.path("wrong");
     write_secret(&wrong, "definitely wrong");
-    let out = a.run(
-        &[
-            "ignite",
-            "--url",
-            &s.url,
-            "--token-file",
-            tok.to_str().unwrap(),
-            "--passphrase-file",
-            wrong.to_str().unwrap(),
-        ],
+    let out = a.remote(
+        "ignite",
+        &s.url,
+        &["--passphrase-file", wrong.to_str().unwrap()],
         false,
     );
     assert!(!out.status.success());
@@ -479,18 +430,8 @@ async fn ignition_stays_sealed_when_the_token_keys_do_not_match_the_store() {
     let s = a.serve(&[]);
     let r = ignite(&s, &admin, PASSPHRASE).await;
     assert_eq!(r.status(), 409);
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["code"],
-        "org_key_mismatch"
-    );
-    let st: serde_json::Value = http()
-        .get(s.url("/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(error_code(r).await, "org_key_mismatch");
+    let st: serde_json::Value = get_json(&s, "/v1/status").await;
     assert_eq!(st["state"], "sealed");
 }
 
@@ -622,34 +563,13 @@ async fn serves_tls_when_configured() {
     assert_eq!(r.status(), 200);
     // The CLI ignites over TLS with the CA file.
     a.client("admin", "admin");
-    let tok = a.path("admin.token");
-    let out = a.run(
-        &[
-            "ignite",
-            "--url",
-            &s.url,
-            "--token-file",
-            tok.to_str().unwrap(),
-            "--ca-file",
-            ca.to_str().unwrap(),
-        ],
-        true,
-    );
+    let out = a.remote("ignite", &s.url, &["--ca-file", ca.to_str().unwrap()], true);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // Without trusting the CA it fails.
-    let out = a.run(
-        &[
-            "seal",
-            "--url",
-            &s.url,
-            "--token-file",
-            tok.to_str().unwrap(),
-        ],
-        false,
-    );
+    let out = a.remote("seal", &s.url, &[], false);
     assert!(!out.status.success());
 }

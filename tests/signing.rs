@@ -22,17 +22,9 @@ async fn full_cycle(alg: &str) {
     let s = a.serve(&[]);
 
     // Sealed: health answers, signing does not.
-    let h = http().get(s.url("/v1/health")).send().await.unwrap();
+    let h = get(&s, "/v1/health").await;
     assert_eq!(h.status(), 200);
-    assert_eq!(
-        http()
-            .get(s.url("/v1/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
+    assert_eq!(get(&s, "/v1/ready").await.status(), 503);
     let r = sign(&s, &gw, "", b"data").await;
     assert_eq!(r.status(), 503);
     let j: serde_json::Value = r.json().await.unwrap();
@@ -41,24 +33,13 @@ async fn full_cycle(alg: &str) {
     // Wrong passphrase, then the right one.
     let r = ignite(&s, &admin, "not the passphrase").await;
     assert_eq!(r.status(), 401);
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["code"],
-        "bad_passphrase"
-    );
+    assert_eq!(error_code(r).await, "bad_passphrase");
     let r = ignite(&s, &admin, PASSPHRASE).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        http()
-            .get(s.url("/v1/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get(&s, "/v1/ready").await.status(), 200);
 
     // The served certificate is what gpg checks signatures against.
-    let r = http().get(s.url("/v1/org-key")).send().await.unwrap();
+    let r = get(&s, "/v1/org-key").await;
     assert_eq!(r.headers()["content-type"], "application/pgp-keys");
     let cert = r.bytes().await.unwrap();
     let gpg = Gpg::new();
@@ -183,10 +164,7 @@ async fn body_limit_and_query_errors_are_clean_4xx() {
     assert_eq!(r.status(), 200, "exactly at the limit is fine");
     let r = sign(&s, &gw, "", &[b'x'; 1025]).await;
     assert_eq!(r.status(), 413);
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["code"],
-        "body_too_large"
-    );
+    assert_eq!(error_code(r).await, "body_too_large");
     // Chunked upload without Content-Length is cut off while streaming.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..8).map(|_| Ok(vec![b'y'; 512])).collect();
@@ -203,11 +181,7 @@ async fn body_limit_and_query_errors_are_clean_4xx() {
     for q in ["?mode=poem", "?armor=maybe", "?colour=blue"] {
         let r = sign(&s, &gw, q, b"x").await;
         assert_eq!(r.status(), 400, "{q}");
-        assert_eq!(
-            r.json::<serde_json::Value>().await.unwrap()["code"],
-            "bad_request",
-            "{q}"
-        );
+        assert_eq!(error_code(r).await, "bad_request", "{q}");
     }
     let r = http()
         .get(s.url("/v1/sign"))
@@ -216,16 +190,10 @@ async fn body_limit_and_query_errors_are_clean_4xx() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["code"],
-        "method_not_allowed"
-    );
-    let r = http().get(s.url("/v1/nothing")).send().await.unwrap();
+    assert_eq!(error_code(r).await, "method_not_allowed");
+    let r = get(&s, "/v1/nothing").await;
     assert_eq!(r.status(), 404);
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["code"],
-        "not_found"
-    );
+    assert_eq!(error_code(r).await, "not_found");
 
     // Only the one successful signature was audited.
     drop(s);

@@ -103,6 +103,15 @@ impl Appliance {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs `orgkey ignite|seal` against `url` with the admin client's token
+    /// file (from `client("admin", ...)`).
+    pub fn remote(&self, cmd: &str, url: &str, extra: &[&str], pin: bool) -> Output {
+        let tok = self.path("admin.token");
+        let mut args = vec![cmd, "--url", url, "--token-file", tok.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.run(&args, pin)
+    }
+
     /// Registers a client and returns its bearer token.
     pub fn client(&self, name: &str, scopes: &str) -> String {
         let file = self.path(&format!("{name}.token"));
@@ -292,4 +301,20 @@ impl Drop for Gpg {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// GET `path` on the server.
+pub async fn get(s: &Server, path: &str) -> reqwest::Response {
+    http().get(s.url(path)).send().await.unwrap()
+}
+
+/// GET `path` and parse the JSON body.
+pub async fn get_json(s: &Server, path: &str) -> serde_json::Value {
+    get(s, path).await.json().await.unwrap()
+}
+
+/// The `code` of a JSON error response.
+pub async fn error_code(r: reqwest::Response) -> String {
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["code"].as_str().unwrap_or_default().to_string()
 }
