@@ -5,8 +5,9 @@
 //! a small HTTP API and keeps a hash-chained audit log of everything it signs.
 //! Private key material never leaves the token in the clear.
 //!
-//! Layering (see `shared/ARCHITECTURE.md`): `cli -> service -> api ->
-//! {openpgp, store} -> signer <- token`; `config` and `clock` are leaves.
+//! Layering (see `shared/ARCHITECTURE.md`): `cli -> service -> {api,
+//! maintenance} -> {openpgp, store} -> signer <- token`; `config` and `clock`
+//! are leaves.
 //! Only `token` uses cryptoki, only `openpgp` uses sequoia, only `api` uses the
 //! HTTP stack.
 
@@ -17,6 +18,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod maintenance;
 pub mod openpgp;
 pub mod service;
 pub mod signer;

@@ -8,7 +8,9 @@
 pub mod auth;
 pub mod client;
 mod error;
+mod hkp;
 mod routes;
+mod users;
 
 pub use error::ApiError;
 
@@ -23,11 +25,24 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The org key as the API uses it once ignited.
+#[derive(Clone)]
 pub struct SigningKey {
     /// The public certificate.
     pub org: OrgKey,
-    /// The signing subkey in the token.
+    /// The signing subkey in the token (data signatures).
     pub signer: Arc<dyn Signer>,
+    /// The certify-only primary key in the token (certifications,
+    /// self-signatures).
+    pub certifier: Arc<dyn Signer>,
+}
+
+/// How users of the managed domains are certified.
+#[derive(Debug, Clone)]
+pub struct UserPolicy {
+    /// Managed domains, lower-case.
+    pub domains: Vec<String>,
+    /// Lifetime of a certification.
+    pub certification_validity: Duration,
 }
 
 /// Sealed or ignited.
@@ -141,6 +156,10 @@ pub struct ApiState {
     pub max_body: u64,
     /// Token facts for `/v1/status`.
     pub token: TokenFacts,
+    /// Certification of managed-domain users.
+    pub users: UserPolicy,
+    /// Outcome of the last maintenance run, for `/v1/status`.
+    pub maintenance: RwLock<Option<serde_json::Value>>,
 }
 
 impl ApiState {
@@ -157,6 +176,24 @@ impl ApiState {
     /// Signature creation time.
     pub fn now(&self) -> SystemTime {
         self.clock.now_secs()
+    }
+
+    /// Swaps in a renewed org key certificate (same key, new
+    /// self-signatures) if the appliance is ignited with that key.
+    pub fn update_org_key(&self, org: OrgKey) {
+        let mut guard = self.seal.write().unwrap_or_else(|p| p.into_inner());
+        if let SealState::Ignited(Some(k)) = &*guard
+            && k.org.fingerprint() == org.fingerprint()
+        {
+            let mut renewed = SigningKey::clone(k);
+            renewed.org = org;
+            *guard = SealState::Ignited(Some(Arc::new(renewed)));
+        }
+    }
+
+    /// Records the outcome of a maintenance run for `/v1/status`.
+    pub fn set_maintenance_report(&self, report: serde_json::Value) {
+        *self.maintenance.write().unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
 }
 

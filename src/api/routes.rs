@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use zeroize::Zeroize;
 
-type AppState = State<Arc<ApiState>>;
+pub(super) type AppState = State<Arc<ApiState>>;
 
 /// Logs an internal failure and answers 500 with the fixed public message.
-fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> ApiError {
+pub(super) fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> ApiError {
     move |e| {
         tracing::error!(error = %e, "{what}");
         ApiError::internal()
@@ -39,6 +39,13 @@ pub(super) fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/org-key", get(org_key))
         .route("/v1/sign", post(sign))
         .route("/v1/ignition", post(ignite).delete(seal))
+        .route("/v1/certify", post(super::users::certify))
+        .route(
+            "/v1/users/{email}",
+            get(super::users::show).delete(super::users::remove),
+        )
+        .route("/v1/users/{email}/activity", post(super::users::activity))
+        .route("/pks/lookup", get(super::hkp::lookup))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -72,7 +79,7 @@ async fn ready(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError>
     }
 }
 
-fn rfc3339(t: std::time::SystemTime) -> String {
+pub(super) fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -106,7 +113,9 @@ async fn status(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError
     })))
 }
 
-async fn load_org_key(st: &ApiState) -> Result<Option<crate::openpgp::OrgKey>, ApiError> {
+pub(super) async fn load_org_key(
+    st: &ApiState,
+) -> Result<Option<crate::openpgp::OrgKey>, ApiError> {
     let rec = st
         .store
         .active_org_key()
@@ -134,7 +143,7 @@ async fn org_key(State(st): AppState) -> Result<Response, ApiError> {
 }
 
 /// The ignited signing key, or the right 503/409.
-fn signing_key(st: &ApiState) -> Result<Arc<SigningKey>, ApiError> {
+pub(super) fn signing_key(st: &ApiState) -> Result<Arc<SigningKey>, ApiError> {
     match st.seal_state() {
         SealState::Sealed => Err(ApiError::sealed()),
         SealState::Ignited(None) => Err(ApiError::new(
@@ -146,7 +155,7 @@ fn signing_key(st: &ApiState) -> Result<Arc<SigningKey>, ApiError> {
     }
 }
 
-fn signer_error(e: &SignerError) -> ApiError {
+pub(super) fn signer_error(e: &SignerError) -> ApiError {
     match e {
         SignerError::Sealed => ApiError::sealed(),
         SignerError::Unavailable(_) => ApiError::token_unavailable(),

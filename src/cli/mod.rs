@@ -6,10 +6,12 @@ mod audit;
 mod client;
 mod ignite;
 mod init;
+mod maintenance;
 mod org_key;
 mod secrets;
 mod serve;
 mod token;
+mod users;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -73,6 +75,12 @@ pub enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Users of the managed domains and their certifications.
+    #[command(subcommand)]
+    Users(users::UsersCmd),
+    /// Renew certifications and the org key's expiry now (serve does it on a schedule).
+    #[command(subcommand)]
+    Maintenance(maintenance::MaintenanceCmd),
 }
 
 fn init_logging(filter: &str) {
@@ -126,6 +134,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Seal(a) => ignite::run_seal(&cli.config, a),
         Command::Client(c) => client::run(&cli.config, c),
         Command::Audit(c) => audit::run(&cli.config, c),
+        Command::Users(c) => users::run(&cli.config, c),
+        Command::Maintenance(c) => maintenance::run(&cli.config, c),
     };
     match result {
         Ok(code) => code,

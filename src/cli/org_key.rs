@@ -39,6 +39,9 @@ pub struct GenerateArgs {
     /// Replace an existing org key (every user certification must then be redone).
     #[arg(long)]
     pub replace: bool,
+    /// With --replace: confirm replacing an org key that certifies users.
+    #[arg(long, requires = "replace")]
+    pub yes: bool,
     /// Create the keys with CKA_EXTRACTABLE false (for HSMs whose own backup scheme is used).
     #[arg(long)]
     pub non_exportable: bool,
@@ -80,6 +83,7 @@ pub fn run(config: &Path, cmd: OrgKeyCmd) -> anyhow::Result<ExitCode> {
                 validity,
                 replace: a.replace,
                 exportable: if a.non_exportable { Some(false) } else { None },
+                confirmed: a.yes,
                 actor: super::cli_actor(),
             };
             if a.replace {
@@ -90,6 +94,13 @@ pub fn run(config: &Path, cmd: OrgKeyCmd) -> anyhow::Result<ExitCode> {
             }
             let rec = rt.block_on(generate_org_key(&cfg, pass, req, clock()))?;
             println!("generated org key {} ({})", rec.fingerprint, rec.algorithm);
+            if a.replace {
+                println!(
+                    "users are re-certified by the new key at the next maintenance run \
+                     (run `orgkey maintenance run` to do it now); a running `orgkey serve` must be \
+                     sealed and ignited again to use the new key"
+                );
+            }
             println!("user ID: {}", rec.user_id);
             println!(
                 "keys are {}",

@@ -54,6 +54,7 @@ struct RawConfig {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     domains: Vec<String>,
+    certification_validity: Option<String>,
     token: RawToken,
     #[serde(default)]
     store: RawStore,
@@ -61,6 +62,18 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     ignition: RawIgnition,
+    #[serde(default)]
+    maintenance: RawMaintenance,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaintenance {
+    interval: Option<String>,
+    renew_margin: Option<String>,
+    inactive_after: Option<String>,
+    org_key_renew_before: Option<String>,
+    batch_size: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +121,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Managed mail domains, lower-case.
     pub domains: Vec<String>,
+    /// Lifetime of an org key certification of a user ID.
+    pub certification_validity: Duration,
     /// Token selection.
     pub token: TokenConfig,
     /// Store location.
@@ -116,6 +131,60 @@ pub struct Config {
     pub server: ServerConfig,
     /// Ignition back-off.
     pub ignition: IgnitionConfig,
+    /// Scheduled maintenance.
+    pub maintenance: MaintenanceConfig,
+}
+
+/// Scheduled maintenance: certification renewal and org key renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaintenanceConfig {
+    /// Time between runs inside `orgkey serve`.
+    pub interval: Duration,
+    /// A certification is renewed when it expires before the next run plus
+    /// this margin, so a missed run or two leaves no gap.
+    pub renew_margin: Duration,
+    /// Users without activity for this long are no longer renewed.
+    pub inactive_after: Duration,
+    /// The org key renews its own expiry this long before it expires.
+    pub org_key_renew_before: Duration,
+    /// Users read from the store per batch.
+    pub batch_size: usize,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(12 * 3600),
+            renew_margin: Duration::from_secs(2 * 86400),
+            inactive_after: Duration::from_secs(90 * 86400),
+            org_key_renew_before: Duration::from_secs(86400),
+            batch_size: 500,
+        }
+    }
+}
+
+/// Default lifetime of a certification.
+pub const DEFAULT_CERTIFICATION_VALIDITY: Duration = Duration::from_secs(14 * 86400);
+
+impl Config {
+    /// Whether `email`'s domain is one of the managed domains (exact match,
+    /// case-insensitive; subdomains only when listed themselves).
+    pub fn is_managed_email(&self, email: &str) -> bool {
+        managed_domain_of(&self.domains, email).is_some()
+    }
+}
+
+/// The managed domain `email` belongs to, if any.
+pub fn managed_domain_of<'a>(domains: &'a [String], email: &str) -> Option<&'a str> {
+    let (local, domain) = email.rsplit_once('@')?;
+    if local.is_empty() {
+        return None;
+    }
+    let domain = domain.trim_end_matches('.');
+    domains
+        .iter()
+        .find(|d| d.eq_ignore_ascii_case(domain))
+        .map(String::as_str)
 }
 
 /// Which token, through which module.
@@ -283,6 +352,54 @@ fn normalize_domain(d: &str) -> Result<String, ConfigError> {
     }
 }
 
+fn maintenance_config(
+    raw: RawMaintenance,
+    certification_validity: Duration,
+) -> Result<MaintenanceConfig, ConfigError> {
+    let d = MaintenanceConfig::default();
+    let dur = |what: &str, v: Option<String>, default: Duration| match v {
+        Some(s) => parse_duration(&format!("[maintenance] {what}"), &s),
+        None => Ok(default),
+    };
+    let m = MaintenanceConfig {
+        interval: dur("interval", raw.interval, d.interval)?,
+        renew_margin: dur("renew_margin", raw.renew_margin, d.renew_margin)?,
+        inactive_after: dur("inactive_after", raw.inactive_after, d.inactive_after)?,
+        org_key_renew_before: dur(
+            "org_key_renew_before",
+            raw.org_key_renew_before,
+            d.org_key_renew_before,
+        )?,
+        batch_size: raw.batch_size.unwrap_or(d.batch_size),
+    };
+    if m.interval < Duration::from_secs(60) {
+        return Err(ConfigError::Invalid(
+            "[maintenance] interval must be at least 1m".into(),
+        ));
+    }
+    if m.interval + m.renew_margin >= certification_validity {
+        return Err(ConfigError::Invalid(format!(
+            "[maintenance] interval + renew_margin ({}) must be shorter than certification_validity ({}), \
+             or every run would renew every certification",
+            humantime::format_duration(m.interval + m.renew_margin),
+            humantime::format_duration(certification_validity)
+        )));
+    }
+    if m.org_key_renew_before < m.interval {
+        return Err(ConfigError::Invalid(
+            "[maintenance] org_key_renew_before must not be shorter than interval, or the org key \
+             could expire between two runs"
+                .into(),
+        ));
+    }
+    if !(1..=100_000).contains(&m.batch_size) {
+        return Err(ConfigError::Invalid(
+            "[maintenance] batch_size must be between 1 and 100000".into(),
+        ));
+    }
+    Ok(m)
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -423,10 +540,23 @@ impl Config {
             ));
         }
 
+        let certification_validity = match raw.certification_validity.as_deref() {
+            Some(s) => parse_duration("certification_validity", s)?,
+            None => DEFAULT_CERTIFICATION_VALIDITY,
+        };
+        if certification_validity < Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid(
+                "certification_validity must be at least 1h".into(),
+            ));
+        }
+        let maintenance = maintenance_config(raw.maintenance, certification_validity)?;
+
         Ok(Config {
             path: path.to_path_buf(),
             data_dir,
             domains,
+            certification_validity,
+            maintenance,
             token: TokenConfig {
                 profile,
                 module,
@@ -466,6 +596,58 @@ mod tests {
         assert_eq!(c.store.sqlite, Path::new("/srv/orgkey/./orgkey.db"));
         assert_eq!(c.token.profile.name, "softhsm2");
         assert_eq!(c.ignition.backoff_after, 5);
+        assert_eq!(c.certification_validity, DEFAULT_CERTIFICATION_VALIDITY);
+        assert_eq!(c.maintenance, MaintenanceConfig::default());
+    }
+
+    #[test]
+    fn managed_domains_match_exactly_and_case_insensitively() {
+        let domains = vec!["example.com".to_string(), "eu.example.org".to_string()];
+        assert_eq!(
+            managed_domain_of(&domains, "Alice@EXAMPLE.com"),
+            Some("example.com")
+        );
+        assert_eq!(
+            managed_domain_of(&domains, "bob@eu.example.org"),
+            Some("eu.example.org")
+        );
+        // Subdomains only when listed; parents of listed subdomains are not managed.
+        assert_eq!(managed_domain_of(&domains, "carol@sub.example.com"), None);
+        assert_eq!(managed_domain_of(&domains, "dave@example.org"), None);
+        assert_eq!(managed_domain_of(&domains, "eve@notexample.com"), None);
+        assert_eq!(managed_domain_of(&domains, "@example.com"), None);
+        assert_eq!(managed_domain_of(&domains, "example.com"), None);
+    }
+
+    #[test]
+    fn maintenance_settings_are_checked_against_each_other() {
+        let c = load(
+            "certification_validity = \"30d\"\n[token]\nlabel = \"x\"\n\
+             [maintenance]\ninterval = \"1h\"\ninactive_after = \"10d\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.certification_validity, Duration::from_secs(30 * 86400));
+        assert_eq!(c.maintenance.interval, Duration::from_secs(3600));
+        assert_eq!(
+            c.maintenance.inactive_after,
+            Duration::from_secs(10 * 86400)
+        );
+        // Renewal window as long as the certification: every run would renew everything.
+        let e = load("certification_validity = \"2d\"\n[token]\nlabel = \"x\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("shorter than certification_validity"),
+            "{e}"
+        );
+        // The org key could expire between two runs.
+        let e = load(
+            "[token]\nlabel = \"x\"\n[maintenance]\ninterval = \"2d\"\nrenew_margin = \"1d\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("org_key_renew_before"), "{e}");
+        assert!(load("[token]\nlabel = \"x\"\n[maintenance]\nbatch_size = 0\n").is_err());
+        assert!(load("[token]\nlabel = \"x\"\n[maintenance]\nintervall = \"1h\"\n").is_err());
+        assert!(load("certification_validity = \"10m\"\n[token]\nlabel = \"x\"\n").is_err());
     }
 
     #[test]

@@ -133,50 +133,27 @@ impl OrgKey {
         let encryption: Key<PublicParts, SubordinateRole> =
             key_packet(keys.encryption, PacketUse::Encryption, draft.created)?;
 
-        let mut primary_signer =
-            SeamSigner::new(keys.primary, primary.clone().role_into_unspecified());
         let mut sub_signer = SeamSigner::new(keys.signing, signing.clone().role_into_unspecified());
-        let hash = primary_signer.hash();
-
-        let direct = primary_template(SignatureType::DirectKey, draft, hash)?
-            .sign_direct_key(&mut primary_signer, Some(&primary))
-            .pgp("signing the direct-key signature")?;
-        let uid = UserID::from(draft.user_id.as_str());
-        let uid_binding = primary_template(SignatureType::PositiveCertification, draft, hash)?
-            .set_primary_userid(true)
-            .pgp("marking the primary user ID")?
-            .sign_userid_binding(&mut primary_signer, Some(&primary), &uid)
-            .pgp("signing the user ID binding")?;
-
         let backsig = SignatureBuilder::new(SignatureType::PrimaryKeyBinding)
             .set_hash_algo(sub_signer.hash())
             .set_signature_creation_time(draft.created)
             .pgp("preparing the back-signature")?
             .sign_primary_key_binding(&mut sub_signer, &primary, &signing)
             .pgp("signing the back-signature with the signing subkey")?;
-        let signing_binding = SignatureBuilder::new(SignatureType::SubkeyBinding)
-            .set_hash_algo(hash)
-            .set_signature_creation_time(draft.created)
-            .and_then(|b| b.set_key_flags(KeyFlags::empty().set_signing()))
-            .and_then(|b| b.set_key_validity_period(draft.validity))
-            .and_then(|b| b.set_embedded_signature(backsig))
-            .pgp("preparing the signing subkey binding")?
-            .sign_subkey_binding(&mut primary_signer, Some(&primary), &signing)
-            .pgp("signing the signing subkey binding")?;
-        let encryption_binding = SignatureBuilder::new(SignatureType::SubkeyBinding)
-            .set_hash_algo(hash)
-            .set_signature_creation_time(draft.created)
-            .and_then(|b| {
-                b.set_key_flags(
-                    KeyFlags::empty()
-                        .set_transport_encryption()
-                        .set_storage_encryption(),
-                )
-            })
-            .and_then(|b| b.set_key_validity_period(draft.validity))
-            .pgp("preparing the encryption subkey binding")?
-            .sign_subkey_binding(&mut primary_signer, Some(&primary), &encryption)
-            .pgp("signing the encryption subkey binding")?;
+        let uid = UserID::from(draft.user_id.as_str());
+        let SelfSignatures {
+            direct,
+            uid_binding,
+            signing_binding,
+            encryption_binding,
+        } = SelfSignatures::make(
+            keys.primary,
+            &primary,
+            draft,
+            &uid,
+            (&signing, backsig),
+            &encryption,
+        )?;
 
         let packets: Vec<pgp::Packet> = vec![
             primary.into(),
@@ -341,6 +318,112 @@ impl OrgKey {
         Ok(())
     }
 
+    /// This key's entry in a machine-readable HKP index.
+    pub fn hkp_index_entry(&self, now: SystemTime) -> String {
+        super::hkp::index_entry(&self.cert, now)
+    }
+
+    /// When the org key should renew itself: `renew_before` ahead of its
+    /// expiry. `None` if it never expires.
+    pub fn renewal_due(
+        &self,
+        now: SystemTime,
+        renew_before: Duration,
+    ) -> Result<Option<SystemTime>, PgpError> {
+        Ok(self
+            .expires(now)?
+            .map(|e| e.checked_sub(renew_before).unwrap_or(e)))
+    }
+
+    /// Renews the expiry: new self-signatures made at `now` by the primary
+    /// key (in the token) that move the expiry of the primary key and both
+    /// subkeys to `now` plus the validity the key was last given. Same key
+    /// material, same fingerprint, so every certification it made stays
+    /// valid. Returns `None` for a key that never expires.
+    pub fn renew(&self, primary: &dyn Signer, now: SystemTime) -> Result<Option<OrgKey>, PgpError> {
+        let policy = StandardPolicy::new();
+        let vc = self
+            .cert
+            .with_policy(&policy, now.max(self.created()))
+            .map_err(|e| {
+                PgpError::Invalid(format!("the org key certificate is not valid: {e:#}"))
+            })?;
+        let pka = vc.primary_key();
+        let Some(expiry) = pka.key_expiration_time() else {
+            return Ok(None);
+        };
+        let last_signed = pka
+            .binding_signature()
+            .signature_creation_time()
+            .unwrap_or_else(|| self.created());
+        let validity = expiry
+            .duration_since(last_signed)
+            .map_err(|_| PgpError::Invalid("the org key expires before it was signed".into()))?;
+        let new_expiry = now + validity;
+        let key_validity = new_expiry
+            .duration_since(self.created())
+            .map_err(|_| PgpError::Invalid("renewal time is before the key's creation".into()))?;
+        let uid = vc
+            .primary_userid()
+            .map_err(|e| PgpError::Invalid(format!("the org key has no primary user ID: {e:#}")))?
+            .userid()
+            .clone();
+        let draft = OrgKeyDraft {
+            user_id: String::from_utf8_lossy(uid.value()).into_owned(),
+            created: now,
+            validity: Some(key_validity),
+        };
+        let backsig = self
+            .cert
+            .keys()
+            .subkeys()
+            .find(|k| k.key().fingerprint() == self.signing.fingerprint())
+            .and_then(|k| {
+                k.self_signatures()
+                    .find_map(|s| s.embedded_signatures().next().cloned())
+            })
+            .ok_or_else(|| {
+                PgpError::Invalid("the signing subkey binding has no back-signature".into())
+            })?;
+        let primary_key: Key<PublicParts, PrimaryRole> = self.cert.primary_key().key().clone();
+        let signing: Key<PublicParts, SubordinateRole> =
+            self.signing.clone().role_into_subordinate();
+        let encryption: Key<PublicParts, SubordinateRole> =
+            self.encryption.clone().role_into_subordinate();
+        let sigs = SelfSignatures::make(
+            primary,
+            &primary_key,
+            &draft,
+            &uid,
+            (&signing, backsig),
+            &encryption,
+        )?;
+        let packets: Vec<pgp::Packet> = vec![
+            primary_key.into(),
+            sigs.direct.into(),
+            uid.into(),
+            sigs.uid_binding.into(),
+            signing.into(),
+            sigs.signing_binding.into(),
+            encryption.into(),
+            sigs.encryption_binding.into(),
+        ];
+        let (cert, _) = self
+            .cert
+            .clone()
+            .insert_packets(packets)
+            .pgp("adding the renewed self-signatures")?;
+        Self::from_cert(cert, now).map(Some)
+    }
+
+    pub(crate) fn primary_key(&self) -> Key<PublicParts, UnspecifiedRole> {
+        self.cert
+            .primary_key()
+            .key()
+            .clone()
+            .role_into_unspecified()
+    }
+
     pub(crate) fn signing_key(&self) -> &Key<PublicParts, UnspecifiedRole> {
         &self.signing
     }
@@ -348,6 +431,66 @@ impl OrgKey {
     /// The hash used for data signatures by the signing subkey.
     pub(crate) fn signing_hash(&self, signer: &dyn Signer) -> HashAlgorithm {
         preferred_hash(signer.public_key())
+    }
+}
+
+/// The primary key's self-signatures: made at generation and again at each
+/// renewal (with `draft.created` as the signature time).
+struct SelfSignatures {
+    direct: pgp::packet::Signature,
+    uid_binding: pgp::packet::Signature,
+    signing_binding: pgp::packet::Signature,
+    encryption_binding: pgp::packet::Signature,
+}
+
+impl SelfSignatures {
+    fn make(
+        primary_signer: &dyn Signer,
+        primary: &Key<PublicParts, PrimaryRole>,
+        draft: &OrgKeyDraft,
+        uid: &UserID,
+        (signing, backsig): (&Key<PublicParts, SubordinateRole>, pgp::packet::Signature),
+        encryption: &Key<PublicParts, SubordinateRole>,
+    ) -> Result<SelfSignatures, PgpError> {
+        let mut signer = SeamSigner::new(primary_signer, primary.clone().role_into_unspecified());
+        let hash = signer.hash();
+        let direct = primary_template(SignatureType::DirectKey, draft, hash)?
+            .sign_direct_key(&mut signer, Some(primary))
+            .pgp("signing the direct-key signature")?;
+        let uid_binding = primary_template(SignatureType::PositiveCertification, draft, hash)?
+            .set_primary_userid(true)
+            .pgp("marking the primary user ID")?
+            .sign_userid_binding(&mut signer, Some(primary), uid)
+            .pgp("signing the user ID binding")?;
+        let signing_binding = SignatureBuilder::new(SignatureType::SubkeyBinding)
+            .set_hash_algo(hash)
+            .set_signature_creation_time(draft.created)
+            .and_then(|b| b.set_key_flags(KeyFlags::empty().set_signing()))
+            .and_then(|b| b.set_key_validity_period(draft.validity))
+            .and_then(|b| b.set_embedded_signature(backsig))
+            .pgp("preparing the signing subkey binding")?
+            .sign_subkey_binding(&mut signer, Some(primary), signing)
+            .pgp("signing the signing subkey binding")?;
+        let encryption_binding = SignatureBuilder::new(SignatureType::SubkeyBinding)
+            .set_hash_algo(hash)
+            .set_signature_creation_time(draft.created)
+            .and_then(|b| {
+                b.set_key_flags(
+                    KeyFlags::empty()
+                        .set_transport_encryption()
+                        .set_storage_encryption(),
+                )
+            })
+            .and_then(|b| b.set_key_validity_period(draft.validity))
+            .pgp("preparing the encryption subkey binding")?
+            .sign_subkey_binding(&mut signer, Some(primary), encryption)
+            .pgp("signing the encryption subkey binding")?;
+        Ok(SelfSignatures {
+            direct,
+            uid_binding,
+            signing_binding,
+            encryption_binding,
+        })
     }
 }
 

@@ -3,15 +3,22 @@
 //! It builds the Organization Key certificate from public keys the token
 //! reports (every self-signature is made by the token through the
 //! [`crate::signer::Signer`] seam), checks that a token still holds the keys a
-//! stored certificate names, and makes detached data signatures with the org
-//! signing subkey. No sequoia type leaves this module.
+//! stored certificate names, makes detached data signatures with the org
+//! signing subkey, certifies user keys and formats keyserver answers. No
+//! sequoia type leaves this module.
 
 mod cert;
+mod hkp;
 mod sign;
 mod token_signer;
+mod users;
 
 pub use cert::{OrgKey, OrgKeyDraft, OrgKeyKeys, SubkeyInfo};
+pub use hkp::hkp_index;
 pub use sign::{PendingSignature, SignMode, SignatureOutput};
+pub use users::{
+    Certification, CertifyOutcome, CertifyRequest, Refusal, UserIdInfo, UserKey, certify,
+};
 
 use crate::signer::SignerError;
 
@@ -24,6 +31,13 @@ pub enum PgpError {
     /// Input that is not what it should be (not a certificate, wrong key...).
     #[error("{0}")]
     Invalid(String),
+    /// A well-formed key that orgkey will not certify (revoked, expired,
+    /// too weak).
+    #[error("{0}")]
+    Unacceptable(String),
+    /// The org key has expired: nothing can be certified until it is renewed.
+    #[error("the org key has expired")]
+    OrgKeyExpired,
     /// The token's keys do not match the stored certificate.
     #[error("the token's keys do not match the stored org key certificate: {0}")]
     Mismatch(String),

@@ -4,16 +4,20 @@
 //! parses arguments or prompts.
 
 mod init;
+mod maintenance;
 mod org_key;
 mod serve;
+mod users;
 
 pub(crate) use init::write_private;
 pub use init::{InitRequest, InitResult, init_appliance};
+pub use maintenance::run_maintenance;
 pub use org_key::{
     GenerateRequest, OrgKeySummary, TokenCheck, bench_raw_sign, check_token, generate_org_key,
     org_key_summary,
 };
 pub use serve::{ServeOptions, serve};
+pub use users::{UserDetails, list_users, set_user_state, user_details};
 
 use crate::api::{IgniteError, Igniter, SigningKey};
 use crate::clock::Clock;
@@ -96,15 +100,18 @@ pub(crate) fn load_signing_key(
             "stored creation time does not match the stored certificate".into(),
         )));
     }
-    let primary = token.public_key(&decode_id(&rec.primary_id)?, "org key primary")?;
+    let primary_id = decode_id(&rec.primary_id)?;
+    let primary = token.public_key(&primary_id, "org key primary")?;
     let signing_id = decode_id(&rec.signing_id)?;
     let signing = token.public_key(&signing_id, "org signing subkey")?;
     let encryption = token.public_key(&decode_id(&rec.encryption_id)?, "org encryption subkey")?;
     org.check_token_keys(&primary, &signing, &encryption)?;
     let signer = token.signer(&signing_id, signing, "org signing subkey")?;
+    let certifier = token.signer(&primary_id, primary, "org key primary")?;
     Ok(SigningKey {
         org,
         signer: Arc::new(signer),
+        certifier: Arc::new(certifier),
     })
 }
 

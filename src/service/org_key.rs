@@ -25,6 +25,8 @@ pub struct GenerateRequest {
     pub replace: bool,
     /// Override the profile's exportable default.
     pub exportable: Option<bool>,
+    /// The operator confirmed replacing an org key that certifies users.
+    pub confirmed: bool,
     /// Audit actor.
     pub actor: String,
 }
@@ -101,6 +103,15 @@ pub async fn generate_org_key(
              every backup encrypted to it must be redone with the new key; if that is really \
              intended, run again with --replace",
             existing.fingerprint
+        )));
+    }
+    let (active_users, _) = store.user_counts().await?;
+    if req.replace && active_users > 0 && !req.confirmed {
+        return Err(ServiceError::Refused(format!(
+            "{active_users} users are certified by the current org key. Replacing it is rarely \
+             right: until the next maintenance run re-certifies them with the new key, their keys \
+             are unverified for everyone who trusts only the new one, and the old key's \
+             certifications are left to expire. If that is intended, run again with --replace --yes"
         )));
     }
     let exportable = req.exportable.unwrap_or(profile.keys.exportable);

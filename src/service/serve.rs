@@ -2,7 +2,7 @@
 //! file for unattended starts), serve the API until SIGINT/SIGTERM, seal.
 
 use super::{ServiceError, TokenIgniter, open_store, open_token};
-use crate::api::{ApiState, Backoff, Igniter, Listener, SealState, TokenFacts};
+use crate::api::{ApiState, Backoff, Igniter, Listener, SealState, TokenFacts, UserPolicy};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::{AuditEvent, AuditWriter};
@@ -88,6 +88,11 @@ pub async fn serve(
             serial: d.serial,
             profile: cfg.token.profile.name.clone(),
         },
+        users: UserPolicy {
+            domains: cfg.domains.clone(),
+            certification_validity: cfg.certification_validity,
+        },
+        maintenance: RwLock::new(None),
     });
 
     if let Some(pass) = opts.ignition_passphrase {
@@ -130,6 +135,18 @@ pub async fn serve(
         addr,
         tls: cfg.server.tls.clone(),
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let stop_on_signal = Arc::clone(&stop_tx);
+    let scheduler = tokio::spawn(super::maintenance::schedule(
+        Arc::clone(&state),
+        super::maintenance::maintenance_for(&cfg, store.clone(), Arc::clone(&state.clock)),
+        stop_rx,
+    ));
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop_on_signal.send(true);
+    };
     let result = crate::api::serve(
         Arc::clone(&state),
         listener,
@@ -139,9 +156,18 @@ pub async fn serve(
             // A plain line on stdout for scripts and tests that start on port 0.
             println!("orgkey listening on {scheme}://{addr}");
         },
-        shutdown_signal(),
+        shutdown,
     )
     .await;
+    // Also when the server failed on its own: a running batch finishes
+    // (each is one transaction), then the scheduler stops.
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(std::time::Duration::from_secs(30), scheduler)
+        .await
+        .is_err()
+    {
+        tracing::warn!("maintenance did not stop within 30 s; abandoning the run");
+    }
     state.set_seal_state(SealState::Sealed);
     let ig = Arc::clone(&igniter);
     let _ = tokio::task::spawn_blocking(move || ig.seal()).await;

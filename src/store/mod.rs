@@ -1,10 +1,13 @@
-//! Persistence: the org key record, API clients and the audit log, in SQLite
+//! Persistence: the org key record, users of the managed domains and their
+//! keys, API clients and the audit log, in SQLite
 //! (WAL, one file in the data dir, mode 0600) through sqlx. SQL is kept
 //! portable (`$n` parameters, BIGINT/TEXT/BOOLEAN) for a PostgreSQL backend.
 
 mod audit;
+mod users;
 
 pub use audit::{AuditEvent, AuditRow, AuditWriter, VerifyReport, row_hash};
+pub use users::{DueQuery, DueUserKey, SaveUserKey, UserKeyRecord, UserRecord, UserState};
 
 use crate::clock::Clock;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

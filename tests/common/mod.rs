@@ -318,3 +318,78 @@ pub async fn error_code(r: reqwest::Response) -> String {
     let v: serde_json::Value = r.json().await.unwrap();
     v["code"].as_str().unwrap_or_default().to_string()
 }
+
+impl Gpg {
+    /// Generates an unprotected key with `uid` ("ed25519", "rsa1024", ...;
+    /// `expire` like "1y" or "never") and returns its fingerprint.
+    pub fn gen_key(&self, uid: &str, algo: &str, expire: &str, extra: &[&str]) -> String {
+        let mut args = vec!["--passphrase", "", "--pinentry-mode", "loopback"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--quick-gen-key", uid, algo, "sign", expire]);
+        let out = self.run(&args, None);
+        assert!(
+            out.status.success(),
+            "gpg key generation: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = self.run(&["--with-colons", "--list-keys", uid], None);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("fpr:"))
+            .and_then(|l| l.split(':').nth(9))
+            .expect("fingerprint of the new key")
+            .to_string()
+    }
+
+    /// Runs gpg and asserts success.
+    pub fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The armored public key `fpr`.
+    pub fn export(&self, fpr: &str) -> Vec<u8> {
+        self.ok(&["--armor", "--export", fpr], None).into_bytes()
+    }
+
+    /// Gives `fpr` ultimate owner trust.
+    pub fn trust_ultimately(&self, fpr: &str) {
+        self.ok(
+            &["--import-ownertrust"],
+            Some(format!("{fpr}:6:\n").as_bytes()),
+        );
+    }
+
+    /// The validity gpg computes for the user ID holding `email`, as the
+    /// `uid:` field 2 of `--with-colons --list-keys`: f is full, u ultimate,
+    /// anything else is not valid. `extra` goes before the command (for
+    /// example `--faked-system-time`).
+    pub fn uid_validity(&self, email: &str, extra: &[&str]) -> String {
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["--with-colons", "--list-keys", email]);
+        let out = self.run(&args, None);
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        listing
+            .lines()
+            .find(|l| l.starts_with("uid:") && l.contains(&format!("<{email}>")))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or_else(|| panic!("no uid {email} in:\n{listing}"))
+            .to_string()
+    }
+}
+
+/// POST a body to `path` with a bearer token.
+pub async fn post(s: &Server, path: &str, token: &str, body: Vec<u8>) -> reqwest::Response {
+    http()
+        .post(s.url(path))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}

@@ -1,0 +1,321 @@
+//! Maintenance: renews the org key's expiry before it lapses and renews the
+//! certifications of active users before theirs do. One run streams through
+//! the store in keyset-paginated batches (memory depends on the batch size,
+//! not on the number of users), certifies each batch concurrently through
+//! the token's session pool, and writes each batch in one transaction. Time
+//! comes from the injected clock, so tests move it instead of sleeping.
+//!
+//! `orgkey serve` runs it on a schedule while ignited; `orgkey maintenance
+//! run` runs it once.
+
+use crate::clock::{Clock, unix_secs};
+use crate::config::MaintenanceConfig;
+use crate::openpgp::{CertifyRequest, OrgKey, PgpError, UserKey, certify};
+use crate::signer::Signer;
+use crate::store::{AuditEvent, DueQuery, SaveUserKey, Store, StoreError};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::task::JoinSet;
+
+/// Maintenance errors (a run that fails is retried by the next one).
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Renewing the org key failed (token down, sealed, ...).
+    #[error("renewing the org key: {0}")]
+    OrgKey(PgpError),
+    /// The token stopped signing during the run.
+    #[error("certifying: {0}")]
+    Token(PgpError),
+    /// A worker task died.
+    #[error("maintenance task failed: {0}")]
+    Task(String),
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Report {
+    /// Unix seconds the run used as "now".
+    pub at: u64,
+    /// New org key expiry (Unix seconds) if the org key was renewed.
+    pub org_key_renewed_until: Option<u64>,
+    /// Keys that were due.
+    pub due: u64,
+    /// Keys whose certifications were renewed.
+    pub renewed: u64,
+    /// User IDs certified in those keys.
+    pub certifications: u64,
+    /// Keys that could not be certified any more (revoked, expired, too weak).
+    pub refused: u64,
+    /// Keys changed by a concurrent certify call during the run (it
+    /// certified them itself).
+    pub concurrent: u64,
+    /// Active users skipped because they were inactive too long.
+    pub inactive_users: u64,
+}
+
+/// The org key as maintenance uses it.
+#[derive(Clone)]
+pub struct OrgSigner {
+    /// Public certificate.
+    pub org: OrgKey,
+    /// The certify-only primary key in the token.
+    pub certifier: Arc<dyn Signer>,
+}
+
+/// Settings of a run.
+#[derive(Clone)]
+pub struct Maintenance {
+    /// The store.
+    pub store: Store,
+    /// Schedule and windows.
+    pub config: MaintenanceConfig,
+    /// Lifetime of a certification.
+    pub certification_validity: Duration,
+    /// Concurrent certifications (the token's session count is a good value).
+    pub concurrency: usize,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+}
+
+fn secs(t: SystemTime) -> i64 {
+    unix_secs(t) as i64
+}
+
+enum Outcome {
+    Renewed(SaveUserKey, u64),
+    Refused(String, String),
+}
+
+impl Maintenance {
+    /// Runs once as `actor`. Returns the report and, if the org key was
+    /// renewed, its new certificate (the caller swaps it in). `progress` is
+    /// called with (keys done, keys due).
+    pub async fn run(
+        &self,
+        key: &OrgSigner,
+        actor: &str,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<(Report, Option<OrgKey>), MaintenanceError> {
+        let now = self.clock.now_secs();
+        let mut report = Report {
+            at: unix_secs(now),
+            ..Report::default()
+        };
+        let result = self.run_inner(key, now, &mut report, progress).await;
+        let (outcome, detail) = match &result {
+            Ok(_) => ("ok", serde_json::to_string(&report).unwrap_or_default()),
+            Err(e) => (
+                "failed",
+                format!(
+                    "{e}; {}",
+                    serde_json::to_string(&report).unwrap_or_default()
+                ),
+            ),
+        };
+        self.store
+            .append_audit(&[AuditEvent::new(actor, "maintenance", outcome)
+                .key(key.org.fingerprint())
+                .detail(detail)])
+            .await?;
+        result.map(|renewed| (report, renewed))
+    }
+
+    async fn run_inner(
+        &self,
+        key: &OrgSigner,
+        now: SystemTime,
+        report: &mut Report,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<Option<OrgKey>, MaintenanceError> {
+        let renewed_org = self.renew_org_key(key, now, report).await?;
+        let current = OrgSigner {
+            org: renewed_org.clone().unwrap_or_else(|| key.org.clone()),
+            certifier: Arc::clone(&key.certifier),
+        };
+        self.renew_certifications(&current, now, report, progress)
+            .await?;
+        Ok(renewed_org)
+    }
+
+    async fn renew_org_key(
+        &self,
+        key: &OrgSigner,
+        now: SystemTime,
+        report: &mut Report,
+    ) -> Result<Option<OrgKey>, MaintenanceError> {
+        let due = key
+            .org
+            .renewal_due(now, self.config.org_key_renew_before)
+            .map_err(MaintenanceError::OrgKey)?;
+        if due.is_none_or(|d| d > now) {
+            return Ok(None);
+        }
+        let k = key.clone();
+        let renewed = tokio::task::spawn_blocking(move || k.org.renew(k.certifier.as_ref(), now))
+            .await
+            .map_err(|e| MaintenanceError::Task(e.to_string()))?
+            .map_err(MaintenanceError::OrgKey)?;
+        let Some(renewed) = renewed else {
+            return Ok(None);
+        };
+        let expires = renewed.expires(now).map_err(MaintenanceError::OrgKey)?;
+        let armored = renewed.armored().map_err(MaintenanceError::OrgKey)?;
+        let until = expires.map(unix_secs);
+        self.store
+            .update_org_key_cert(
+                &renewed.fingerprint(),
+                &armored,
+                &AuditEvent::new("maintenance", "org-key-renew", "ok")
+                    .key(renewed.fingerprint())
+                    .detail(format!(
+                        "expiry moved to {}",
+                        expires
+                            .map(|e| humantime::format_rfc3339_seconds(e).to_string())
+                            .unwrap_or_else(|| "never".into())
+                    )),
+            )
+            .await?;
+        tracing::info!(org_key = %renewed.fingerprint(), ?until, "org key renewed");
+        report.org_key_renewed_until = until;
+        Ok(Some(renewed))
+    }
+
+    async fn renew_certifications(
+        &self,
+        key: &OrgSigner,
+        now: SystemTime,
+        report: &mut Report,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<(), MaintenanceError> {
+        let org_fpr = key.org.fingerprint();
+        let horizon = now + self.config.interval + self.config.renew_margin;
+        let active_since = now
+            .checked_sub(self.config.inactive_after)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        report.inactive_users = self.store.count_inactive_users(secs(active_since)).await? as u64;
+        let org_fprs = Arc::new(self.store.org_key_fingerprints().await?);
+        let mut after = String::new();
+        let template = DueQuery {
+            after: "",
+            limit: self.config.batch_size as i64,
+            horizon: secs(horizon),
+            active_since: secs(active_since),
+            org: &org_fpr,
+        };
+        let total = self.store.count_due_user_keys(template).await? as u64;
+        report.due = total;
+        progress(0, total);
+        let mut done = 0u64;
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.concurrency.max(1)));
+        loop {
+            let batch = self
+                .store
+                .due_user_keys(DueQuery {
+                    after: &after,
+                    ..template
+                })
+                .await?;
+            let Some(last) = batch.last() else { break };
+            after = last.key.fingerprint.clone();
+            let n = batch.len() as u64;
+            let mut tasks = JoinSet::new();
+            for due in batch {
+                let permit = Arc::clone(&permits)
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| MaintenanceError::Task(e.to_string()))?;
+                let k = key.clone();
+                let org_fprs = Arc::clone(&org_fprs);
+                let validity = self.certification_validity;
+                tasks.spawn_blocking(move || {
+                    let _permit = permit;
+                    renew_one(&k, due, now, validity, &org_fprs)
+                });
+            }
+            let mut saves = Vec::new();
+            while let Some(res) = tasks.join_next().await {
+                match res.map_err(|e| MaintenanceError::Task(e.to_string()))? {
+                    Ok(Outcome::Renewed(save, certs)) => {
+                        report.certifications += certs;
+                        saves.push(save);
+                    }
+                    Ok(Outcome::Refused(fpr, why)) => {
+                        tracing::warn!(key = %fpr, reason = %why, "user key can no longer be certified");
+                        report.refused += 1;
+                    }
+                    Err(e) => {
+                        tasks.abort_all();
+                        return Err(MaintenanceError::Token(e));
+                    }
+                }
+            }
+            let written = self.store.save_renewed_keys(&saves).await? as u64;
+            report.renewed += written;
+            report.concurrent += saves.len() as u64 - written;
+            done += n;
+            progress(done, total.max(done));
+            tracing::debug!(done, total, "maintenance batch written");
+        }
+        Ok(())
+    }
+}
+
+fn renew_one(
+    key: &OrgSigner,
+    due: crate::store::DueUserKey,
+    now: SystemTime,
+    validity: Duration,
+    org_fprs: &[String],
+) -> Result<Outcome, PgpError> {
+    let fpr = due.key.fingerprint.clone();
+    let user = match UserKey::parse(due.key.cert.as_bytes()) {
+        Ok(u) => u,
+        Err(e) => return Ok(Outcome::Refused(fpr, format!("stored key unreadable: {e}"))),
+    };
+    let emails: HashSet<String> = due.emails.into_iter().collect();
+    let select = |email: &str| {
+        if emails.contains(email) {
+            Ok(())
+        } else {
+            Err("not an active user".to_string())
+        }
+    };
+    let req = CertifyRequest {
+        now,
+        validity,
+        select: &select,
+        org_fingerprints: org_fprs,
+    };
+    let outcome = match certify(&key.org, key.certifier.as_ref(), user, &req) {
+        Ok(o) => o,
+        Err(PgpError::Unacceptable(why) | PgpError::Invalid(why)) => {
+            return Ok(Outcome::Refused(fpr, why));
+        }
+        Err(e) => return Err(e),
+    };
+    if outcome.certified.is_empty() {
+        let why = outcome
+            .refused
+            .iter()
+            .map(|r| format!("{:?}: {}", r.user_id, r.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Ok(Outcome::Refused(fpr, why));
+    }
+    let earliest = outcome.certified.iter().map(|c| c.expires).min();
+    let save = SaveUserKey {
+        fingerprint: fpr,
+        keyid: due.key.keyid,
+        cert: outcome.key.armored()?,
+        certified_by: Some(key.org.fingerprint()),
+        cert_expires: earliest.map(secs),
+        expected_version: Some(due.key.version),
+        emails: Vec::new(),
+        touch: false,
+    };
+    Ok(Outcome::Renewed(save, outcome.certified.len() as u64))
+}

@@ -1,0 +1,384 @@
+//! User keys of the managed domains: a submitted certificate is parsed and
+//! judged, merged with the stored copy, and its managed user IDs are
+//! certified by the org key's certify-only primary (in the token). Pruning
+//! keeps one current org certification per user ID and issuer, so renewals
+//! never pile up.
+
+use super::token_signer::SeamSigner;
+use super::{OrgKey, PgpError, PgpResultExt};
+use crate::signer::Signer;
+use pgp::cert::prelude::*;
+use pgp::packet::signature::SignatureBuilder;
+use pgp::packet::{Packet, Signature};
+use pgp::parse::Parse;
+use pgp::policy::StandardPolicy;
+use pgp::serialize::SerializeInto;
+use pgp::types::{RevocationStatus, SignatureType};
+use pgp::{Fingerprint, KeyHandle};
+use sequoia_openpgp as pgp;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+/// A user's public OpenPGP certificate.
+#[derive(Clone)]
+pub struct UserKey {
+    cert: Cert,
+}
+
+impl std::fmt::Debug for UserKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserKey")
+            .field("fingerprint", &self.fingerprint())
+            .finish()
+    }
+}
+
+/// One user ID of a user key as orgkey sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIdInfo {
+    /// The user ID text.
+    pub user_id: String,
+    /// Normalized (lower-case, punycode domain) email address, if it has one.
+    pub email: Option<String>,
+    /// Why it cannot be certified, if it cannot (revoked, no valid
+    /// self-signature).
+    pub problem: Option<String>,
+}
+
+/// A certification just made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certification {
+    /// Normalized email of the certified user ID.
+    pub email: String,
+    /// The certified user ID.
+    pub user_id: String,
+    /// When the certification expires.
+    pub expires: SystemTime,
+}
+
+/// A user ID that was not certified, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The user ID text.
+    pub user_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What [`certify`] did.
+#[derive(Debug, Clone)]
+pub struct CertifyOutcome {
+    /// The key with its new certifications (pruned).
+    pub key: UserKey,
+    /// User IDs certified now.
+    pub certified: Vec<Certification>,
+    /// User IDs with an email that were not certified.
+    pub refused: Vec<Refusal>,
+}
+
+/// What to certify and for how long.
+pub struct CertifyRequest<'a> {
+    /// Signature creation time (whole seconds).
+    pub now: SystemTime,
+    /// Certification lifetime (capped at the org key's expiry).
+    pub validity: Duration,
+    /// Decides, per normalized email, whether to certify it; `Err` gives
+    /// the reason it is not (e.g. "not in a managed domain").
+    pub select: &'a (dyn Fn(&str) -> Result<(), String> + Sync),
+    /// Fingerprints of every org key (current and superseded): their
+    /// certifications are the ones pruning keeps to the newest.
+    pub org_fingerprints: &'a [String],
+}
+
+fn is_certification(t: SignatureType) -> bool {
+    matches!(
+        t,
+        SignatureType::GenericCertification
+            | SignatureType::PersonaCertification
+            | SignatureType::CasualCertification
+            | SignatureType::PositiveCertification
+    )
+}
+
+fn parse_fingerprints(fprs: &[String]) -> Vec<KeyHandle> {
+    fprs.iter()
+        .filter_map(|f| f.parse::<Fingerprint>().ok())
+        .map(KeyHandle::from)
+        .collect()
+}
+
+fn issuer_index(sig: &Signature, ours: &[KeyHandle]) -> Option<usize> {
+    let issuers = sig.get_issuers();
+    ours.iter()
+        .position(|o| issuers.iter().any(|i| i.aliases(o)))
+}
+
+/// Revocations dated up to this far ahead of our clock still count: a key
+/// revoked a moment ago on a machine whose clock runs a little fast must
+/// not be certified.
+const REVOCATION_SKEW: Duration = Duration::from_secs(300);
+
+fn alive(sig: &Signature, now: SystemTime) -> bool {
+    sig.signature_alive(now, Duration::ZERO).is_ok()
+}
+
+impl UserKey {
+    /// Parses one armored or binary public certificate.
+    pub fn parse(bytes: &[u8]) -> Result<UserKey, PgpError> {
+        let cert = Cert::from_bytes(bytes).map_err(|e| {
+            PgpError::Invalid(format!(
+                "not a single OpenPGP certificate (armored or binary): {e:#}"
+            ))
+        })?;
+        if cert.is_tsk() {
+            return Err(PgpError::Invalid(
+                "the certificate carries secret key material; send only the public certificate"
+                    .into(),
+            ));
+        }
+        Ok(UserKey { cert })
+    }
+
+    /// Upper-case hex fingerprint.
+    pub fn fingerprint(&self) -> String {
+        self.cert.fingerprint().to_hex()
+    }
+
+    /// Upper-case hex 64-bit key ID.
+    pub fn keyid(&self) -> String {
+        self.cert.keyid().to_hex()
+    }
+
+    /// ASCII-armored certificate.
+    pub fn armored(&self) -> Result<String, PgpError> {
+        let bytes = self
+            .cert
+            .armored()
+            .to_vec()
+            .pgp("armoring the certificate")?;
+        String::from_utf8(bytes).map_err(|_| PgpError::Invalid("armor is not UTF-8".into()))
+    }
+
+    /// Binary certificate.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, PgpError> {
+        self.cert.to_vec().pgp("serializing the certificate")
+    }
+
+    /// Merges a newer copy of the same key (new subkeys, new
+    /// self-signatures, revocations) into this one.
+    pub fn merge(self, newer: UserKey) -> Result<UserKey, PgpError> {
+        if self.cert.fingerprint() != newer.cert.fingerprint() {
+            return Err(PgpError::Invalid(format!(
+                "cannot merge {} into {}: different keys",
+                newer.fingerprint(),
+                self.fingerprint()
+            )));
+        }
+        let cert = self
+            .cert
+            .merge_public(newer.cert)
+            .pgp("merging certificates")?;
+        Ok(UserKey { cert })
+    }
+
+    /// Refuses a key that is revoked, expired or too weak at `now`.
+    pub fn check(&self, now: SystemTime) -> Result<(), String> {
+        let policy = StandardPolicy::new();
+        let vc = self.cert.with_policy(&policy, now).map_err(|e| {
+            format!("the key is not acceptable under the standard policy (too weak, or no valid self-signature): {e:#}")
+        })?;
+        let revoked_soon = self
+            .cert
+            .with_policy(&policy, now + REVOCATION_SKEW)
+            .is_ok_and(|v| matches!(v.revocation_status(), RevocationStatus::Revoked(_)));
+        if revoked_soon || matches!(vc.revocation_status(), RevocationStatus::Revoked(_)) {
+            return Err("the key is revoked".into());
+        }
+        vc.alive()
+            .map_err(|e| format!("the key is expired or not yet valid: {e:#}"))?;
+        Ok(())
+    }
+
+    /// Every user ID with its email and, if it cannot be certified, why.
+    pub fn user_ids(&self, now: SystemTime) -> Vec<UserIdInfo> {
+        let policy = StandardPolicy::new();
+        let vc = self.cert.with_policy(&policy, now).ok();
+        let vc_soon = self.cert.with_policy(&policy, now + REVOCATION_SKEW).ok();
+        let revoked = |uid: &pgp::packet::UserID| {
+            [&vc, &vc_soon].into_iter().flatten().any(|vc| {
+                vc.userids().any(|v| {
+                    v.userid() == uid
+                        && matches!(v.revocation_status(), RevocationStatus::Revoked(_))
+                })
+            })
+        };
+        self.cert
+            .userids()
+            .map(|ua| {
+                let uid = ua.userid();
+                let email = uid.email_normalized().ok().flatten();
+                let valid = vc
+                    .as_ref()
+                    .is_some_and(|vc| vc.userids().any(|v| v.userid() == uid));
+                let problem = if revoked(uid) {
+                    Some("the user ID is revoked".into())
+                } else if !valid {
+                    Some("the user ID has no valid self-signature under the standard policy".into())
+                } else {
+                    None
+                };
+                UserIdInfo {
+                    user_id: String::from_utf8_lossy(uid.value()).into_owned(),
+                    email,
+                    problem,
+                }
+            })
+            .collect()
+    }
+
+    /// Expiry of the newest org certification by `issuer` on the user ID
+    /// with `email` that is alive at `now`.
+    pub fn certification_expiry(
+        &self,
+        email: &str,
+        issuer: &str,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        let ours = parse_fingerprints(std::slice::from_ref(&issuer.to_string()));
+        self.cert
+            .userids()
+            .filter(|ua| ua.userid().email_normalized().ok().flatten().as_deref() == Some(email))
+            .flat_map(|ua| ua.certifications())
+            .filter(|s| issuer_index(s, &ours).is_some() && alive(s, now))
+            .max_by_key(|s| s.signature_creation_time())
+            .and_then(|s| s.signature_expiration_time())
+    }
+
+    /// Removes org certifications that are expired at `now` or superseded by
+    /// a newer one from the same org key on the same user ID. Everything
+    /// else (self-signatures, other people's certifications) stays.
+    pub fn prune(self, org_fingerprints: &[String], now: SystemTime) -> Result<UserKey, PgpError> {
+        let ours = parse_fingerprints(org_fingerprints);
+        let mut newest: HashMap<(Vec<u8>, usize), SystemTime> = HashMap::new();
+        for ua in self.cert.userids() {
+            for sig in ua.certifications() {
+                if let (Some(i), Some(t)) =
+                    (issuer_index(sig, &ours), sig.signature_creation_time())
+                    && alive(sig, now)
+                {
+                    let e = newest.entry((ua.userid().value().to_vec(), i)).or_insert(t);
+                    *e = (*e).max(t);
+                }
+            }
+        }
+        let mut current_uid: Option<Vec<u8>> = None;
+        let mut kept: HashSet<(Vec<u8>, usize)> = HashSet::new();
+        let mut packets = Vec::new();
+        for p in self.cert.into_packets() {
+            match &p {
+                Packet::UserID(u) => current_uid = Some(u.value().to_vec()),
+                Packet::Signature(sig) => {
+                    if let (Some(uid), true) = (&current_uid, is_certification(sig.typ()))
+                        && let Some(i) = issuer_index(sig, &ours)
+                    {
+                        let key = (uid.clone(), i);
+                        let keep = alive(sig, now)
+                            && sig.signature_creation_time().as_ref() == newest.get(&key)
+                            && kept.insert(key);
+                        if !keep {
+                            continue;
+                        }
+                    }
+                }
+                _ => current_uid = None,
+            }
+            packets.push(p);
+        }
+        let cert = Cert::from_packets(packets.into_iter()).pgp("rebuilding the certificate")?;
+        Ok(UserKey { cert })
+    }
+
+    /// This key's entry in a machine-readable HKP index.
+    pub fn hkp_index_entry(&self, now: SystemTime) -> String {
+        super::hkp::index_entry(&self.cert, now)
+    }
+}
+
+/// Certifies every acceptable user ID that `req.select` picks with the org
+/// key's primary (`certifier`, in the token), then prunes.
+pub fn certify(
+    org: &OrgKey,
+    certifier: &dyn Signer,
+    user: UserKey,
+    req: &CertifyRequest<'_>,
+) -> Result<CertifyOutcome, PgpError> {
+    if user.cert.fingerprint().to_hex() == org.fingerprint() {
+        return Err(PgpError::Unacceptable("this is the org key itself".into()));
+    }
+    user.check(req.now).map_err(PgpError::Unacceptable)?;
+    let mut expires = req.now + req.validity;
+    if let Some(org_expiry) = org.expires(req.now)? {
+        if org_expiry <= req.now {
+            return Err(PgpError::OrgKeyExpired);
+        }
+        expires = expires.min(org_expiry);
+    }
+    let period = expires
+        .duration_since(req.now)
+        .map_err(|_| PgpError::OrgKeyExpired)?;
+
+    let mut signer = SeamSigner::new(certifier, org.primary_key().clone());
+    let hash = signer.hash();
+    let user_primary = user.cert.primary_key().key().clone();
+    let mut certified = Vec::new();
+    let mut refused = Vec::new();
+    let mut new_packets: Vec<Packet> = Vec::new();
+    let infos = user.user_ids(req.now);
+    for (ua, info) in user.cert.userids().zip(infos) {
+        let Some(email) = info.email.clone() else {
+            continue;
+        };
+        if let Err(reason) = (req.select)(&email) {
+            refused.push(Refusal {
+                user_id: info.user_id,
+                reason,
+            });
+            continue;
+        }
+        if let Some(reason) = info.problem {
+            refused.push(Refusal {
+                user_id: info.user_id,
+                reason,
+            });
+            continue;
+        }
+        let sig = SignatureBuilder::new(SignatureType::GenericCertification)
+            .set_hash_algo(hash)
+            .set_signature_creation_time(req.now)
+            .and_then(|b| b.set_signature_validity_period(period))
+            .pgp("preparing a certification")?
+            .sign_userid_binding(&mut signer, Some(&user_primary), ua.userid())
+            .pgp("certifying a user ID")?;
+        new_packets.push(ua.userid().clone().into());
+        new_packets.push(sig.into());
+        certified.push(Certification {
+            email,
+            user_id: info.user_id,
+            expires,
+        });
+    }
+    let cert = if new_packets.is_empty() {
+        user.cert
+    } else {
+        user.cert
+            .insert_packets(new_packets)
+            .pgp("adding certifications")?
+            .0
+    };
+    let key = UserKey { cert }.prune(req.org_fingerprints, req.now)?;
+    Ok(CertifyOutcome {
+        key,
+        certified,
+        refused,
+    })
+}

@@ -1,0 +1,155 @@
+//! Maintenance wiring: the one-shot run (`orgkey maintenance run`) and the
+//! scheduler inside `orgkey serve`.
+
+use super::{ServiceError, load_signing_key, open_store, open_token};
+use crate::api::{ApiState, SealState};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::maintenance::{Maintenance, OrgSigner, Report};
+use crate::openpgp::OrgKey;
+use crate::store::Store;
+use secrecy::SecretString;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(super) fn maintenance_for(cfg: &Config, store: Store, clock: Arc<dyn Clock>) -> Maintenance {
+    Maintenance {
+        store,
+        config: cfg.maintenance,
+        certification_validity: cfg.certification_validity,
+        concurrency: cfg.token.sessions,
+        clock,
+    }
+}
+
+/// Runs maintenance once: logs in with the ignition passphrase, renews what
+/// is due, logs out. `progress` gets (done, total).
+pub async fn run_maintenance(
+    cfg: &Config,
+    passphrase: SecretString,
+    actor: &str,
+    clock: Arc<dyn Clock>,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Report, ServiceError> {
+    let store = open_store(cfg, Arc::clone(&clock)).await?;
+    let rec = store.active_org_key().await?.ok_or_else(|| {
+        ServiceError::Refused("no org key: run `orgkey org-key generate` first".into())
+    })?;
+    let cfg2 = cfg.clone();
+    let (token, key) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
+        let token = Arc::new(open_token(&cfg2)?);
+        token.login(&passphrase)?;
+        match load_signing_key(&token, &rec) {
+            Ok(k) => Ok((token, k)),
+            Err(e) => {
+                let _ = token.logout();
+                Err(e)
+            }
+        }
+    })
+    .await
+    .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))??;
+    let m = maintenance_for(cfg, store.clone(), clock);
+    let signer = OrgSigner {
+        org: key.org.clone(),
+        certifier: Arc::clone(&key.certifier),
+    };
+    let result = m.run(&signer, actor, progress).await;
+    drop(key);
+    let _ = tokio::task::spawn_blocking(move || token.logout()).await;
+    store.close().await;
+    Ok(result
+        .map_err(|e| ServiceError::Refused(format!("maintenance failed: {e}")))?
+        .0)
+}
+
+/// Reloads the stored org key: a renewal made by `orgkey maintenance run`
+/// is swapped in. Returns false if the stored org key is another key (it was
+/// replaced): the running appliance must not certify with the old one.
+async fn sync_org_key(state: &ApiState, org: &OrgKey) -> bool {
+    match state.store.active_org_key().await {
+        Ok(Some(rec)) if rec.fingerprint == org.fingerprint() => {
+            if org.armored().ok().as_deref() != Some(rec.cert.as_str())
+                && let Ok(stored) = OrgKey::parse(rec.cert.as_bytes())
+            {
+                state.update_org_key(stored);
+            }
+            true
+        }
+        Ok(_) => {
+            tracing::warn!(
+                "the stored org key is no longer the one this appliance was ignited with; \
+                 maintenance is paused until the appliance is sealed and ignited again"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "maintenance could not read the org key");
+            false
+        }
+    }
+}
+
+/// The scheduler: while ignited, runs maintenance every `interval` (the
+/// first run right after ignition), until `stop` turns true. A failed run is
+/// retried after a tenth of the interval.
+pub(super) async fn schedule(
+    state: Arc<ApiState>,
+    m: Maintenance,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let poll = Duration::from_secs(30).min(m.config.interval);
+    let mut next_run = Instant::now();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if Instant::now() >= next_run
+            && let SealState::Ignited(Some(key)) = state.seal_state()
+            && sync_org_key(&state, &key.org).await
+        {
+            let key = match state.seal_state() {
+                SealState::Ignited(Some(k)) => k,
+                SealState::Ignited(None) | SealState::Sealed => continue,
+            };
+            let signer = OrgSigner {
+                org: key.org.clone(),
+                certifier: Arc::clone(&key.certifier),
+            };
+            tracing::info!("maintenance run starting");
+            match m.run(&signer, "maintenance", &|_, _| {}).await {
+                Ok((report, renewed)) => {
+                    if let Some(org) = renewed {
+                        state.update_org_key(org);
+                    }
+                    tracing::info!(
+                        due = report.due,
+                        renewed = report.renewed,
+                        refused = report.refused,
+                        inactive = report.inactive_users,
+                        org_key_renewed = report.org_key_renewed_until.is_some(),
+                        "maintenance run done"
+                    );
+                    state.set_maintenance_report(serde_json::json!({
+                        "outcome": "ok",
+                        "report": report,
+                    }));
+                    next_run = Instant::now() + m.config.interval;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "maintenance run failed; retrying later");
+                    state.set_maintenance_report(serde_json::json!({
+                        "outcome": "failed",
+                        "error": e.to_string(),
+                        "at": crate::clock::unix_secs(m.clock.now()),
+                    }));
+                    next_run = Instant::now() + m.config.interval / 10;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
