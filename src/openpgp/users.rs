@@ -382,3 +382,105 @@ pub fn certify(
         refused,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgp::cert::CertBuilder;
+    use pgp::crypto::KeyPair;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn t(days: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + DAY * days as u32
+    }
+
+    fn key(uid: &str) -> (Cert, KeyPair) {
+        let (cert, _) = CertBuilder::general_purpose(Some(uid))
+            .set_creation_time(t(0))
+            .generate()
+            .unwrap();
+        let pair = cert
+            .primary_key()
+            .key()
+            .clone()
+            .parts_into_secret()
+            .unwrap()
+            .into_keypair()
+            .unwrap();
+        (cert, pair)
+    }
+
+    fn certification(by: &mut KeyPair, user: &Cert, at: u64, days: u64) -> Signature {
+        let uid = user.userids().next().unwrap().userid().clone();
+        SignatureBuilder::new(SignatureType::GenericCertification)
+            .set_signature_creation_time(t(at))
+            .unwrap()
+            .set_signature_validity_period(DAY * days as u32)
+            .unwrap()
+            .sign_userid_binding(by, Some(user.primary_key().key()), &uid)
+            .unwrap()
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_live_org_certification_and_everything_else() {
+        let (org, mut org_pair) = key("Org <org@example.com>");
+        let (friend, mut friend_pair) = key("Friend <friend@example.org>");
+        let (user, _) = key("Alice <alice@example.com>");
+        let user = user.strip_secret_key_material();
+        let uid = user.userids().next().unwrap().userid().clone();
+        let sigs = [
+            certification(&mut org_pair, &user, 1, 14), // expired by day 20
+            certification(&mut org_pair, &user, 10, 14), // alive, superseded
+            certification(&mut org_pair, &user, 12, 14), // alive, newest
+            certification(&mut friend_pair, &user, 2, 1), // someone else's: untouched
+        ];
+        let mut packets: Vec<Packet> = Vec::new();
+        for s in sigs {
+            packets.push(uid.clone().into());
+            packets.push(s.into());
+        }
+        let (cert, _) = user.insert_packets(packets).unwrap();
+        let key = UserKey { cert };
+        let ours = vec![org.fingerprint().to_hex()];
+        let pruned = key.clone().prune(&ours, t(20)).unwrap();
+        let left: Vec<(SystemTime, bool)> = pruned
+            .cert
+            .userids()
+            .next()
+            .unwrap()
+            .certifications()
+            .map(|s| {
+                (
+                    s.signature_creation_time().unwrap(),
+                    s.get_issuers()
+                        .iter()
+                        .any(|i| i.aliases(KeyHandle::from(friend.fingerprint()))),
+                )
+            })
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.contains(&(t(12), false)));
+        assert!(left.contains(&(t(2), true)));
+        assert_eq!(
+            pruned.certification_expiry("alice@example.com", &ours[0], t(20)),
+            Some(t(26))
+        );
+        // Once the newest has expired too, no org certification is left.
+        let later = key.prune(&ours, t(27)).unwrap();
+        assert_eq!(
+            later
+                .cert
+                .userids()
+                .next()
+                .unwrap()
+                .certifications()
+                .count(),
+            1
+        );
+        assert_eq!(
+            later.certification_expiry("alice@example.com", &ours[0], t(27)),
+            None
+        );
+    }
+}

@@ -505,3 +505,223 @@ impl Store {
             .map_err(StoreError::db("committing the org key certificate"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const T0: u64 = 1_800_000_000;
+
+    async fn fresh() -> (tempfile::TempDir, Store, Arc<ManualClock>) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0)));
+        let store = Store::open(&dir.path().join("s.db"), true, clock.clone())
+            .await
+            .unwrap();
+        (dir, store, clock)
+    }
+
+    fn save(fpr: &str, emails: &[&str], version: Option<i64>, expires: i64) -> SaveUserKey {
+        SaveUserKey {
+            fingerprint: fpr.into(),
+            keyid: fpr[fpr.len() - 4..].into(),
+            cert: format!("cert of {fpr}"),
+            certified_by: Some("ORG1".into()),
+            cert_expires: Some(expires),
+            expected_version: version,
+            emails: emails
+                .iter()
+                .map(|e| (e.to_string(), format!("<{e}>")))
+                .collect(),
+            touch: true,
+        }
+    }
+
+    fn ev() -> AuditEvent {
+        AuditEvent::new("gw", "certify", "ok")
+    }
+
+    fn due<'a>(after: &'a str, horizon: u64, active_since: u64, org: &'a str) -> DueQuery<'a> {
+        DueQuery {
+            after,
+            limit: 2,
+            horizon: horizon as i64,
+            active_since: active_since as i64,
+            org,
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_are_version_checked_and_audited_together() {
+        let (_d, store, _c) = fresh().await;
+        store
+            .save_user_key(&save("AAAA0001", &["a@example.com"], None, 10), &ev())
+            .await
+            .unwrap();
+        // A second "new" insert of the same key lost a race: conflict, no audit row.
+        let e = store
+            .save_user_key(&save("AAAA0001", &["a@example.com"], None, 10), &ev())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+        let stale = store
+            .save_user_key(&save("AAAA0001", &["a@example.com"], Some(7), 10), &ev())
+            .await
+            .unwrap_err();
+        assert!(matches!(stale, StoreError::Conflict(_)));
+        store
+            .save_user_key(&save("AAAA0001", &["a@example.com"], Some(1), 20), &ev())
+            .await
+            .unwrap();
+        let k = store.user_key("AAAA0001").await.unwrap().unwrap();
+        assert_eq!((k.version, k.cert_expires), (2, Some(20)));
+        assert_eq!(store.verify_audit().await.unwrap().rows, 2);
+    }
+
+    #[tokio::test]
+    async fn emails_move_to_a_new_key_but_removed_ones_stay_removed() {
+        let (_d, store, _c) = fresh().await;
+        store
+            .save_user_key(&save("AAAA0001", &["a@example.com"], None, 10), &ev())
+            .await
+            .unwrap();
+        store
+            .save_user_key(&save("BBBB0002", &["a@example.com"], None, 10), &ev())
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .user("a@example.com")
+                .await
+                .unwrap()
+                .unwrap()
+                .fingerprint,
+            "BBBB0002"
+        );
+        // The old key has no active email left: not published any more.
+        assert!(
+            store
+                .published_user_keys(Some("AAAA0001"), None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .published_user_keys(None, Some("0002"))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            store
+                .set_user_state("a@example.com", UserState::Removed, &ev())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .set_user_state("a@example.com", UserState::Removed, &ev())
+                .await
+                .unwrap(),
+            "already removed"
+        );
+        store
+            .save_user_key(&save("CCCC0003", &["a@example.com"], None, 10), &ev())
+            .await
+            .unwrap();
+        let u = store.user("a@example.com").await.unwrap().unwrap();
+        assert_eq!(
+            (u.state, u.fingerprint.as_str()),
+            (UserState::Removed, "BBBB0002")
+        );
+        assert!(!store.touch_user("a@example.com").await.unwrap());
+        assert_eq!(store.user_counts().await.unwrap(), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn due_keys_are_paged_and_skip_inactive_and_current_ones() {
+        let (_d, store, clock) = fresh().await;
+        // Five keys: expiring at T0+1..5 days; the fifth is certified by
+        // another org key; the fourth's user goes quiet.
+        for i in 1..=5u64 {
+            let mut s = save(
+                &format!("KEY0000{i}"),
+                &[&format!("u{i}@example.com")],
+                None,
+                (T0 + i * 86_400) as i64,
+            );
+            if i == 5 {
+                s.certified_by = Some("ORG0".into());
+            }
+            store.save_user_key(&s, &ev()).await.unwrap();
+        }
+        clock.advance(Duration::from_secs(3600));
+        for i in [1, 2, 3, 5] {
+            assert!(
+                store
+                    .touch_user(&format!("u{i}@example.com"))
+                    .await
+                    .unwrap()
+            );
+        }
+        let active_since = T0 + 60;
+        // Horizon T0+3.5d: keys 1-3 expire before it; 4 is inactive; 5 has the old org.
+        let horizon = T0 + 3 * 86_400 + 43_200;
+        assert_eq!(
+            store
+                .count_due_user_keys(due("", horizon, active_since, "ORG1"))
+                .await
+                .unwrap(),
+            4
+        );
+        let mut seen = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = store
+                .due_user_keys(due(&after, horizon, active_since, "ORG1"))
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            assert!(page.len() <= 2);
+            after = last.key.fingerprint.clone();
+            for d in page {
+                assert_eq!(d.emails.len(), 1);
+                seen.push(d.key.fingerprint);
+            }
+        }
+        assert_eq!(seen, ["KEY00001", "KEY00002", "KEY00003", "KEY00005"]);
+        assert_eq!(
+            store
+                .count_inactive_users(active_since as i64)
+                .await
+                .unwrap(),
+            1
+        );
+        // A renewal written with a stale version is skipped, not applied.
+        let mut renewed = save("KEY00001", &[], Some(1), (T0 + 20 * 86_400) as i64);
+        let stale = save("KEY00002", &[], Some(9), (T0 + 20 * 86_400) as i64);
+        renewed.touch = false;
+        assert_eq!(store.save_renewed_keys(&[renewed, stale]).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .user_key("KEY00001")
+                .await
+                .unwrap()
+                .unwrap()
+                .cert_expires,
+            Some((T0 + 20 * 86_400) as i64)
+        );
+        assert_eq!(
+            store
+                .count_due_user_keys(due("", horizon, active_since, "ORG1"))
+                .await
+                .unwrap(),
+            3
+        );
+    }
+}

@@ -393,3 +393,10 @@ pub async fn post(s: &Server, path: &str, token: &str, body: Vec<u8>) -> reqwest
         .await
         .unwrap()
 }
+
+impl Appliance {
+    /// The appliance's configuration, loaded by the library.
+    pub fn config_loaded(&self) -> orgkey::config::Config {
+        orgkey::config::Config::load(&self.config).unwrap()
+    }
+}
