@@ -110,6 +110,7 @@ async fn status(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError
         "version": env!("CARGO_PKG_VERSION"),
         "token": st.token,
         "org_key": org_json,
+        "maintenance": st.maintenance.read().unwrap_or_else(|p| p.into_inner()).clone(),
     })))
 }
 

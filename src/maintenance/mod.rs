@@ -211,6 +211,9 @@ impl Maintenance {
         progress(0, total);
         let mut done = 0u64;
         let permits = Arc::new(tokio::sync::Semaphore::new(self.concurrency.max(1)));
+        // One shared instance: sequoia caches the org key's verified
+        // self-signatures inside it, so workers do not verify them again.
+        let shared = Arc::new(key.clone());
         loop {
             let batch = self
                 .store
@@ -228,7 +231,7 @@ impl Maintenance {
                     .acquire_owned()
                     .await
                     .map_err(|e| MaintenanceError::Task(e.to_string()))?;
-                let k = key.clone();
+                let k = Arc::clone(&shared);
                 let org_fprs = Arc::clone(&org_fprs);
                 let validity = self.certification_validity;
                 tasks.spawn_blocking(move || {

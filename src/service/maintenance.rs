@@ -117,7 +117,15 @@ pub(super) async fn schedule(
                 certifier: Arc::clone(&key.certifier),
             };
             tracing::info!("maintenance run starting");
-            match m.run(&signer, "maintenance", &|_, _| {}).await {
+            // Progress in the log at every further tenth of the due keys.
+            let logged_tenths = std::sync::atomic::AtomicU64::new(0);
+            let progress = |done: u64, total: u64| {
+                let tenths = (done * 10).checked_div(total).unwrap_or(0);
+                if logged_tenths.fetch_max(tenths, std::sync::atomic::Ordering::Relaxed) < tenths {
+                    tracing::info!(done, total, "maintenance progress");
+                }
+            };
+            match m.run(&signer, "maintenance", &progress).await {
                 Ok((report, renewed)) => {
                     if let Some(org) = renewed {
                         state.update_org_key(org);

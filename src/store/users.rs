@@ -298,6 +298,58 @@ impl Store {
             .map_err(StoreError::db("committing a user key"))
     }
 
+    /// Bulk load of user keys (directory migration, benchmarks): one
+    /// transaction, one audit row for the whole batch, existing keys and
+    /// emails left untouched. Returns how many keys were new.
+    pub async fn import_user_keys(
+        &self,
+        keys: &[SaveUserKey],
+        audit: &AuditEvent,
+    ) -> Result<u64, StoreError> {
+        let now = self.now_i64();
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::db("starting a transaction"))?;
+        let mut added = 0;
+        for s in keys {
+            added += sqlx::query(
+                "INSERT INTO user_keys (fingerprint, keyid, cert, certified_by, cert_expires, version, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, 1, $6, $6) ON CONFLICT (fingerprint) DO NOTHING",
+            )
+            .bind(&s.fingerprint)
+            .bind(&s.keyid)
+            .bind(&s.cert)
+            .bind(&s.certified_by)
+            .bind(s.cert_expires)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db("importing a user key"))?
+            .rows_affected();
+            for (email, user_id) in &s.emails {
+                sqlx::query(
+                    "INSERT INTO users (email, fingerprint, user_id, state, last_activity, created_at) \
+                     VALUES ($1, $2, $3, 'active', $4, $4) ON CONFLICT (email) DO NOTHING",
+                )
+                .bind(email)
+                .bind(&s.fingerprint)
+                .bind(user_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db("importing a user email"))?;
+            }
+        }
+        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
+            .await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing imported user keys"))?;
+        Ok(added)
+    }
+
     /// Marks an email active or removed, with its audit row; false if the
     /// email is unknown or already in that state.
     pub async fn set_user_state(
