@@ -24,3 +24,4 @@ pub mod service;
 pub mod signer;
 pub mod store;
 pub mod token;
+pub mod x509;

@@ -180,3 +180,69 @@ mod tests {
         assert_eq!(rsa_bits(&[0, 0, 1]), 1);
     }
 }
+
+/// Private key material on its way into the token (importing an existing
+/// CA keypair). The secret parts are wiped on drop and never printed.
+pub enum ImportedKey {
+    /// NIST curve key: private scalar and uncompressed public point.
+    Ec {
+        /// Curve.
+        curve: EcCurve,
+        /// Big-endian private scalar (field length).
+        scalar: zeroize::Zeroizing<Vec<u8>>,
+        /// Uncompressed public point `04 || X || Y`.
+        point: Vec<u8>,
+    },
+    /// RSA key with its CRT components (big-endian, no leading zeros).
+    Rsa {
+        /// Modulus.
+        n: Vec<u8>,
+        /// Public exponent.
+        e: Vec<u8>,
+        /// Private exponent, primes, CRT exponents and coefficient.
+        private: zeroize::Zeroizing<RsaPrivateParts>,
+    },
+}
+
+/// The secret parts of an RSA key.
+#[derive(Default, zeroize::Zeroize)]
+pub struct RsaPrivateParts {
+    /// Private exponent.
+    pub d: Vec<u8>,
+    /// First prime.
+    pub p: Vec<u8>,
+    /// Second prime.
+    pub q: Vec<u8>,
+    /// d mod (p-1).
+    pub dp: Vec<u8>,
+    /// d mod (q-1).
+    pub dq: Vec<u8>,
+    /// q^-1 mod p.
+    pub qinv: Vec<u8>,
+}
+
+impl ImportedKey {
+    /// The public half.
+    pub fn public_key(&self) -> PublicKey {
+        match self {
+            ImportedKey::Ec { curve, point, .. } => PublicKey::Ec {
+                curve: *curve,
+                point: point.clone(),
+            },
+            ImportedKey::Rsa { n, e, .. } => PublicKey::Rsa {
+                n: n.clone(),
+                e: e.clone(),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for ImportedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ImportedKey({}, secret parts redacted)",
+            self.public_key().describe()
+        )
+    }
+}
