@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod ca;
 pub mod cli;
 pub mod clock;
 pub mod config;

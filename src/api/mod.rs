@@ -11,6 +11,7 @@ mod error;
 mod hkp;
 mod routes;
 mod users;
+mod x509;
 
 pub use error::ApiError;
 
@@ -34,6 +35,8 @@ pub struct SigningKey {
     /// The certify-only primary key in the token (certifications,
     /// self-signatures).
     pub certifier: Arc<dyn Signer>,
+    /// The org certs whose keys are loaded (active first).
+    pub cas: crate::ca::CaSet,
 }
 
 /// How users of the managed domains are certified.
@@ -83,6 +86,9 @@ pub trait Igniter: Send + Sync + 'static {
     fn ignite(&self, passphrase: &SecretString) -> Result<Option<Arc<SigningKey>>, IgniteError>;
     /// Logs out.
     fn seal(&self) -> Result<(), IgniteError>;
+    /// Loads the keys of the live org certs again (a new org cert was made
+    /// while ignited). Needs the token logged in.
+    fn load_cas(&self) -> Result<crate::ca::CaSet, IgniteError>;
 }
 
 /// Facts for `/v1/status`.
@@ -160,6 +166,8 @@ pub struct ApiState {
     pub users: UserPolicy,
     /// Outcome of the last maintenance run, for `/v1/status`.
     pub maintenance: RwLock<Option<serde_json::Value>>,
+    /// Org cert and user certificate settings.
+    pub x509: crate::config::X509Config,
 }
 
 impl ApiState {
@@ -188,6 +196,16 @@ impl ApiState {
             let mut renewed = SigningKey::clone(k);
             renewed.org = org;
             *guard = SealState::Ignited(Some(Arc::new(renewed)));
+        }
+    }
+
+    /// Swaps in freshly loaded org cert keys.
+    pub fn update_cas(&self, cas: crate::ca::CaSet) {
+        let mut guard = self.seal.write().unwrap_or_else(|p| p.into_inner());
+        if let SealState::Ignited(Some(k)) = &*guard {
+            let mut updated = SigningKey::clone(k);
+            updated.cas = cas;
+            *guard = SealState::Ignited(Some(Arc::new(updated)));
         }
     }
 

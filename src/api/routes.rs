@@ -46,6 +46,16 @@ pub(super) fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/users/{email}/activity", post(super::users::activity))
         .route("/pks/lookup", get(super::hkp::lookup))
+        .route("/v1/org-cert", get(super::x509::org_cert))
+        .route("/v1/x509/issue", post(super::x509::issue))
+        .route(
+            "/v1/x509/issue-from-openpgp",
+            post(super::x509::issue_from_openpgp),
+        )
+        .route("/v1/x509/revoke", post(super::x509::revoke))
+        .route("/v1/x509/crl", get(super::x509::crl))
+        .route("/v1/x509/crl/{id}", get(super::x509::crl_by_id))
+        .route("/v1/x509/certs/{serial}", get(super::x509::cert_status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -259,7 +269,7 @@ async fn sign(
 }
 
 /// Reads a small JSON body with a size limit and the right content type.
-async fn small_json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(super) async fn small_json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

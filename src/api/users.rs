@@ -187,6 +187,17 @@ async fn selection(
     now: SystemTime,
 ) -> Result<HashMap<String, Option<String>>, ApiError> {
     let mut out = HashMap::new();
+    let org_cert_emails = match st
+        .store
+        .active_org_cert()
+        .await
+        .map_err(store_err("reading the org cert failed"))?
+    {
+        Some(rec) => crate::x509::X509Cert::parse(rec.cert.as_bytes())
+            .map(|c| c.emails())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
     for info in key.user_ids(now) {
         let Some(email) = info.email else { continue };
         if managed_domain_of(&st.users.domains, &email).is_none() {
@@ -198,6 +209,9 @@ async fn selection(
             .await
             .map_err(store_err("reading a user failed"))?;
         let verdict = match user {
+            _ if org_cert_emails.contains(&email) => {
+                Some("the org cert uses this address; it cannot be a user's".to_string())
+            }
             Some(u) if u.state == UserState::Removed => Some(
                 "the user was removed by an administrator (orgkey users restore to certify again)"
                     .to_string(),

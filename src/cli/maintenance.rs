@@ -74,6 +74,13 @@ pub fn run(config: &Path, cmd: MaintenanceCmd) -> anyhow::Result<ExitCode> {
                 report.concurrent,
                 report.inactive_users
             );
+            println!(
+                "{} user certificates renewed ({} failed), {} CRLs renewed, {} stale issuances abandoned",
+                report.user_certs_renewed,
+                report.user_certs_failed,
+                report.crls_refreshed,
+                report.stale_issuances
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

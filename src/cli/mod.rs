@@ -7,6 +7,7 @@ mod client;
 mod ignite;
 mod init;
 mod maintenance;
+mod org_cert;
 mod org_key;
 mod secrets;
 mod serve;
@@ -60,6 +61,12 @@ pub enum Command {
     /// Generate, show and export the Organization Key.
     #[command(subcommand)]
     OrgKey(org_key::OrgKeyCmd),
+    /// The Organization Certificate (X.509 CA) for S/MIME user certificates.
+    #[command(subcommand)]
+    OrgCert(org_cert::OrgCertCmd),
+    /// S/MIME user certificates: revocation.
+    #[command(subcommand)]
+    X509(org_cert::X509Cmd),
     /// Inspect the PKCS#11 token.
     #[command(subcommand)]
     Token(token::TokenCmd),
@@ -129,6 +136,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Init(a) => init::run(a),
         Command::OrgKey(c) => org_key::run(&cli.config, c),
         Command::Token(c) => token::run(&cli.config, c),
+        Command::OrgCert(c) => org_cert::run(&cli.config, c),
+        Command::X509(c) => org_cert::run_x509(&cli.config, c),
         Command::Serve(a) => serve::run(&cli.config, a),
         Command::Ignite(a) => ignite::run_ignite(&cli.config, a),
         Command::Seal(a) => ignite::run_seal(&cli.config, a),

@@ -64,6 +64,16 @@ struct RawConfig {
     ignition: RawIgnition,
     #[serde(default)]
     maintenance: RawMaintenance,
+    #[serde(default)]
+    x509: RawX509,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawX509 {
+    user_cert_validity: Option<String>,
+    crl_validity: Option<String>,
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +143,30 @@ pub struct Config {
     pub ignition: IgnitionConfig,
     /// Scheduled maintenance.
     pub maintenance: MaintenanceConfig,
+    /// The org cert and S/MIME user certificates.
+    pub x509: X509Config,
+}
+
+/// The org cert (X.509 CA) and the user certificates it issues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X509Config {
+    /// Lifetime of a user certificate (never past the org cert's).
+    pub user_cert_validity: Duration,
+    /// How long a CRL is valid (its nextUpdate); it is renewed before.
+    pub crl_validity: Duration,
+    /// Base URL under which relying parties reach this appliance, for the
+    /// CRL distribution point in user certificates (`None`: no CRL DP).
+    pub public_url: Option<String>,
+}
+
+impl Default for X509Config {
+    fn default() -> Self {
+        Self {
+            user_cert_validity: Duration::from_secs(14 * 86400),
+            crl_validity: Duration::from_secs(86400),
+            public_url: None,
+        }
+    }
 }
 
 /// Scheduled maintenance: certification renewal and org key renewal.
@@ -400,6 +434,43 @@ fn maintenance_config(
     Ok(m)
 }
 
+fn x509_config(raw: RawX509) -> Result<X509Config, ConfigError> {
+    let d = X509Config::default();
+    let c = X509Config {
+        user_cert_validity: match raw.user_cert_validity.as_deref() {
+            Some(s) => parse_duration("[x509] user_cert_validity", s)?,
+            None => d.user_cert_validity,
+        },
+        crl_validity: match raw.crl_validity.as_deref() {
+            Some(s) => parse_duration("[x509] crl_validity", s)?,
+            None => d.crl_validity,
+        },
+        public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()),
+    };
+    if c.user_cert_validity < Duration::from_secs(3600) {
+        return Err(ConfigError::Invalid(
+            "[x509] user_cert_validity must be at least 1h".into(),
+        ));
+    }
+    if c.crl_validity < Duration::from_secs(3600) {
+        return Err(ConfigError::Invalid(
+            "[x509] crl_validity must be at least 1h".into(),
+        ));
+    }
+    if let Some(u) = &c.public_url {
+        let ok = (u.starts_with("http://") || u.starts_with("https://"))
+            && u.is_ascii()
+            && !u.contains(char::is_whitespace)
+            && u.len() < 512;
+        if !ok {
+            return Err(ConfigError::Invalid(format!(
+                "[x509] public_url = {u:?}: expected an http:// or https:// URL"
+            )));
+        }
+    }
+    Ok(c)
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -550,6 +621,7 @@ impl Config {
             ));
         }
         let maintenance = maintenance_config(raw.maintenance, certification_validity)?;
+        let x509 = x509_config(raw.x509)?;
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -557,6 +629,7 @@ impl Config {
             domains,
             certification_validity,
             maintenance,
+            x509,
             token: TokenConfig {
                 profile,
                 module,

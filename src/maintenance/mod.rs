@@ -55,6 +55,14 @@ pub struct Report {
     pub concurrent: u64,
     /// Active users skipped because they were inactive too long.
     pub inactive_users: u64,
+    /// S/MIME user certificates issued anew before the old one expired.
+    pub user_certs_renewed: u64,
+    /// User certificates that could not be renewed (see the log).
+    pub user_certs_failed: u64,
+    /// CRLs made because the last one's nextUpdate was near.
+    pub crls_refreshed: u64,
+    /// Pending issuances left by a crash, marked abandoned.
+    pub stale_issuances: u64,
 }
 
 /// The org key as maintenance uses it.
@@ -64,6 +72,8 @@ pub struct OrgSigner {
     pub org: OrgKey,
     /// The certify-only primary key in the token.
     pub certifier: Arc<dyn Signer>,
+    /// Org cert keys (active first); empty without an org cert.
+    pub cas: crate::ca::CaSet,
 }
 
 /// Settings of a run.
@@ -79,6 +89,10 @@ pub struct Maintenance {
     pub concurrency: usize,
     /// Time source.
     pub clock: Arc<dyn Clock>,
+    /// Org cert and user certificate settings.
+    pub x509: crate::config::X509Config,
+    /// Managed domains.
+    pub domains: Vec<String>,
 }
 
 fn secs(t: SystemTime) -> i64 {
@@ -135,9 +149,11 @@ impl Maintenance {
         let current = OrgSigner {
             org: renewed_org.clone().unwrap_or_else(|| key.org.clone()),
             certifier: Arc::clone(&key.certifier),
+            cas: key.cas.clone(),
         };
         self.renew_certifications(&current, now, report, progress)
             .await?;
+        self.x509_upkeep(&key.cas, now, report).await?;
         Ok(renewed_org)
     }
 
@@ -264,6 +280,107 @@ impl Maintenance {
             tracing::debug!(done, total, "maintenance batch written");
         }
         Ok(())
+    }
+}
+
+impl Maintenance {
+    /// Abandons issuances a crash left pending, renews user certificates of
+    /// active users before they expire (same key, active org cert), and
+    /// makes CRLs whose nextUpdate falls before the next run.
+    async fn x509_upkeep(
+        &self,
+        cas: &crate::ca::CaSet,
+        now: SystemTime,
+        report: &mut Report,
+    ) -> Result<(), MaintenanceError> {
+        report.stale_issuances = self
+            .store
+            .abandon_stale_user_certs(secs(now) - 3600)
+            .await?;
+        let horizon = now + self.config.interval + self.config.renew_margin;
+        if let Some(active) = cas.active() {
+            let active_since = now
+                .checked_sub(self.config.inactive_after)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let mut after = String::new();
+            loop {
+                let batch = self
+                    .store
+                    .due_user_certs(
+                        &after,
+                        self.config.batch_size as i64,
+                        secs(horizon),
+                        secs(active_since),
+                    )
+                    .await?;
+                let Some(last) = batch.last() else { break };
+                after = last.serial.clone();
+                for due in batch {
+                    match self.renew_user_cert(active, &due, now).await {
+                        Ok(()) => report.user_certs_renewed += 1,
+                        Err(crate::ca::CaError::Signer(e)) => {
+                            return Err(MaintenanceError::Token(PgpError::Signer(e)));
+                        }
+                        Err(crate::ca::CaError::Store(e)) => return Err(e.into()),
+                        Err(e) => {
+                            tracing::warn!(serial = %due.serial, error = %e, "user certificate not renewed");
+                            report.user_certs_failed += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for ca in &cas.cas {
+            let margin = self.config.interval + self.config.renew_margin;
+            let before = self.store.latest_crl(&ca.record.fingerprint).await?;
+            let crl = crate::ca::current_crl(&self.store, ca, &self.x509, now, margin)
+                .await
+                .map_err(|e| match e {
+                    crate::ca::CaError::Store(s) => MaintenanceError::Store(s),
+                    other => MaintenanceError::Task(format!("CRL: {other}")),
+                })?;
+            if before.map(|b| b.number) != Some(crl.number) {
+                report.crls_refreshed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn renew_user_cert(
+        &self,
+        ca: &Arc<crate::ca::LoadedCa>,
+        due: &crate::store::UserCertRecord,
+        now: SystemTime,
+    ) -> Result<(), crate::ca::CaError> {
+        let spki = hex::decode(&due.spki)
+            .map_err(|_| crate::ca::CaError::Encoding("stored key is not hex".into()))?;
+        let emails: Vec<String> = due.emails.split(',').map(str::to_string).collect();
+        let request = crate::x509::UserCertRequest {
+            key: "renewal".into(),
+            emails,
+            common_name: due.common_name.clone(),
+            spki,
+        };
+        let source = if due.source == "openpgp" {
+            crate::ca::Source::OpenPgp
+        } else {
+            crate::ca::Source::Csr
+        };
+        crate::ca::issue(
+            &self.store,
+            ca,
+            &self.x509,
+            &self.domains,
+            crate::ca::Issue {
+                request: &request,
+                source,
+                actor: "maintenance",
+                renew: true,
+                now,
+            },
+        )
+        .await
+        .map(|_| ())
     }
 }
 

@@ -302,6 +302,50 @@ impl UserKey {
     pub fn hkp_index_entry(&self, now: SystemTime) -> String {
         super::hkp::index_entry(&self.cert, now)
     }
+
+    /// The newest valid signing-capable key (primary or subkey) that is RSA
+    /// or on a NIST curve, as a seam public key: the material an S/MIME
+    /// certificate can be issued for. `None` if the key has none.
+    pub fn x509_signing_key(&self, now: SystemTime) -> Option<crate::signer::PublicKey> {
+        use crate::signer::{EcCurve, PublicKey};
+        use pgp::crypto::mpi::PublicKey as M;
+        use pgp::types::Curve;
+        let policy = StandardPolicy::new();
+        let vc = self.cert.with_policy(&policy, now).ok()?;
+        let mut keys: Vec<_> = vc
+            .keys()
+            .for_signing()
+            .alive()
+            .revoked(false)
+            .filter_map(|ka| {
+                let k = ka.key();
+                let pk = match k.mpis() {
+                    M::ECDSA {
+                        curve: Curve::NistP256,
+                        q,
+                    } => PublicKey::Ec {
+                        curve: EcCurve::P256,
+                        point: q.value().to_vec(),
+                    },
+                    M::ECDSA {
+                        curve: Curve::NistP384,
+                        q,
+                    } => PublicKey::Ec {
+                        curve: EcCurve::P384,
+                        point: q.value().to_vec(),
+                    },
+                    M::RSA { e, n } => PublicKey::Rsa {
+                        n: n.value().to_vec(),
+                        e: e.value().to_vec(),
+                    },
+                    _ => return None,
+                };
+                Some((k.creation_time(), pk))
+            })
+            .collect();
+        keys.sort_by_key(|(t, _)| *t);
+        keys.pop().map(|(_, pk)| pk)
+    }
 }
 
 /// Certifies every acceptable user ID that `req.select` picks with the org

@@ -19,6 +19,8 @@ pub(super) fn maintenance_for(cfg: &Config, store: Store, clock: Arc<dyn Clock>)
         certification_validity: cfg.certification_validity,
         concurrency: cfg.token.sessions,
         clock,
+        x509: cfg.x509.clone(),
+        domains: cfg.domains.clone(),
     }
 }
 
@@ -36,10 +38,17 @@ pub async fn run_maintenance(
         ServiceError::Refused("no org key: run `orgkey org-key generate` first".into())
     })?;
     let cfg2 = cfg.clone();
+    let ca_records = store
+        .live_org_certs(crate::clock::unix_secs(clock.now()) as i64)
+        .await?;
     let (token, key) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
         let token = Arc::new(open_token(&cfg2)?);
         token.login(&passphrase)?;
-        match load_signing_key(&token, &rec) {
+        let loaded = load_signing_key(&token, &rec).and_then(|mut k| {
+            k.cas = super::org_cert::load_cas(&token, ca_records)?;
+            Ok(k)
+        });
+        match loaded {
             Ok(k) => Ok((token, k)),
             Err(e) => {
                 let _ = token.logout();
@@ -53,6 +62,7 @@ pub async fn run_maintenance(
     let signer = OrgSigner {
         org: key.org.clone(),
         certifier: Arc::clone(&key.certifier),
+        cas: key.cas.clone(),
     };
     let result = m.run(&signer, actor, progress).await;
     drop(key);
@@ -115,6 +125,7 @@ pub(super) async fn schedule(
             let signer = OrgSigner {
                 org: key.org.clone(),
                 certifier: Arc::clone(&key.certifier),
+                cas: key.cas.clone(),
             };
             tracing::info!("maintenance run starting");
             // Progress in the log at every further tenth of the due keys.

@@ -5,6 +5,7 @@
 
 mod init;
 mod maintenance;
+mod org_cert;
 mod org_key;
 mod serve;
 mod users;
@@ -12,6 +13,10 @@ mod users;
 pub(crate) use init::write_private;
 pub use init::{InitRequest, InitResult, init_appliance};
 pub use maintenance::run_maintenance;
+pub use org_cert::{
+    OrgCertRequest, import_ca_keypair, import_org_cert, org_cert_csr, org_cert_summary,
+    revoke_user_cert, self_sign_org_cert,
+};
 pub use org_key::{
     GenerateRequest, OrgKeySummary, TokenCheck, bench_raw_sign, check_token, generate_org_key,
     org_key_summary,
@@ -43,6 +48,12 @@ pub enum ServiceError {
     /// OpenPGP problem.
     #[error(transparent)]
     Pgp(#[from] PgpError),
+    /// X.509 problem.
+    #[error(transparent)]
+    X509(#[from] crate::x509::X509Error),
+    /// CA operation problem.
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
     /// HTTP server problem.
     #[error(transparent)]
     Serve(#[from] crate::api::ServeError),
@@ -112,6 +123,7 @@ pub(crate) fn load_signing_key(
         org,
         signer: Arc::new(signer),
         certifier: Arc::new(certifier),
+        cas: crate::ca::CaSet::default(),
     })
 }
 
@@ -138,17 +150,21 @@ impl TokenIgniter {
             .block_on(self.store.active_org_key())
             .map_err(|e| IgniteError::Internal(e.to_string()))?;
         let Some(rec) = rec else { return Ok(None) };
-        match load_signing_key(&self.token, &rec) {
-            Ok(k) => Ok(Some(Arc::new(k))),
-            Err(ServiceError::Pgp(PgpError::Mismatch(m))) => Err(IgniteError::Mismatch(m)),
-            Err(ServiceError::Token(e @ TokenError::KeyNotFound { .. })) => {
-                Err(IgniteError::Mismatch(e.to_string()))
-            }
-            Err(ServiceError::Token(e)) if e.is_unavailable() => {
-                Err(IgniteError::Unavailable(e.to_string()))
-            }
-            Err(e) => Err(IgniteError::Internal(e.to_string())),
+        let mut key = load_signing_key(&self.token, &rec).map_err(ignite_error)?;
+        key.cas = self.load_cas()?;
+        Ok(Some(Arc::new(key)))
+    }
+}
+
+fn ignite_error(e: ServiceError) -> IgniteError {
+    match e {
+        ServiceError::Pgp(PgpError::Mismatch(m)) => IgniteError::Mismatch(m),
+        ServiceError::Token(e @ TokenError::KeyNotFound { .. }) => {
+            IgniteError::Mismatch(e.to_string())
         }
+        ServiceError::Token(e) if e.is_unavailable() => IgniteError::Unavailable(e.to_string()),
+        ServiceError::Refused(m) => IgniteError::Mismatch(m),
+        e => IgniteError::Internal(e.to_string()),
     }
 }
 
@@ -171,5 +187,14 @@ impl Igniter for TokenIgniter {
         self.token
             .logout()
             .map_err(|e| IgniteError::Internal(e.to_string()))
+    }
+
+    fn load_cas(&self) -> Result<crate::ca::CaSet, IgniteError> {
+        let now = crate::clock::unix_secs(self.store.clock().now()) as i64;
+        let records = self
+            .runtime
+            .block_on(self.store.live_org_certs(now))
+            .map_err(|e| IgniteError::Internal(e.to_string()))?;
+        org_cert::load_cas(&self.token, records).map_err(ignite_error)
     }
 }

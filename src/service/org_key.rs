@@ -279,6 +279,9 @@ pub async fn check_token(
         };
         roles.push((decode_id(&id)?, role));
     }
+    for (id, _) in store.org_cert_key_ids().await? {
+        roles.push((decode_id(&id)?, KeyRole::Sign));
+    }
     store.close().await;
     let cfg = cfg.clone();
     tokio::task::spawn_blocking(move || {

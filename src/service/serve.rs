@@ -93,6 +93,7 @@ pub async fn serve(
             certification_validity: cfg.certification_validity,
         },
         maintenance: RwLock::new(None),
+        x509: cfg.x509.clone(),
     });
 
     if let Some(pass) = opts.ignition_passphrase {

@@ -5,9 +5,13 @@
 
 mod audit;
 mod users;
+mod x509;
 
 pub use audit::{AuditEvent, AuditRow, AuditWriter, VerifyReport, row_hash};
 pub use users::{DueQuery, DueUserKey, SaveUserKey, UserKeyRecord, UserRecord, UserState};
+pub use x509::{
+    CrlRecord, OrgCertRecord, OrgCertRequestRecord, PendingUserCert, RevokeOutcome, UserCertRecord,
+};
 
 use crate::clock::Clock;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -9,7 +9,7 @@
 use super::error::CkResultExt;
 use super::{Token, TokenError};
 use crate::config::profile::Ed25519Params;
-use crate::signer::{DigestAlgorithm, EcCurve, PublicKey, Signer, SignerError};
+use crate::signer::{DigestAlgorithm, EcCurve, ImportedKey, PublicKey, Signer, SignerError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -202,6 +202,22 @@ fn find_one(
     }
 }
 
+fn wipe_attributes(attrs: &mut [Attribute]) {
+    use zeroize::Zeroize;
+    for a in attrs {
+        match a {
+            Attribute::Value(v)
+            | Attribute::PrivateExponent(v)
+            | Attribute::Prime1(v)
+            | Attribute::Prime2(v)
+            | Attribute::Exponent1(v)
+            | Attribute::Exponent2(v)
+            | Attribute::Coefficient(v) => v.zeroize(),
+            _ => {}
+        }
+    }
+}
+
 impl Token {
     /// Generates a key pair from `spec` with a fresh random CKA_ID.
     pub fn generate_key_pair(&self, spec: &KeySpec) -> Result<TokenKey, TokenError> {
@@ -269,6 +285,111 @@ impl Token {
                 }
             }
         })
+    }
+
+    /// Creates a signing key pair from imported key material (an existing
+    /// CA key): the private object is sensitive, private, token-resident and
+    /// sign-only, extractable only under a trusted wrapping key, exactly like
+    /// a generated one. Nothing is left behind if either object fails.
+    pub fn import_key_pair(
+        &self,
+        key: &ImportedKey,
+        label: &str,
+        exportable: bool,
+    ) -> Result<TokenKey, TokenError> {
+        let id: [u8; 16] = rand::random();
+        let id = id.to_vec();
+        let label = label.as_bytes().to_vec();
+        let mut private = vec![
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(exportable),
+            Attribute::Id(id.clone()),
+            Attribute::Label(label.clone()),
+            Attribute::Sign(true),
+            Attribute::Derive(false),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::SignRecover(false),
+            Attribute::Modifiable(false),
+        ];
+        if exportable {
+            private.push(Attribute::WrapWithTrusted(true));
+        }
+        let mut public = vec![
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Id(id.clone()),
+            Attribute::Label(label),
+            Attribute::Verify(true),
+        ];
+        match key {
+            ImportedKey::Ec {
+                curve,
+                scalar,
+                point,
+            } => {
+                let params = ec_params(KeyKind::Ec(*curve), self.options().ed25519_params)
+                    .unwrap_or_default()
+                    .to_vec();
+                // CKA_EC_POINT is a DER OCTET STRING around the point.
+                let mut wrapped = vec![0x04];
+                if point.len() >= 0x80 {
+                    wrapped.push(0x81);
+                }
+                wrapped.push(point.len() as u8);
+                wrapped.extend_from_slice(point);
+                private.push(Attribute::KeyType(KeyType::EC));
+                private.push(Attribute::EcParams(params.clone()));
+                private.push(Attribute::Value(scalar.to_vec()));
+                public.push(Attribute::KeyType(KeyType::EC));
+                public.push(Attribute::EcParams(params));
+                public.push(Attribute::EcPoint(wrapped));
+            }
+            ImportedKey::Rsa { n, e, private: p } => {
+                private.push(Attribute::KeyType(KeyType::RSA));
+                private.push(Attribute::Modulus(n.clone()));
+                private.push(Attribute::PublicExponent(e.clone()));
+                private.push(Attribute::PrivateExponent(p.d.clone()));
+                private.push(Attribute::Prime1(p.p.clone()));
+                private.push(Attribute::Prime2(p.q.clone()));
+                private.push(Attribute::Exponent1(p.dp.clone()));
+                private.push(Attribute::Exponent2(p.dq.clone()));
+                private.push(Attribute::Coefficient(p.qinv.clone()));
+                public.push(Attribute::KeyType(KeyType::RSA));
+                public.push(Attribute::Modulus(n.clone()));
+                public.push(Attribute::PublicExponent(e.clone()));
+            }
+        }
+        let result = self.with_session(|s| {
+            let priv_h = s
+                .create_object(&private)
+                .ck("importing a private key (C_CreateObject)")?;
+            let pub_h = match s.create_object(&public) {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = s.destroy_object(priv_h);
+                    return Err(e).ck("importing a public key (C_CreateObject)");
+                }
+            };
+            match read_public(s, pub_h) {
+                Ok(public) => Ok(TokenKey {
+                    id: id.clone(),
+                    public,
+                }),
+                Err(e) => {
+                    let _ = s.destroy_object(priv_h);
+                    let _ = s.destroy_object(pub_h);
+                    Err(e)
+                }
+            }
+        });
+        // The attribute vectors held the secret values.
+        wipe_attributes(&mut private);
+        result
     }
 
     /// Reads the public key of the key pair with CKA_ID `id`.

@@ -400,3 +400,24 @@ impl Appliance {
         orgkey::config::Config::load(&self.config).unwrap()
     }
 }
+
+/// Runs openssl in `dir`; returns (success, stdout + stderr).
+pub fn openssl_in(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Like `openssl_in` but asserts success.
+pub fn openssl_ok(dir: &Path, args: &[&str]) -> String {
+    let (ok, out) = openssl_in(dir, args);
+    assert!(ok, "openssl {args:?} failed:\n{out}");
+    out
+}

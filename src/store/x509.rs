@@ -1,0 +1,616 @@
+//! The org cert records, user certificates in their issuance states,
+//! revocations and CRLs.
+
+use super::{AuditEvent, Store, StoreError};
+use crate::clock::unix_secs;
+use sqlx::Row;
+
+/// A stored org cert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgCertRecord {
+    /// Hex SHA-256 of the DER certificate.
+    pub fingerprint: String,
+    /// The org key it belongs to.
+    pub org_key: String,
+    /// "active" or "retired".
+    pub state: String,
+    /// "self-signed", "ca-issued" or "imported".
+    pub source: String,
+    /// CKA_ID (hex) of its key pair.
+    pub key_id: String,
+    /// PEM certificate.
+    pub cert: String,
+    /// PEM chain above it.
+    pub chain: String,
+    /// Subject (RFC 4514).
+    pub subject: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A pending CSR for an external CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgCertRequestRecord {
+    /// CKA_ID (hex) of the key generated for it.
+    pub key_id: String,
+    /// The org key.
+    pub org_key: String,
+    /// Requested subject.
+    pub subject: String,
+    /// PEM CSR.
+    pub csr: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A user certificate row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserCertRecord {
+    /// Lower-case hex serial.
+    pub serial: String,
+    /// Issuing org cert fingerprint.
+    pub org_cert: String,
+    /// pending, issued, revoked or abandoned.
+    pub state: String,
+    /// First email.
+    pub email: String,
+    /// All emails, comma-separated.
+    pub emails: String,
+    /// Hex SHA-256 of the SPKI.
+    pub key_id: String,
+    /// Hex DER SPKI.
+    pub spki: String,
+    /// Requested common name.
+    pub common_name: Option<String>,
+    /// "csr" or "openpgp".
+    pub source: String,
+    /// PEM certificate once issued.
+    pub cert: Option<String>,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// Unix seconds.
+    pub revoked_at: Option<i64>,
+    /// Revocation reason name.
+    pub reason: Option<String>,
+}
+
+/// A user certificate about to be signed.
+#[derive(Debug, Clone)]
+pub struct PendingUserCert {
+    /// Serial.
+    pub serial: String,
+    /// Issuing org cert.
+    pub org_cert: String,
+    /// Emails (first is primary).
+    pub emails: Vec<String>,
+    /// Key id.
+    pub key_id: String,
+    /// Hex DER SPKI.
+    pub spki: String,
+    /// Common name.
+    pub common_name: Option<String>,
+    /// "csr" or "openpgp".
+    pub source: &'static str,
+    /// DER TBSCertificate.
+    pub tbs: Vec<u8>,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// How a revocation request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// Revoked now; the issuing org cert's fingerprint.
+    Revoked(String),
+    /// It was revoked before.
+    AlreadyRevoked(String),
+    /// No issued certificate with that serial.
+    Unknown,
+}
+
+/// A stored CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlRecord {
+    /// CRL number.
+    pub number: i64,
+    /// DER.
+    pub der: Vec<u8>,
+    /// Unix seconds.
+    pub this_update: i64,
+    /// Unix seconds.
+    pub next_update: i64,
+}
+
+const ORG_CERT_COLUMNS: &str =
+    "fingerprint, org_key, state, source, key_id, cert, chain, subject, not_after, created_at";
+const USER_CERT_COLUMNS: &str = "serial, org_cert, state, email, emails, key_id, spki, common_name, source, cert, \
+     not_before, not_after, revoked_at, reason";
+
+fn org_cert_from_row(r: &sqlx::sqlite::SqliteRow) -> OrgCertRecord {
+    OrgCertRecord {
+        fingerprint: r.get("fingerprint"),
+        org_key: r.get("org_key"),
+        state: r.get("state"),
+        source: r.get("source"),
+        key_id: r.get("key_id"),
+        cert: r.get("cert"),
+        chain: r.get("chain"),
+        subject: r.get("subject"),
+        not_after: r.get("not_after"),
+        created_at: r.get("created_at"),
+    }
+}
+
+fn user_cert_from_row(r: &sqlx::sqlite::SqliteRow) -> UserCertRecord {
+    UserCertRecord {
+        serial: r.get("serial"),
+        org_cert: r.get("org_cert"),
+        state: r.get("state"),
+        email: r.get("email"),
+        emails: r.get("emails"),
+        key_id: r.get("key_id"),
+        spki: r.get("spki"),
+        common_name: r.get("common_name"),
+        source: r.get("source"),
+        cert: r.get("cert"),
+        not_before: r.get("not_before"),
+        not_after: r.get("not_after"),
+        revoked_at: r.get("revoked_at"),
+        reason: r.get("reason"),
+    }
+}
+
+impl Store {
+    fn now_secs_i64(&self) -> i64 {
+        unix_secs(self.clock.now()) as i64
+    }
+
+    /// The active org cert.
+    pub async fn active_org_cert(&self) -> Result<Option<OrgCertRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ORG_CERT_COLUMNS} FROM org_certs WHERE state = 'active'"
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::db("reading the org cert"))?;
+        Ok(row.as_ref().map(org_cert_from_row))
+    }
+
+    /// Org certs that have not expired at `now` (active first): the ones
+    /// whose keys must be usable for issuing, revoking and CRLs.
+    pub async fn live_org_certs(&self, now: i64) -> Result<Vec<OrgCertRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ORG_CERT_COLUMNS} FROM org_certs WHERE not_after > $1 \
+             ORDER BY CASE state WHEN 'active' THEN 0 ELSE 1 END, created_at DESC"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::db("reading org certs"))?;
+        Ok(rows.iter().map(org_cert_from_row).collect())
+    }
+
+    /// CKA_IDs of every org cert key (for `token check`).
+    pub async fn org_cert_key_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, fingerprint AS owner FROM org_certs \
+             UNION ALL SELECT key_id, 'pending request' AS owner FROM org_cert_requests",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::db("reading org cert key ids"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("key_id"), r.get("owner")))
+            .collect())
+    }
+
+    /// Records a new active org cert with its audit row. With `replace` the
+    /// active one is retired in the same transaction; otherwise an active one
+    /// is a conflict. A pending request for the same key is consumed.
+    pub async fn insert_org_cert(
+        &self,
+        rec: &OrgCertRecord,
+        replace: bool,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let now = self.now_secs_i64();
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::db("starting a transaction"))?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT fingerprint FROM org_certs WHERE state = 'active'")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::db("reading the org cert"))?;
+        if let Some(fpr) = existing {
+            if !replace {
+                return Err(StoreError::Conflict(format!(
+                    "an org cert ({fpr}) already exists; use --replace to replace it"
+                )));
+            }
+            sqlx::query(
+                "UPDATE org_certs SET state = 'retired', retired_at = $1 WHERE fingerprint = $2",
+            )
+            .bind(now)
+            .bind(&fpr)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db("retiring the old org cert"))?;
+        }
+        let res = sqlx::query(
+            "INSERT INTO org_certs (fingerprint, org_key, state, source, key_id, cert, chain, subject, not_after, created_at) \
+             VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&rec.fingerprint)
+        .bind(&rec.org_key)
+        .bind(&rec.source)
+        .bind(&rec.key_id)
+        .bind(&rec.cert)
+        .bind(&rec.chain)
+        .bind(&rec.subject)
+        .bind(rec.not_after)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Conflict(
+                    "this certificate is already an org cert".into(),
+                ));
+            }
+            Err(e) => {
+                return Err(StoreError::Db {
+                    context: "recording the org cert",
+                    source: e,
+                });
+            }
+        }
+        sqlx::query("DELETE FROM org_cert_requests WHERE key_id = $1")
+            .bind(&rec.key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db("consuming the org cert request"))?;
+        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
+            .await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing the org cert"))
+    }
+
+    /// Records a CSR waiting for an external CA.
+    pub async fn insert_org_cert_request(
+        &self,
+        rec: &OrgCertRequestRecord,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::db("starting a transaction"))?;
+        sqlx::query(
+            "INSERT INTO org_cert_requests (key_id, org_key, subject, csr, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&rec.key_id)
+        .bind(&rec.org_key)
+        .bind(&rec.subject)
+        .bind(&rec.csr)
+        .bind(self.now_secs_i64())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("recording the org cert request"))?;
+        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
+            .await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing the org cert request"))
+    }
+
+    /// Pending CSRs, newest first.
+    pub async fn org_cert_requests(&self) -> Result<Vec<OrgCertRequestRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, org_key, subject, csr, created_at FROM org_cert_requests ORDER BY created_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::db("reading org cert requests"))?;
+        Ok(rows
+            .iter()
+            .map(|r| OrgCertRequestRecord {
+                key_id: r.get("key_id"),
+                org_key: r.get("org_key"),
+                subject: r.get("subject"),
+                csr: r.get("csr"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+
+    /// Writes a pending user certificate (its to-be-signed bytes) before it
+    /// is signed. A serial already in use is a [`StoreError::Conflict`].
+    pub async fn reserve_user_cert(&self, p: &PendingUserCert) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO user_certs (serial, org_cert, state, email, emails, key_id, spki, common_name, source, tbs, \
+             not_before, not_after, created_at) VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&p.serial)
+        .bind(&p.org_cert)
+        .bind(&p.emails[0])
+        .bind(p.emails.join(","))
+        .bind(&p.key_id)
+        .bind(&p.spki)
+        .bind(&p.common_name)
+        .bind(p.source)
+        .bind(hex::encode(&p.tbs))
+        .bind(p.not_before)
+        .bind(p.not_after)
+        .bind(self.now_secs_i64())
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
+                format!("serial {} is taken", p.serial),
+            )),
+            Err(e) => Err(StoreError::Db {
+                context: "reserving a serial",
+                source: e,
+            }),
+        }
+    }
+
+    /// Marks a pending certificate issued, with its audit row.
+    pub async fn mark_user_cert_issued(
+        &self,
+        serial: &str,
+        pem: &str,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::db("starting a transaction"))?;
+        let res = sqlx::query(
+            "UPDATE user_certs SET state = 'issued', cert = $1, issued_at = $2 WHERE serial = $3 AND state = 'pending'",
+        )
+        .bind(pem)
+        .bind(self.now_secs_i64())
+        .bind(serial)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("recording an issued certificate"))?;
+        if res.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "certificate {serial} is no longer pending"
+            )));
+        }
+        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
+            .await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing an issued certificate"))
+    }
+
+    /// Marks a pending certificate abandoned (signing failed; the serial is
+    /// burnt, never reused).
+    pub async fn abandon_user_cert(&self, serial: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE user_certs SET state = 'abandoned' WHERE serial = $1 AND state = 'pending'",
+        )
+        .bind(serial)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::db("abandoning a certificate"))?;
+        Ok(())
+    }
+
+    /// Pending rows older than `before` (a crash between reserving and
+    /// issuing) become abandoned; returns how many.
+    pub async fn abandon_stale_user_certs(&self, before: i64) -> Result<u64, StoreError> {
+        let res = sqlx::query(
+            "UPDATE user_certs SET state = 'abandoned' WHERE state = 'pending' AND created_at < $1",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::db("abandoning stale certificates"))?;
+        Ok(res.rows_affected())
+    }
+
+    /// A user certificate by serial.
+    pub async fn user_cert(&self, serial: &str) -> Result<Option<UserCertRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_CERT_COLUMNS} FROM user_certs WHERE serial = $1"
+        ))
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::db("reading a user certificate"))?;
+        Ok(row.as_ref().map(user_cert_from_row))
+    }
+
+    /// The newest issued, unrevoked certificate for this key and emails that
+    /// is valid at `now`.
+    pub async fn current_user_cert(
+        &self,
+        key_id: &str,
+        emails: &str,
+        now: i64,
+    ) -> Result<Option<UserCertRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {USER_CERT_COLUMNS} FROM user_certs WHERE key_id = $1 AND emails = $2 \
+             AND state = 'issued' AND not_before <= $3 AND not_after > $3 ORDER BY not_after DESC LIMIT 1"
+        ))
+        .bind(key_id)
+        .bind(emails)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::db("looking up a current certificate"))?;
+        Ok(row.as_ref().map(user_cert_from_row))
+    }
+
+    /// Certificates maintenance should renew: the newest issued certificate
+    /// per key and emails, expiring by `horizon`, whose first email is an
+    /// active user active since `active_since`; after `after` (serial order).
+    pub async fn due_user_certs(
+        &self,
+        after: &str,
+        limit: i64,
+        horizon: i64,
+        active_since: i64,
+    ) -> Result<Vec<UserCertRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_CERT_COLUMNS} FROM user_certs c WHERE c.serial > $1 AND c.state = 'issued' \
+             AND c.not_after <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM user_certs n WHERE n.key_id = c.key_id AND n.emails = c.emails \
+                             AND n.state IN ('issued', 'pending') AND n.not_after > c.not_after) \
+             AND EXISTS (SELECT 1 FROM users u WHERE u.email = c.email AND u.state = 'active' \
+                         AND u.last_activity >= $3) \
+             ORDER BY c.serial LIMIT $4"
+        ))
+        .bind(after)
+        .bind(horizon)
+        .bind(active_since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::db("selecting certificates due for renewal"))?;
+        Ok(rows.iter().map(user_cert_from_row).collect())
+    }
+
+    /// Revokes an issued certificate, with its audit row.
+    pub async fn revoke_user_cert(
+        &self,
+        serial: &str,
+        reason: &str,
+        audit: &AuditEvent,
+    ) -> Result<RevokeOutcome, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::db("starting a transaction"))?;
+        let row = sqlx::query("SELECT state, org_cert FROM user_certs WHERE serial = $1")
+            .bind(serial)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::db("reading a certificate"))?;
+        let Some(row) = row else {
+            return Ok(RevokeOutcome::Unknown);
+        };
+        let state: String = row.get("state");
+        let org_cert: String = row.get("org_cert");
+        match state.as_str() {
+            "revoked" => return Ok(RevokeOutcome::AlreadyRevoked(org_cert)),
+            "issued" => {}
+            _ => return Ok(RevokeOutcome::Unknown),
+        }
+        sqlx::query(
+            "UPDATE user_certs SET state = 'revoked', revoked_at = $1, reason = $2 WHERE serial = $3",
+        )
+        .bind(self.now_secs_i64())
+        .bind(reason)
+        .bind(serial)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("revoking a certificate"))?;
+        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
+            .await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing a revocation"))?;
+        Ok(RevokeOutcome::Revoked(org_cert))
+    }
+
+    /// Revoked certificates of one org cert: (serial, revoked at, reason).
+    pub async fn revoked_user_certs(
+        &self,
+        org_cert: &str,
+    ) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT serial, revoked_at, reason FROM user_certs WHERE org_cert = $1 AND state = 'revoked' ORDER BY serial",
+        )
+        .bind(org_cert)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::db("reading revocations"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get("serial"),
+                    r.get::<Option<i64>, _>("revoked_at").unwrap_or(0),
+                    r.get::<Option<String>, _>("reason").unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    /// The newest CRL of an org cert.
+    pub async fn latest_crl(&self, org_cert: &str) -> Result<Option<CrlRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT number, crl, this_update, next_update FROM crls WHERE org_cert = $1 ORDER BY number DESC LIMIT 1",
+        )
+        .bind(org_cert)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::db("reading the CRL"))?;
+        row.map(|r| {
+            let hex_der: String = r.get("crl");
+            Ok(CrlRecord {
+                number: r.get("number"),
+                der: hex::decode(&hex_der)
+                    .map_err(|_| StoreError::Corrupt("stored CRL is not hex".into()))?,
+                this_update: r.get("this_update"),
+                next_update: r.get("next_update"),
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores a CRL; its number must be above every stored one.
+    pub async fn save_crl(&self, org_cert: &str, crl: &CrlRecord) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO crls (org_cert, number, crl, this_update, next_update) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(org_cert)
+        .bind(crl.number)
+        .bind(hex::encode(&crl.der))
+        .bind(crl.this_update)
+        .bind(crl.next_update)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
+                format!("CRL number {} exists", crl.number),
+            )),
+            Err(e) => Err(StoreError::Db {
+                context: "storing a CRL",
+                source: e,
+            }),
+        }
+    }
+
+    /// Whether any user (active or removed) has this email.
+    pub async fn email_in_use(&self, email: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::db("checking an email"))?;
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,888 @@
+//! The org cert and S/MIME user certificates, judged by openssl: a
+//! self-signed org cert issuing from CSRs (verify -purpose smimesign, cms
+//! sign/verify, CRLs with -crl_check), an org cert issued by an external CA
+//! from our CSR, an imported PKCS#12 / encrypted PKCS#8 root CA, the
+//! OpenPGP bridge, and the refusals.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+/// An ignited appliance with a p256 org key, an org cert made by `make`, and
+/// issue / revoke / certify clients.
+struct Ca {
+    a: Appliance,
+    s: Server,
+    issuer: String,
+    revoker: String,
+    gw: String,
+}
+
+fn configure_public_url(a: &Appliance) {
+    let mut toml = std::fs::read_to_string(&a.config).unwrap();
+    toml.push_str("\n[x509]\npublic_url = \"http://orgkey.test:8443\"\n");
+    std::fs::write(&a.config, toml).unwrap();
+}
+
+async fn ca_with(make: impl FnOnce(&Appliance)) -> Ca {
+    let a = Appliance::with_org_key("p256");
+    configure_public_url(&a);
+    make(&a);
+    let admin = a.client("admin", "admin");
+    let issuer = a.client("issuer", "issue");
+    let revoker = a.client("revoker", "revoke");
+    let gw = a.client("gateway", "certify");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    Ca {
+        a,
+        s,
+        issuer,
+        revoker,
+        gw,
+    }
+}
+
+fn self_signed(a: &Appliance) {
+    a.ok(
+        &[
+            "org-cert",
+            "self-sign",
+            "--subject",
+            "CN=Example Org CA,O=Example",
+        ],
+        true,
+    );
+}
+
+/// A CSR made by openssl (`key_opts` like ["-newkey", "ec", "-pkeyopt", ...]).
+fn csr(dir: &Path, name: &str, key_opts: &[&str], subj: &str, san: Option<&str>) -> Vec<u8> {
+    let key = format!("{name}.key");
+    let out = format!("{name}.csr");
+    let mut args = vec![
+        "req", "-new", "-nodes", "-keyout", &key, "-out", &out, "-subj", subj,
+    ];
+    args.extend_from_slice(key_opts);
+    let ext;
+    if let Some(s) = san {
+        ext = format!("subjectAltName={s}");
+        args.extend_from_slice(&["-addext", &ext]);
+    }
+    openssl_ok(dir, &args);
+    std::fs::read(dir.join(out)).unwrap()
+}
+
+const P256: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+
+async fn issue(ca: &Ca, path: &str, body: Vec<u8>) -> reqwest::Response {
+    post(&ca.s, path, &ca.issuer, body).await
+}
+
+async fn get_bytes(ca: &Ca, path: &str) -> Vec<u8> {
+    let r = get(&ca.s, path).await;
+    assert_eq!(r.status(), 200, "{path}");
+    r.bytes().await.unwrap().to_vec()
+}
+
+async fn json(r: reqwest::Response) -> serde_json::Value {
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn self_signed_org_cert_issues_smime_certificates_that_openssl_accepts() {
+    let ca = ca_with(self_signed).await;
+    let dir = ca.a.dir.path();
+    std::fs::write(dir.join("org.pem"), get_bytes(&ca, "/v1/org-cert").await).unwrap();
+    let text = openssl_ok(dir, &["x509", "-in", "org.pem", "-noout", "-text"]);
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+    assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
+    openssl_ok(dir, &["verify", "-CAfile", "org.pem", "org.pem"]);
+    let der = get_bytes(&ca, "/v1/org-cert?format=der").await;
+    std::fs::write(dir.join("org.der"), der).unwrap();
+    openssl_ok(dir, &["x509", "-inform", "DER", "-in", "org.der", "-noout"]);
+
+    // Alice's CSR: P-256, email in the subject and the SAN.
+    let body = csr(
+        dir,
+        "alice",
+        P256,
+        "/CN=Alice Example/emailAddress=alice@example.com",
+        Some("email:alice@example.com"),
+    );
+    let r = issue(&ca, "/v1/x509/issue", body.clone()).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/pem-certificate-chain"
+    );
+    let serial = r.headers()["orgkey-serial"].to_str().unwrap().to_string();
+    let chain = r.text().await.unwrap();
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf + org cert"
+    );
+    std::fs::write(dir.join("alice.pem"), &chain).unwrap();
+    openssl_ok(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "org.pem",
+            "-purpose",
+            "smimesign",
+            "alice.pem",
+        ],
+    );
+    let text = openssl_ok(dir, &["x509", "-in", "alice.pem", "-noout", "-text"]);
+    for want in [
+        "E-mail Protection",
+        "email:alice@example.com",
+        "CA:FALSE",
+        "Digital Signature, Key Agreement",
+        "URI:http://orgkey.test:8443/v1/x509/crl/",
+        "CN = Alice Example",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let dates = openssl_ok(
+        dir,
+        &[
+            "x509",
+            "-in",
+            "alice.pem",
+            "-noout",
+            "-startdate",
+            "-enddate",
+        ],
+    );
+    assert!(dates.contains("notAfter"), "{dates}");
+    // 128-bit positive serial.
+    assert_eq!(serial.len(), 32, "{serial}");
+
+    // S/MIME: openssl signs with the issued certificate, and verifies.
+    std::fs::write(dir.join("msg.txt"), b"hello from alice\n").unwrap();
+    openssl_ok(
+        dir,
+        &[
+            "cms",
+            "-sign",
+            "-nodetach",
+            "-binary",
+            "-in",
+            "msg.txt",
+            "-signer",
+            "alice.pem",
+            "-inkey",
+            "alice.key",
+            "-outform",
+            "DER",
+            "-out",
+            "msg.p7m",
+        ],
+    );
+    let out = openssl_ok(
+        dir,
+        &[
+            "cms", "-verify", "-inform", "DER", "-in", "msg.p7m", "-CAfile", "org.pem", "-out",
+            "msg.out",
+        ],
+    );
+    assert!(out.contains("Verification successful"), "{out}");
+
+    // The same key again: the valid certificate comes back; renew=true makes a new one.
+    let again = issue(&ca, "/v1/x509/issue", body.clone()).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["orgkey-serial"], serial.as_str());
+    let renewed = issue(&ca, "/v1/x509/issue?renew=true", body).await;
+    assert_eq!(renewed.status(), 201);
+    let serial2 = renewed.headers()["orgkey-serial"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(serial2, serial);
+    std::fs::write(dir.join("alice2.pem"), renewed.text().await.unwrap()).unwrap();
+
+    // A CRL before any revocation verifies and lists nothing.
+    std::fs::write(dir.join("crl0.der"), get_bytes(&ca, "/v1/x509/crl").await).unwrap();
+    let out = openssl_ok(
+        dir,
+        &[
+            "crl", "-inform", "DER", "-in", "crl0.der", "-CAfile", "org.pem", "-noout", "-text",
+        ],
+    );
+    assert!(
+        out.contains("verify OK") || out.contains("No Revoked Certificates"),
+        "{out}"
+    );
+
+    // Revoke the first: the CRL lists it, -crl_check refuses it and accepts the second.
+    let r = http()
+        .post(ca.s.url("/v1/x509/revoke"))
+        .bearer_auth(&ca.revoker)
+        .json(&serde_json::json!({"serial": serial, "reason": "keyCompromise"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let crl_pem = get_bytes(&ca, "/v1/x509/crl?format=pem").await;
+    std::fs::write(dir.join("crl.pem"), &crl_pem).unwrap();
+    let text = openssl_ok(
+        dir,
+        &[
+            "crl", "-in", "crl.pem", "-CAfile", "org.pem", "-noout", "-text",
+        ],
+    );
+    assert!(text.contains("verify OK"), "{text}");
+    assert!(
+        text.to_uppercase().contains(&serial.to_uppercase()),
+        "{text}"
+    );
+    assert!(text.contains("Key Compromise"), "{text}");
+    let (ok, out) = openssl_in(
+        dir,
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "org.pem",
+            "-CRLfile",
+            "crl.pem",
+            "alice.pem",
+        ],
+    );
+    assert!(
+        !ok && out.contains("revoked"),
+        "revoked certificate accepted:\n{out}"
+    );
+    openssl_ok(
+        dir,
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "org.pem",
+            "-CRLfile",
+            "crl.pem",
+            "alice2.pem",
+        ],
+    );
+    // The CRL at the distribution point URL (per org cert) is the same CRL.
+    let dp = openssl_ok(
+        dir,
+        &[
+            "x509",
+            "-in",
+            "alice2.pem",
+            "-noout",
+            "-ext",
+            "crlDistributionPoints",
+        ],
+    );
+    let path = dp
+        .split("http://orgkey.test:8443")
+        .nth(1)
+        .map(|p| p.trim().to_string())
+        .expect("a CRL distribution point");
+    assert_eq!(get_bytes(&ca, &format!("{path}?format=pem")).await, crl_pem);
+    let status = http()
+        .get(ca.s.url(&format!("/v1/x509/certs/{serial}")))
+        .bearer_auth(&ca.revoker)
+        .send()
+        .await
+        .unwrap();
+    let st = json(status).await;
+    assert_eq!(st["status"], "revoked");
+    assert_eq!(st["reason"], "keyCompromise");
+    let st2 = http()
+        .get(ca.s.url(&format!("/v1/x509/certs/{serial2}")))
+        .bearer_auth(&ca.issuer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(st2).await["status"], "valid");
+
+    // Revocation refusals.
+    for (body, status) in [
+        (serde_json::json!({"serial": "00ff00ff"}), 404),
+        (serde_json::json!({"serial": "not hex"}), 400),
+        (
+            serde_json::json!({"serial": serial2, "reason": "because"}),
+            400,
+        ),
+        (serde_json::json!({"serial": serial2, "extra": 1}), 400),
+    ] {
+        let r = http()
+            .post(ca.s.url("/v1/x509/revoke"))
+            .bearer_auth(&ca.revoker)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{body}");
+    }
+    let r = http()
+        .post(ca.s.url("/v1/x509/revoke"))
+        .bearer_auth(&ca.issuer)
+        .json(&serde_json::json!({"serial": serial2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "issue scope cannot revoke");
+
+    // The audit log has each issuance and the revocation.
+    let audit = ca.a.ok(&["audit", "list", "--last", "50"], false);
+    assert_eq!(audit.matches("x509-issue").count(), 2, "{audit}");
+    assert!(audit.contains("x509-revoke"), "{audit}");
+    assert!(ca.a.ok(&["audit", "verify"], false).contains("intact"));
+}
+
+#[tokio::test]
+async fn bad_certificate_requests_are_refused_and_leave_no_certificate() {
+    let ca = ca_with(self_signed).await;
+    let dir = ca.a.dir.path();
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"garbage".to_vec(), 400),
+        (Vec::new(), 400),
+        // Email outside the managed domains.
+        (
+            csr(
+                dir,
+                "eve",
+                P256,
+                "/CN=Eve/emailAddress=eve@evil.example",
+                None,
+            ),
+            422,
+        ),
+        // No email at all.
+        (csr(dir, "noname", P256, "/CN=Nobody", None), 422),
+        // A weak key.
+        (
+            csr(
+                dir,
+                "weak",
+                &["-newkey", "rsa:1024"],
+                "/emailAddress=weak@example.com",
+                None,
+            ),
+            422,
+        ),
+        (vec![b'A'; 100 * 1024], 413),
+    ];
+    for (body, status) in cases {
+        let r = issue(&ca, "/v1/x509/issue", body).await;
+        assert_eq!(r.status(), status);
+        let e = json(r).await;
+        assert!(e["code"].is_string() && e["error"].is_string(), "{e}");
+    }
+    // A CSR whose signature does not match (one byte of the signature flipped).
+    let good = csr(dir, "bob", P256, "/emailAddress=bob@example.com", None);
+    openssl_ok(
+        dir,
+        &[
+            "req", "-in", "bob.csr", "-outform", "DER", "-out", "bob.der",
+        ],
+    );
+    let mut der = std::fs::read(dir.join("bob.der")).unwrap();
+    let n = der.len();
+    der[n - 5] ^= 0x01;
+    let r = issue(&ca, "/v1/x509/issue", der).await;
+    assert_eq!(r.status(), 400);
+    assert!(
+        json(r).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("signature")
+    );
+    // Wrong scope, no token.
+    assert_eq!(
+        post(&ca.s, "/v1/x509/issue", &ca.gw, good.clone())
+            .await
+            .status(),
+        403
+    );
+    let r = http()
+        .post(ca.s.url("/v1/x509/issue"))
+        .body(good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Nothing was issued.
+    let audit = ca.a.ok(&["audit", "list", "--last", "50"], false);
+    assert!(!audit.contains("x509-issue"), "{audit}");
+}
+
+#[tokio::test]
+async fn org_cert_from_an_external_ca_via_our_csr() {
+    let a = Appliance::with_org_key("p384");
+    configure_public_url(&a);
+    let dir = a.dir.path().to_path_buf();
+    let out = a.ok(
+        &[
+            "org-cert",
+            "csr",
+            "--subject",
+            "CN=Example Issuing CA,O=Example",
+            "--out",
+            dir.join("org.csr").to_str().unwrap(),
+        ],
+        true,
+    );
+    let _ = out;
+    let v = openssl_ok(
+        &dir,
+        &["req", "-in", "org.csr", "-verify", "-noout", "-text"],
+    );
+    assert!(
+        v.contains("verify OK") || v.contains("Certificate request self-signature verify OK"),
+        "{v}"
+    );
+    assert!(
+        v.contains("secp384r1") || v.contains("P-384"),
+        "same family as the org key: {v}"
+    );
+
+    // The external root CA signs it as a subordinate CA.
+    openssl_ok(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "root.key",
+            "-out",
+            "root.pem",
+            "-subj",
+            "/CN=External Root",
+            "-days",
+            "3650",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    std::fs::write(
+        dir.join("sub.ext"),
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n",
+    )
+    .unwrap();
+    openssl_ok(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "org.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-out",
+            "sub.pem",
+            "-days",
+            "365",
+            "-extfile",
+            "sub.ext",
+        ],
+    );
+    // A certificate for some other key is refused.
+    openssl_ok(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-subj",
+            "/CN=Other CA",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    let out = a.run(
+        &[
+            "org-cert",
+            "import",
+            "--cert",
+            dir.join("other.pem").to_str().unwrap(),
+        ],
+        true,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not the key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.ok(
+        &[
+            "org-cert",
+            "import",
+            "--cert",
+            dir.join("sub.pem").to_str().unwrap(),
+            "--chain",
+            dir.join("root.pem").to_str().unwrap(),
+        ],
+        true,
+    );
+
+    let admin = a.client("admin", "admin");
+    let issuer = a.client("issuer", "issue");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let body = csr(&dir, "carol", P256, "/emailAddress=carol@example.com", None);
+    let r = post(&s, "/v1/x509/issue", &issuer, body).await;
+    assert_eq!(r.status(), 201);
+    let chain = r.text().await.unwrap();
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        3,
+        "leaf, org cert, root"
+    );
+    std::fs::write(dir.join("carol-chain.pem"), &chain).unwrap();
+    openssl_ok(
+        &dir,
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "carol-chain.pem",
+            "-purpose",
+            "smimesign",
+            "carol-chain.pem",
+        ],
+    );
+    // The CRL is signed by the org cert key and names it by its own key id.
+    let crl = get(&s, "/v1/x509/crl?format=pem")
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    std::fs::write(dir.join("crl.pem"), crl).unwrap();
+    std::fs::write(
+        dir.join("sub-root.pem"),
+        [
+            std::fs::read(dir.join("sub.pem")).unwrap(),
+            std::fs::read(dir.join("root.pem")).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let out = openssl_ok(
+        &dir,
+        &["crl", "-in", "crl.pem", "-CAfile", "sub-root.pem", "-noout"],
+    );
+    assert!(out.contains("verify OK"), "{out}");
+}
+
+#[tokio::test]
+async fn imported_root_ca_keypairs_issue_certificates_that_chain_to_them() {
+    let a = Appliance::with_org_key("p256");
+    let dir = a.dir.path().to_path_buf();
+    openssl_ok(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:3072",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=Internal Root CA/O=Example",
+            "-days",
+            "3650",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    std::fs::write(dir.join("pw"), "p12-password-123\n").unwrap();
+    openssl_ok(
+        &dir,
+        &[
+            "pkcs12", "-export", "-inkey", "ca.key", "-in", "ca.pem", "-out", "ca.p12", "-passout",
+            "file:pw",
+        ],
+    );
+    // A wrong password is refused and leaves no key in the token.
+    std::fs::write(dir.join("wrong"), "not-the-password\n").unwrap();
+    let out = a.run(
+        &[
+            "org-cert",
+            "import-ca",
+            "--pkcs12",
+            dir.join("ca.p12").to_str().unwrap(),
+            "--key-password-file",
+            dir.join("wrong").to_str().unwrap(),
+        ],
+        true,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = a.run(&["token", "check"], true);
+    let objects = String::from_utf8_lossy(&check.stdout)
+        .lines()
+        .filter(|l| l.contains("orgkey org cert"))
+        .count();
+    assert_eq!(objects, 0, "{}", String::from_utf8_lossy(&check.stdout));
+
+    a.ok(
+        &[
+            "org-cert",
+            "import-ca",
+            "--pkcs12",
+            dir.join("ca.p12").to_str().unwrap(),
+            "--key-password-file",
+            dir.join("pw").to_str().unwrap(),
+        ],
+        true,
+    );
+    // The imported key is in the token, sensitive and only wrappable under a trusted key.
+    let check = a.ok(&["token", "check"], true);
+    assert_eq!(
+        check.matches("orgkey org cert (imported)").count(),
+        1,
+        "{check}"
+    );
+    assert!(check.contains("token check passed"), "{check}");
+
+    let admin = a.client("admin", "admin");
+    let issuer = a.client("issuer", "issue");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let body = csr(
+        &dir,
+        "dave",
+        &["-newkey", "rsa:2048"],
+        "/emailAddress=dave@example.com",
+        None,
+    );
+    let r = post(&s, "/v1/x509/issue", &issuer, body).await;
+    assert_eq!(r.status(), 201);
+    std::fs::write(dir.join("dave.pem"), r.text().await.unwrap()).unwrap();
+    openssl_ok(
+        &dir,
+        &[
+            "verify",
+            "-CAfile",
+            "ca.pem",
+            "-purpose",
+            "smimesign",
+            "dave.pem",
+        ],
+    );
+    let text = openssl_ok(&dir, &["x509", "-in", "dave.pem", "-noout", "-text"]);
+    assert!(
+        text.contains("Digital Signature, Key Encipherment"),
+        "{text}"
+    );
+
+    // Replacing it with an encrypted PKCS#8 P-256 root keeps the old one for its certificates.
+    openssl_ok(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca2.plain",
+            "-out",
+            "ca2.pem",
+            "-subj",
+            "/CN=Second Root",
+            "-days",
+            "365",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    openssl_ok(
+        &dir,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            "ca2.plain",
+            "-out",
+            "ca2.key",
+            "-passout",
+            "file:pw",
+        ],
+    );
+    let out = a.run(
+        &[
+            "org-cert",
+            "import-ca",
+            "--key",
+            dir.join("ca2.key").to_str().unwrap(),
+            "--cert",
+            dir.join("ca2.pem").to_str().unwrap(),
+            "--key-password-file",
+            dir.join("pw").to_str().unwrap(),
+        ],
+        true,
+    );
+    assert!(!out.status.success(), "an active org cert needs --replace");
+    a.ok(
+        &[
+            "org-cert",
+            "import-ca",
+            "--key",
+            dir.join("ca2.key").to_str().unwrap(),
+            "--cert",
+            dir.join("ca2.pem").to_str().unwrap(),
+            "--key-password-file",
+            dir.join("pw").to_str().unwrap(),
+            "--replace",
+        ],
+        true,
+    );
+    let body = csr(&dir, "erin", P256, "/emailAddress=erin@example.com", None);
+    let r = post(&s, "/v1/x509/issue", &issuer, body).await;
+    assert_eq!(r.status(), 201);
+    std::fs::write(dir.join("erin.pem"), r.text().await.unwrap()).unwrap();
+    openssl_ok(
+        &dir,
+        &[
+            "verify",
+            "-CAfile",
+            "ca2.pem",
+            "-purpose",
+            "smimesign",
+            "erin.pem",
+        ],
+    );
+    // Dave's certificate from the old root can still be revoked, in the old root's CRL.
+    let dave_serial = openssl_ok(&dir, &["x509", "-in", "dave.pem", "-noout", "-serial"]);
+    let dave_serial = dave_serial
+        .trim()
+        .trim_start_matches("serial=")
+        .to_lowercase();
+    let revoker = a.client("revoker", "revoke");
+    let r = http()
+        .post(s.url("/v1/x509/revoke"))
+        .bearer_auth(&revoker)
+        .json(&serde_json::json!({"serial": dave_serial, "reason": "superseded"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn users_openpgp_keys_get_smime_certificates_through_the_bridge() {
+    let ca = ca_with(self_signed).await;
+    let dir = ca.a.dir.path();
+    let user = Gpg::new();
+    let fpr = user.gen_key("Frank Example <frank@example.com>", "nistp256", "1y", &[]);
+    assert_eq!(
+        post(&ca.s, "/v1/certify", &ca.gw, user.export(&fpr))
+            .await
+            .status(),
+        200
+    );
+    let r = http()
+        .post(ca.s.url("/v1/x509/issue-from-openpgp"))
+        .bearer_auth(&ca.issuer)
+        .json(&serde_json::json!({"email": "Frank@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    std::fs::write(dir.join("org.pem"), get_bytes(&ca, "/v1/org-cert").await).unwrap();
+    std::fs::write(dir.join("frank.pem"), r.text().await.unwrap()).unwrap();
+    openssl_ok(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "org.pem",
+            "-purpose",
+            "smimesign",
+            "frank.pem",
+        ],
+    );
+    let text = openssl_ok(dir, &["x509", "-in", "frank.pem", "-noout", "-text"]);
+    assert!(
+        text.contains("CN = Frank Example") && text.contains("email:frank@example.com"),
+        "{text}"
+    );
+
+    // Ed25519 OpenPGP keys and unknown users are refused.
+    let eddie = user.gen_key("Eddie <eddie@example.com>", "ed25519", "1y", &[]);
+    assert_eq!(
+        post(&ca.s, "/v1/certify", &ca.gw, user.export(&eddie))
+            .await
+            .status(),
+        200
+    );
+    for (email, status) in [("eddie@example.com", 422), ("nobody@example.com", 404)] {
+        let r = http()
+            .post(ca.s.url("/v1/x509/issue-from-openpgp"))
+            .bearer_auth(&ca.issuer)
+            .json(&serde_json::json!({ "email": email }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{email}");
+    }
+}
+
+#[tokio::test]
+async fn the_org_cert_address_cannot_become_a_users() {
+    let ca = ca_with(|a| {
+        a.ok(
+            &[
+                "org-cert",
+                "self-sign",
+                "--subject",
+                "CN=Example Org CA,emailAddress=pki@example.com",
+            ],
+            true,
+        );
+    })
+    .await;
+    let user = Gpg::new();
+    let fpr = user.gen_key("PKI <pki@example.com>", "ed25519", "1y", &[]);
+    let r = post(&ca.s, "/v1/certify", &ca.gw, user.export(&fpr)).await;
+    assert_eq!(r.status(), 422);
+    let e = json(r).await;
+    assert!(e["error"].as_str().unwrap().contains("org cert"), "{e}");
+    let _ = &ca.revoker;
+}
