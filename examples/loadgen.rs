@@ -2,7 +2,8 @@
 //! POST a fixed body to one URL for a fixed time and report requests/s and
 //! latency percentiles. Every non-2xx response is counted as an error.
 //!
-//! usage: loadgen URL BEARER_TOKEN CLIENTS SECONDS BODY_BYTES
+//! usage: loadgen URL BEARER_TOKEN CLIENTS SECONDS BODY
+//! BODY is a byte count (that many 'a's) or @FILE (the file's contents).
 
 use std::time::{Duration, Instant};
 
@@ -10,14 +11,17 @@ use std::time::{Duration, Instant};
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 6 {
-        eprintln!("usage: loadgen URL BEARER_TOKEN CLIENTS SECONDS BODY_BYTES");
+        eprintln!("usage: loadgen URL BEARER_TOKEN CLIENTS SECONDS BODY_BYTES|@FILE");
         std::process::exit(2);
     }
     let url = args[1].clone();
     let token = args[2].clone();
     let clients: usize = args[3].parse().expect("CLIENTS");
     let secs: u64 = args[4].parse().expect("SECONDS");
-    let body = vec![b'a'; args[5].parse().expect("BODY_BYTES")];
+    let body = match args[5].strip_prefix('@') {
+        Some(file) => std::fs::read(file).expect("reading the body file"),
+        None => vec![b'a'; args[5].parse().expect("BODY_BYTES")],
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
@@ -63,7 +67,7 @@ async fn main() {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
             .copied()
     };
-    println!("api_sign_per_sec {:.0}", all.len() as f64 / elapsed);
+    println!("requests_per_sec {:.0}", all.len() as f64 / elapsed);
     println!("requests_ok {}", all.len());
     println!("errors {errors}");
     println!(

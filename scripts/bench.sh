@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: in one run, the raw token signing rate (C_Sign on one session,
-# same key, in-process) and HTTP signatures/s through /v1/sign (keep-alive,
-# 1 KiB bodies, 16 concurrent clients), and their ratio. Release build, a
+# same key, in-process), HTTP signatures/s through /v1/sign (keep-alive,
+# 1 KiB bodies, 16 concurrent clients) and S/MIME certificates issued/s
+# through /v1/x509/issue?renew=true (one P-256 CSR, every request a new
+# certificate), each with its ratio to the raw rate. Release build, a
 # throwaway appliance in a temp dir, loopback only.
 #
 #   scripts/bench.sh            # p256
@@ -27,10 +29,13 @@ umask 077
 echo "bench-ignition-passphrase" > "$work/pin"
 echo "bench-security-officer" > "$work/so"
 export ORGKEY_CONFIG="$work/data/orgkey.toml" ORGKEY_LOG=warn
-"$bin" init --data-dir "$work/data" --create-softhsm-token \
+"$bin" init --data-dir "$work/data" --domain example.com --create-softhsm-token \
   --ignition-passphrase-file "$work/pin" --so-pin-file "$work/so" >/dev/null
 "$bin" org-key generate --algorithm "$alg" --uid "Bench <bench@example.com>" --passphrase-file "$work/pin" >/dev/null
-"$bin" client add bench --scopes sign --token-out "$work/token" 2>/dev/null
+"$bin" client add bench --scopes sign,issue --token-out "$work/token" 2>/dev/null
+"$bin" org-cert self-sign --subject "CN=Bench Org CA" --passphrase-file "$work/pin" >/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/user.key" \
+  -out "$work/user.csr" -subj "/emailAddress=bench@example.com" 2>/dev/null
 
 raw=$("$bin" token bench-sign --seconds "$secs" --passphrase-file "$work/pin" | awk '/^raw_sign_per_sec/ {print $2}')
 
@@ -41,10 +46,15 @@ url=$(sed -n 's/^orgkey listening on //p' "$work/serve.out")
 [ -n "$url" ] || { cat "$work/serve.err"; exit 1; }
 
 out=$("$loadgen" "$url/v1/sign" "$(cat "$work/token")" "$clients" "$secs" 1024)
-api=$(echo "$out" | awk '/^api_sign_per_sec/ {print $2}')
+api=$(echo "$out" | awk '/^requests_per_sec/ {print $2}')
+iout=$("$loadgen" "$url/v1/x509/issue?renew=true" "$(cat "$work/token")" "$clients" "$secs" "@$work/user.csr")
+issued=$(echo "$iout" | awk '/^requests_per_sec/ {print $2}')
 echo "algorithm            $alg"
 echo "raw token sign/s     $raw   (one session, in-process)"
 echo "API /v1/sign/s       $api   ($clients clients, 1 KiB bodies, keep-alive, audit row per signature)"
-echo "$out" | grep -E '^(errors|latency_ms)'
-awk -v a="$api" -v r="$raw" 'BEGIN { printf "ratio API/raw        %.2f\n", a / r }'
+echo "$out" | grep -E '^(errors|latency_ms)' | sed 's/^/  sign /'
+awk -v a="$api" -v r="$raw" 'BEGIN { printf "ratio sign/raw       %.2f\n", a / r }'
+echo "API issued certs/s   $issued   ($clients clients, P-256 CSR, crash-safe issuance: 2 commits per certificate)"
+echo "$iout" | grep -E '^(errors|latency_ms)' | sed 's/^/  issue /'
+awk -v a="$issued" -v r="$raw" 'BEGIN { printf "ratio issue/raw      %.2f\n", a / r }'
 echo "machine              $(nproc) cores; load generator shares them with the appliance"

@@ -229,13 +229,11 @@ pub async fn issue(
     })?;
     let serial = draft.serial().to_string();
     let ca2 = Arc::clone(ca);
-    let signed = tokio::task::spawn_blocking(move || {
-        let cert = draft.sign(ca2.signer.as_ref())?;
-        cert.verify_signed_by(&ca2.cert)?;
-        Ok::<_, X509Error>(cert)
-    })
-    .await
-    .map_err(|e| CaError::Encoding(format!("signing task failed: {e}")))?;
+    // `sign` verifies the token's signature against the key, which
+    // ignition checked is the org cert's key.
+    let signed = tokio::task::spawn_blocking(move || draft.sign(ca2.signer.as_ref()))
+        .await
+        .map_err(|e| CaError::Encoding(format!("signing task failed: {e}")))?;
     let cert = match signed {
         Ok(c) => c,
         Err(e) => {
@@ -364,4 +362,138 @@ pub async fn current_crl(
         return Ok(c);
     }
     refresh_crl(store, ca, cfg, now).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::signer::testing::SoftP256;
+    use crate::x509::{self_signed_org_cert, user_request_for_key};
+
+    const T0: u64 = 1_800_000_000;
+
+    async fn setup(corrupt: bool) -> (tempfile::TempDir, Store, Arc<LoadedCa>, X509Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0)));
+        let store = Store::open(&dir.path().join("s.db"), true, clock)
+            .await
+            .unwrap();
+        let good = SoftP256::new(1, false);
+        let cert = self_signed_org_cert(
+            &good,
+            "CN=Test CA",
+            from_secs(T0 as i64),
+            from_secs((T0 + 365 * 86_400) as i64),
+        )
+        .unwrap();
+        let record = OrgCertRecord {
+            fingerprint: cert.fingerprint(),
+            org_key: "ORGKEY".into(),
+            state: "active".into(),
+            source: "self-signed".into(),
+            key_id: "01".into(),
+            cert: cert.pem().unwrap(),
+            chain: String::new(),
+            subject: cert.subject(),
+            not_after: secs(cert.not_after()),
+            created_at: T0 as i64,
+        };
+        store
+            .insert_org_cert(&record, false, &AuditEvent::new("t", "org-cert", "ok"))
+            .await
+            .unwrap();
+        let ca = Arc::new(LoadedCa {
+            record,
+            cert,
+            chain: Vec::new(),
+            signer: Arc::new(SoftP256::new(1, corrupt)),
+        });
+        (dir, store, ca, X509Config::default())
+    }
+
+    fn request() -> UserCertRequest {
+        user_request_for_key(SoftP256::new(9, false).public_key(), "a@example.com", None).unwrap()
+    }
+
+    fn issue_req<'a>(req: &'a UserCertRequest, renew: bool) -> Issue<'a> {
+        Issue {
+            request: req,
+            source: Source::Csr,
+            actor: "t",
+            renew,
+            now: from_secs(T0 as i64 + 60),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_signature_burns_the_serial_and_issues_nothing() {
+        let (_d, store, ca, cfg) = setup(true).await;
+        let domains = vec!["example.com".to_string()];
+        let req = request();
+        let e = issue(&store, &ca, &cfg, &domains, issue_req(&req, false))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CaError::Signer(_)), "{e}");
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT state, cert FROM user_certs")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(rows, vec![("abandoned".to_string(), None)]);
+        // Only the org cert's audit row: nothing was issued.
+        assert_eq!(store.verify_audit().await.unwrap().rows, 1);
+    }
+
+    #[tokio::test]
+    async fn a_valid_certificate_for_the_same_key_is_reused_unless_renewed() {
+        let (_d, store, ca, cfg) = setup(false).await;
+        let domains = vec!["example.com".to_string()];
+        let req = request();
+        let (first, fresh) = issue(&store, &ca, &cfg, &domains, issue_req(&req, false))
+            .await
+            .unwrap();
+        assert!(fresh);
+        assert_eq!(first.state, "issued");
+        let (again, fresh) = issue(&store, &ca, &cfg, &domains, issue_req(&req, false))
+            .await
+            .unwrap();
+        assert!(!fresh);
+        assert_eq!(again.serial, first.serial);
+        let (renewed, fresh) = issue(&store, &ca, &cfg, &domains, issue_req(&req, true))
+            .await
+            .unwrap();
+        assert!(fresh);
+        assert_ne!(renewed.serial, first.serial);
+        // A stale pending row (a crash mid-issuance) is abandoned, never issued.
+        store
+            .reserve_user_cert(&PendingUserCert {
+                serial: "0101".into(),
+                org_cert: ca.record.fingerprint.clone(),
+                emails: vec!["a@example.com".into()],
+                key_id: req.key_id(),
+                spki: hex::encode(&req.spki),
+                common_name: None,
+                source: "csr",
+                tbs: vec![1, 2, 3],
+                not_before: T0 as i64,
+                not_after: T0 as i64 + 86_400,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.abandon_stale_user_certs(T0 as i64 + 1).await.unwrap(),
+            1
+        );
+        assert_eq!(
+            store.user_cert("0101").await.unwrap().unwrap().state,
+            "abandoned"
+        );
+        assert!(matches!(
+            store
+                .mark_user_cert_issued("0101", "pem", &AuditEvent::new("t", "x", "ok"))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
 }

@@ -246,3 +246,55 @@ impl fmt::Debug for ImportedKey {
         )
     }
 }
+
+/// An in-memory P-256 signer for unit tests of pure logic (x509, ca).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use signature::hazmat::PrehashSigner;
+
+    /// Deterministic key from `seed`; `corrupt` flips a bit of every
+    /// signature (a faulty token).
+    pub(crate) struct SoftP256 {
+        key: p256::ecdsa::SigningKey,
+        public: PublicKey,
+        corrupt: bool,
+    }
+
+    impl SoftP256 {
+        pub(crate) fn new(seed: u8, corrupt: bool) -> SoftP256 {
+            let key = p256::ecdsa::SigningKey::from_slice(&[seed; 32]).expect("valid scalar");
+            let point = key.verifying_key().to_sec1_bytes().to_vec();
+            SoftP256 {
+                key,
+                public: PublicKey::Ec {
+                    curve: EcCurve::P256,
+                    point,
+                },
+                corrupt,
+            }
+        }
+    }
+
+    impl Signer for SoftP256 {
+        fn public_key(&self) -> &PublicKey {
+            &self.public
+        }
+
+        fn sign_digest(
+            &self,
+            _alg: DigestAlgorithm,
+            digest: &[u8],
+        ) -> Result<Vec<u8>, SignerError> {
+            let sig: p256::ecdsa::Signature = self
+                .key
+                .sign_prehash(digest)
+                .map_err(|e| SignerError::Failed(e.to_string().into()))?;
+            let mut out = sig.to_bytes().to_vec();
+            if self.corrupt {
+                out[10] ^= 0x01;
+            }
+            Ok(out)
+        }
+    }
+}

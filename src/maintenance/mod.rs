@@ -331,7 +331,8 @@ impl Maintenance {
             }
         }
         for ca in &cas.cas {
-            let margin = self.config.interval + self.config.renew_margin;
+            // Renewed when it would lapse before the next run.
+            let margin = self.config.interval;
             let before = self.store.latest_crl(&ca.record.fingerprint).await?;
             let crl = crate::ca::current_crl(&self.store, ca, &self.x509, now, margin)
                 .await

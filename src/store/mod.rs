@@ -164,6 +164,12 @@ impl Store {
         Ok(Store { pool, clock })
     }
 
+    /// The connection pool, for tests that inspect rows directly.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// The clock rows are stamped with.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock

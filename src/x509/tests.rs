@@ -2,47 +2,7 @@
 //! path is covered by the integration tests, with openssl as the judge).
 
 use super::*;
-use crate::signer::{DigestAlgorithm, EcCurve};
-use signature::hazmat::PrehashSigner;
-
-struct SoftP256 {
-    key: p256::ecdsa::SigningKey,
-    public: PublicKey,
-    corrupt: bool,
-}
-
-impl SoftP256 {
-    fn new(seed: u8, corrupt: bool) -> SoftP256 {
-        let key = p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap();
-        let point = key.verifying_key().to_sec1_bytes().to_vec();
-        SoftP256 {
-            key,
-            public: PublicKey::Ec {
-                curve: EcCurve::P256,
-                point,
-            },
-            corrupt,
-        }
-    }
-}
-
-impl Signer for SoftP256 {
-    fn public_key(&self) -> &PublicKey {
-        &self.public
-    }
-
-    fn sign_digest(&self, _alg: DigestAlgorithm, digest: &[u8]) -> Result<Vec<u8>, SignerError> {
-        let sig: p256::ecdsa::Signature = self
-            .key
-            .sign_prehash(digest)
-            .map_err(|e| SignerError::Failed(e.to_string().into()))?;
-        let mut out = sig.to_bytes().to_vec();
-        if self.corrupt {
-            out[10] ^= 0x01;
-        }
-        Ok(out)
-    }
-}
+use crate::signer::testing::SoftP256;
 
 fn t(days: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_800_000_000 + days * 86_400)
