@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backup;
 pub mod ca;
 pub mod cli;
 pub mod clock;

@@ -298,3 +298,14 @@ pub(crate) mod testing {
         }
     }
 }
+
+/// A private key that decrypts (the org encryption subkey), behind the seam
+/// like [`Signer`]: ECDH derivation or RSA decryption happen in the token.
+pub trait Decrypter: Send + Sync {
+    /// The public half.
+    fn public_key(&self) -> &PublicKey;
+    /// ECDH with the peer's uncompressed point; returns the shared x coordinate.
+    fn ecdh(&self, peer_point: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, SignerError>;
+    /// RSA PKCS#1 v1.5 decryption of a ciphertext as long as the modulus.
+    fn rsa_decrypt(&self, ciphertext: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, SignerError>;
+}

@@ -3,6 +3,7 @@
 //! This is the only module that uses `anyhow`.
 
 mod audit;
+mod backup;
 mod client;
 mod ignite;
 mod init;
@@ -82,6 +83,12 @@ pub enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Key backups (wrapped in the token) and state backups (encrypted to the org key).
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
+    /// Change or reset the ignition passphrase (the token's user PIN).
+    #[command(subcommand)]
+    Ignition(backup::IgnitionCmd),
     /// Users of the managed domains and their certifications.
     #[command(subcommand)]
     Users(users::UsersCmd),
@@ -144,6 +151,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Client(c) => client::run(&cli.config, c),
         Command::Audit(c) => audit::run(&cli.config, c),
         Command::Users(c) => users::run(&cli.config, c),
+        Command::Backup(c) => backup::run(&cli.config, c),
+        Command::Ignition(c) => backup::run_ignition(&cli.config, c),
         Command::Maintenance(c) => maintenance::run(&cli.config, c),
     };
     match result {

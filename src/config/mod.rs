@@ -66,6 +66,18 @@ struct RawConfig {
     maintenance: RawMaintenance,
     #[serde(default)]
     x509: RawX509,
+    #[serde(default)]
+    backup: RawBackup,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    dir: Option<PathBuf>,
+    interval: Option<String>,
+    keep: Option<usize>,
+    #[serde(default)]
+    recipients: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +157,22 @@ pub struct Config {
     pub maintenance: MaintenanceConfig,
     /// The org cert and S/MIME user certificates.
     pub x509: X509Config,
+    /// Scheduled state backups.
+    pub backup: BackupConfig,
+}
+
+/// Scheduled state backups (encrypted to the org key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupConfig {
+    /// Where scheduled backups go.
+    pub dir: PathBuf,
+    /// Time between scheduled backups; `None`: no scheduled backups.
+    pub interval: Option<Duration>,
+    /// How many scheduled backups to keep (older ones are deleted).
+    pub keep: usize,
+    /// Extra recipient certificates (armored OpenPGP files), e.g. an offline
+    /// recovery key.
+    pub recipients: Vec<PathBuf>,
 }
 
 /// The org cert (X.509 CA) and the user certificates it issues.
@@ -622,6 +650,29 @@ impl Config {
         }
         let maintenance = maintenance_config(raw.maintenance, certification_validity)?;
         let x509 = x509_config(raw.x509)?;
+        let backup = BackupConfig {
+            dir: data_dir.join(raw.backup.dir.unwrap_or_else(|| "backups".into())),
+            interval: match raw.backup.interval.as_deref() {
+                None => Some(Duration::from_secs(86_400)),
+                Some("off") => None,
+                Some(s) => {
+                    let d = parse_duration("[backup] interval", s)?;
+                    if d < Duration::from_secs(60) {
+                        return Err(ConfigError::Invalid(
+                            "[backup] interval must be at least 1m (or \"off\")".into(),
+                        ));
+                    }
+                    Some(d)
+                }
+            },
+            keep: raw.backup.keep.unwrap_or(7),
+            recipients: raw.backup.recipients.iter().map(|p| base.join(p)).collect(),
+        };
+        if backup.keep == 0 {
+            return Err(ConfigError::Invalid(
+                "[backup] keep must be at least 1".into(),
+            ));
+        }
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -630,6 +681,7 @@ impl Config {
             certification_validity,
             maintenance,
             x509,
+            backup,
             token: TokenConfig {
                 profile,
                 module,

@@ -424,6 +424,33 @@ impl OrgKey {
             .role_into_unspecified()
     }
 
+    pub(crate) fn encryption_key(&self) -> &Key<PublicParts, UnspecifiedRole> {
+        &self.encryption
+    }
+
+    /// Proves that `signer` holds the private half of the primary key
+    /// (`primary`) or of the signing subkey: it signs a random challenge
+    /// and the signature is verified against this certificate's key.
+    pub fn prove_signing_key(&self, primary: bool, signer: &dyn Signer) -> Result<(), PgpError> {
+        let key = if primary {
+            self.primary_key()
+        } else {
+            self.signing.clone()
+        };
+        let challenge: [u8; 32] = rand::random();
+        let mut seam = SeamSigner::new(signer, key.clone());
+        let sig = SignatureBuilder::new(SignatureType::Binary)
+            .set_hash_algo(seam.hash())
+            .sign_message(&mut seam, challenge)
+            .pgp("signing a challenge")?;
+        sig.verify_message(&key, challenge).map_err(|e| {
+            PgpError::Mismatch(format!(
+                "the token key does not verify against {}: {e:#}",
+                key.fingerprint()
+            ))
+        })
+    }
+
     pub(crate) fn signing_key(&self) -> &Key<PublicParts, UnspecifiedRole> {
         &self.signing
     }

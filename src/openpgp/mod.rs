@@ -8,12 +8,14 @@
 //! sequoia type leaves this module.
 
 mod cert;
+mod encrypt;
 mod hkp;
 mod sign;
 mod token_signer;
 mod users;
 
 pub use cert::{OrgKey, OrgKeyDraft, OrgKeyKeys, SubkeyInfo};
+pub use encrypt::{RecipientCert, decrypt_with_org_key, encrypt_to_org_key};
 pub use hkp::hkp_index;
 pub use sign::{PendingSignature, SignMode, SignatureOutput};
 pub use users::{

@@ -3,6 +3,7 @@
 //! generation, token check, serve). The CLI calls in here; nothing in here
 //! parses arguments or prompts.
 
+mod backup;
 mod init;
 mod maintenance;
 mod org_cert;
@@ -10,6 +11,10 @@ mod org_key;
 mod serve;
 mod users;
 
+pub use backup::{
+    ExportReport, ExportSecrets, backup_state, change_ignition, export_keys, inspect_key_backup,
+    reset_ignition, restore_keys, restore_state,
+};
 pub(crate) use init::write_private;
 pub use init::{InitRequest, InitResult, init_appliance};
 pub use maintenance::run_maintenance;

@@ -31,7 +31,7 @@ pub struct GenerateRequest {
     pub actor: String,
 }
 
-fn kinds(alg: OrgKeyAlgorithm) -> (KeyKind, KeyKind, KeyUsage) {
+pub(super) fn kinds(alg: OrgKeyAlgorithm) -> (KeyKind, KeyKind, KeyUsage) {
     match alg {
         OrgKeyAlgorithm::P256 => (
             KeyKind::Ec(EcCurve::P256),

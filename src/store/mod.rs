@@ -175,6 +175,33 @@ impl Store {
         &self.clock
     }
 
+    /// Writes a consistent snapshot of the whole store to `path` (a new
+    /// file), while writers may keep going.
+    pub async fn snapshot_to(&self, path: &Path) -> Result<(), StoreError> {
+        let p = path.to_str().ok_or_else(|| StoreError::Io {
+            context: format!("snapshot path {}", path.display()),
+            source: std::io::Error::other("not UTF-8"),
+        })?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(p)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::db("writing a snapshot of the store"))?;
+        Ok(())
+    }
+
+    /// Whether the store holds state beyond the org key and cert records:
+    /// users, user certificates or API clients.
+    pub async fn has_state(&self) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM user_certs)              + (SELECT COUNT(*) FROM api_clients)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::db("inspecting the store"))?;
+        Ok(n > 0)
+    }
+
     /// Closes the connection pool (checkpoints the WAL).
     pub async fn close(&self) {
         self.pool.close().await;

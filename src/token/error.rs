@@ -36,6 +36,9 @@ pub enum TokenError {
     /// C_Login refused the ignition passphrase.
     #[error("bad ignition passphrase")]
     BadPin,
+    /// C_Login refused the security officer PIN.
+    #[error("bad security officer PIN")]
+    BadSoPin,
     /// The token locked the user PIN after too many failures.
     #[error(
         "the token has locked the ignition passphrase (reset it with the security officer PIN)"

@@ -17,9 +17,9 @@ use cryptoki::session::Session;
 use std::sync::Arc;
 
 /// DER OID 1.2.840.10045.3.1.7 (prime256v1)
-const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+pub(super) const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// DER OID 1.3.132.0.34 (secp384r1)
-const OID_P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+pub(super) const OID_P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
 /// DER OID 1.3.101.112 (id-Ed25519)
 const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 /// DER PrintableString "edwards25519"
@@ -69,14 +69,30 @@ pub struct TokenKey {
     pub public: PublicKey,
 }
 
+/// CKA_EC_PARAMS for Ed25519 as the profile says the token wants it.
+pub(super) fn ed25519_params(ed: Ed25519Params) -> &'static [u8] {
+    match ed {
+        Ed25519Params::Oid => OID_ED25519,
+        Ed25519Params::Printable => PRINTABLE_ED25519,
+    }
+}
+
+/// CKA_EC_POINT is a DER OCTET STRING around the point.
+pub(super) fn der_octet_string(point: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x04];
+    if point.len() >= 0x80 {
+        out.push(0x81);
+    }
+    out.push(point.len() as u8);
+    out.extend_from_slice(point);
+    out
+}
+
 fn ec_params(kind: KeyKind, ed: Ed25519Params) -> Option<&'static [u8]> {
     match kind {
         KeyKind::Ec(EcCurve::P256) => Some(OID_P256),
         KeyKind::Ec(EcCurve::P384) => Some(OID_P384),
-        KeyKind::Ed25519 => Some(match ed {
-            Ed25519Params::Oid => OID_ED25519,
-            Ed25519Params::Printable => PRINTABLE_ED25519,
-        }),
+        KeyKind::Ed25519 => Some(ed25519_params(ed)),
         KeyKind::Rsa(_) => None,
     }
 }
@@ -117,7 +133,10 @@ fn attr_bytes(attrs: &[Attribute], t: AttributeType) -> Option<&[u8]> {
     })
 }
 
-fn read_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey, TokenError> {
+pub(super) fn read_public(
+    session: &Session,
+    handle: ObjectHandle,
+) -> Result<PublicKey, TokenError> {
     let attrs = session
         .get_attributes(
             handle,
@@ -335,13 +354,7 @@ impl Token {
                 let params = ec_params(KeyKind::Ec(*curve), self.options().ed25519_params)
                     .unwrap_or_default()
                     .to_vec();
-                // CKA_EC_POINT is a DER OCTET STRING around the point.
-                let mut wrapped = vec![0x04];
-                if point.len() >= 0x80 {
-                    wrapped.push(0x81);
-                }
-                wrapped.push(point.len() as u8);
-                wrapped.extend_from_slice(point);
+                let wrapped = der_octet_string(point);
                 private.push(Attribute::KeyType(KeyType::EC));
                 private.push(Attribute::EcParams(params.clone()));
                 private.push(Attribute::Value(scalar.to_vec()));
@@ -513,11 +526,59 @@ impl Signer for TokenSigner {
                 "digest length does not match its algorithm",
             ));
         }
-        self.sign_raw(alg, digest).map_err(|e| match e {
-            TokenError::NotLoggedIn => SignerError::Sealed,
-            e if e.is_unavailable() => SignerError::Unavailable(Box::new(e)),
-            e => SignerError::Failed(Box::new(e)),
-        })
+        self.sign_raw(alg, digest).map_err(seam_error)
+    }
+}
+
+fn seam_error(e: TokenError) -> SignerError {
+    match e {
+        TokenError::NotLoggedIn => SignerError::Sealed,
+        e if e.is_unavailable() => SignerError::Unavailable(Box::new(e)),
+        e => SignerError::Failed(Box::new(e)),
+    }
+}
+
+/// A private key in the token that decrypts (ECDH derive or RSA decrypt).
+pub struct TokenDecrypter {
+    token: Arc<Token>,
+    id: Vec<u8>,
+    public: PublicKey,
+}
+
+impl std::fmt::Debug for TokenDecrypter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenDecrypter")
+            .field("id", &hex::encode(&self.id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    /// A decrypter for the private key with CKA_ID `id`.
+    pub fn decrypter(self: &Arc<Self>, id: &[u8], public: PublicKey) -> TokenDecrypter {
+        TokenDecrypter {
+            token: Arc::clone(self),
+            id: id.to_vec(),
+            public,
+        }
+    }
+}
+
+impl crate::signer::Decrypter for TokenDecrypter {
+    fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    fn ecdh(&self, peer_point: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, SignerError> {
+        self.token
+            .ecdh_derive(&self.id, peer_point)
+            .map_err(seam_error)
+    }
+
+    fn rsa_decrypt(&self, ciphertext: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, SignerError> {
+        self.token
+            .rsa_decrypt(&self.id, ciphertext)
+            .map_err(seam_error)
     }
 }
 

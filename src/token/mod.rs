@@ -6,13 +6,15 @@
 //! pairs from strict templates and signs digests. Every call blocks: callers
 //! run it on a blocking thread and never hold a session across an `.await`.
 
+mod ceremony;
 mod check;
 mod error;
 mod keys;
 
+pub use ceremony::{UnwrapSpec, WrappedKey};
 pub use check::{KeyObjectReport, KeyRole};
 pub use error::{TokenError, ckr_name};
-pub use keys::{KeyKind, KeySpec, KeyUsage, TokenKey, TokenSigner};
+pub use keys::{KeyKind, KeySpec, KeyUsage, TokenDecrypter, TokenKey, TokenSigner};
 
 use crate::config::TokenSelector;
 use crate::config::profile::Ed25519Params;

@@ -239,6 +239,19 @@ impl X509Cert {
         )
     }
 
+    /// Proves that `signer` holds this certificate's private key: it signs
+    /// a random challenge, which is verified against the certificate's key.
+    pub fn prove_key(&self, signer: &dyn Signer) -> Result<(), X509Error> {
+        if !self.has_key(signer.public_key())? {
+            return Err(X509Error::Invalid(
+                "the token key is not the certificate's key".into(),
+            ));
+        }
+        let challenge: [u8; 32] = rand::random();
+        // `sign` verifies the signature against the key before returning.
+        CaKey::new(signer)?.sign(&challenge).map(|_| ())
+    }
+
     fn subject_name(&self) -> &Name {
         self.cert.tbs_certificate().subject()
     }

@@ -1,0 +1,422 @@
+//! Key backup drill (token A -> file -> token B, checked by gpg and openssl),
+//! refusals that leave token B empty, state backups encrypted to the org key
+//! (gpg --list-packets) and restored through the token, and ignition
+//! passphrase change and reset.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+
+const BACKUP_PASS: &str = "a long backup passphrase 42";
+
+fn secret_file(a: &Appliance, name: &str, value: &str) -> PathBuf {
+    let p = a.path(name);
+    write_secret(&p, value);
+    p
+}
+
+fn export(a: &Appliance, out: &str) -> std::process::Output {
+    let so = secret_file(a, "so-pin", SO_PIN);
+    let bp = secret_file(a, "backup-pass", BACKUP_PASS);
+    a.run(
+        &[
+            "backup",
+            "export-keys",
+            "--out",
+            out,
+            "--so-pin-file",
+            so.to_str().unwrap(),
+            "--backup-passphrase-file",
+            bp.to_str().unwrap(),
+        ],
+        true,
+    )
+}
+
+fn restore(b: &Appliance, file: &str, pass: &str) -> std::process::Output {
+    let bp = secret_file(b, "restore-pass", pass);
+    b.run(
+        &[
+            "backup",
+            "restore-keys",
+            "--in",
+            file,
+            "--backup-passphrase-file",
+            bp.to_str().unwrap(),
+        ],
+        true,
+    )
+}
+
+fn private_keys_in_token(a: &Appliance) -> usize {
+    let out = a.run(&["token", "check"], true);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default().to_string();
+    first
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("token check output: {text}"))
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn key_backup_restores_into_another_token_and_signs_there() {
+    let a = Appliance::with_org_key("p256");
+    a.ok(
+        &["org-cert", "self-sign", "--subject", "CN=Example Org CA"],
+        true,
+    );
+    let file = a.path("keys.backup");
+    let file_s = file.to_str().unwrap();
+
+    // The SO PIN is part of the ceremony.
+    let so_wrong = secret_file(&a, "so-wrong", "not-the-so-pin");
+    let bp = secret_file(&a, "bp", BACKUP_PASS);
+    let out = a.run(
+        &[
+            "backup",
+            "export-keys",
+            "--out",
+            file_s,
+            "--so-pin-file",
+            so_wrong.to_str().unwrap(),
+            "--backup-passphrase-file",
+            bp.to_str().unwrap(),
+        ],
+        true,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("security officer PIN"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!file.exists(), "nothing written after a failed ceremony");
+    // Weak backup passphrases are refused.
+    let weak = secret_file(&a, "weak", "short");
+    let so = secret_file(&a, "so", SO_PIN);
+    let out = a.run(
+        &[
+            "backup",
+            "export-keys",
+            "--out",
+            file_s,
+            "--so-pin-file",
+            so.to_str().unwrap(),
+            "--backup-passphrase-file",
+            weak.to_str().unwrap(),
+        ],
+        true,
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("at least 12"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = export(&a, file_s);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("orgkey-key-backup 1\n"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let shown = a.ok(&["backup", "inspect", file_s], false);
+    for want in [
+        "certify",
+        "sign",
+        "encrypt",
+        "org-cert",
+        "argon2id m=65536 KiB t=3",
+    ] {
+        assert!(shown.contains(want), "{want:?} missing from:\n{shown}");
+    }
+    // The file is never overwritten.
+    assert!(!export(&a, file_s).status.success());
+
+    // Token B: wrong passphrase, modified and truncated files leave nothing behind.
+    let b = Appliance::new();
+    assert_eq!(private_keys_in_token(&b), 0);
+    let out = restore(&b, file_s, "the wrong backup passphrase");
+    assert!(
+        !out.status.success() && stderr(&out).contains("wrong"),
+        "{}",
+        stderr(&out)
+    );
+    let tampered = b.path("tampered.backup");
+    std::fs::write(&tampered, text.replacen("\"sign\"", "\"sigm\"", 1)).unwrap();
+    assert!(
+        !restore(&b, tampered.to_str().unwrap(), BACKUP_PASS)
+            .status
+            .success()
+    );
+    let truncated = b.path("truncated.backup");
+    std::fs::write(&truncated, &text[..text.len() / 2]).unwrap();
+    let out = restore(&b, truncated.to_str().unwrap(), BACKUP_PASS);
+    assert!(
+        !out.status.success() && stderr(&out).contains("truncated")
+            || stderr(&out).contains("damaged"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        private_keys_in_token(&b),
+        0,
+        "failed restores left objects in the token"
+    );
+
+    let out = restore(&b, file_s, BACKUP_PASS);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(private_keys_in_token(&b), 4);
+    assert!(
+        b.ok(&["token", "check"], true)
+            .contains("token check passed")
+    );
+    // Restoring again into B is refused (and changes nothing).
+    assert!(!restore(&b, file_s, BACKUP_PASS).status.success());
+    assert_eq!(private_keys_in_token(&b), 4);
+
+    // B signs; gpg verifies with A's certificate.
+    let org_a = a.ok(&["org-key", "export"], false);
+    let admin = b.client("admin", "admin");
+    let signer = b.client("signer", "sign,issue");
+    let s = b.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let r = post(&s, "/v1/sign", &signer, b"restored".to_vec()).await;
+    assert_eq!(r.status(), 200);
+    let sig = r.bytes().await.unwrap();
+    let gpg = Gpg::new();
+    gpg.import(org_a.as_bytes());
+    let (ok, err) = gpg.verify(&sig, b"restored");
+    assert!(ok, "gpg: {err}");
+    // B issues S/MIME certificates that chain to A's org cert.
+    let dir = b.dir.path();
+    std::fs::write(dir.join("org-a.pem"), a.ok(&["org-cert", "export"], false)).unwrap();
+    openssl_ok(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "u.key",
+            "-out",
+            "u.csr",
+            "-subj",
+            "/emailAddress=u@example.com",
+        ],
+    );
+    let r = post(
+        &s,
+        "/v1/x509/issue",
+        &signer,
+        std::fs::read(dir.join("u.csr")).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    std::fs::write(dir.join("u.pem"), r.text().await.unwrap()).unwrap();
+    openssl_ok(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "org-a.pem",
+            "-purpose",
+            "smimesign",
+            "u.pem",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn tokens_that_cannot_wrap_ed25519_say_so_and_name_the_vendor_path() {
+    let a = Appliance::with_org_key("ed25519");
+    let out = export(&a, a.path("x.backup").to_str().unwrap());
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains("cannot wrap ed25519") && e.contains("token directory"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_token() {
+    let a = Appliance::with_org_key("p256");
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "certify");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let user = Gpg::new();
+    let fpr = user.gen_key("Grace <grace@example.com>", "ed25519", "1y", &[]);
+    assert_eq!(
+        post(&s, "/v1/certify", &gw, user.export(&fpr))
+            .await
+            .status(),
+        200
+    );
+    s.stop();
+
+    let out = a.path("state.pgp");
+    a.ok(&["backup", "state", "--out", out.to_str().unwrap()], false);
+    // gpg sees a message encrypted to the org encryption subkey.
+    let org = a.ok(&["org-key", "export"], false);
+    let gpg = Gpg::new();
+    gpg.import(org.as_bytes());
+    let listing = gpg.ok(&["--with-colons", "--list-keys"], None);
+    let enc_keyid = listing
+        .lines()
+        .skip_while(|l| !l.starts_with("sub:"))
+        .filter(|l| l.starts_with("sub:") && l.split(':').nth(11).is_some_and(|c| c.contains('e')))
+        .find_map(|l| l.split(':').nth(4).map(str::to_string))
+        .expect("an encryption subkey");
+    let packets = gpg.run(&["--list-packets", out.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&packets.stdout).into_owned()
+        + &String::from_utf8_lossy(&packets.stderr);
+    assert!(
+        text.contains(":pubkey enc packet:") && text.contains(&format!("keyid {enc_keyid}")),
+        "{text}"
+    );
+    assert!(
+        !std::fs::read(&out)
+            .unwrap()
+            .windows(15)
+            .any(|w| w == b"SQLite format 3")
+    );
+
+    // Restoring over a store with users needs --replace; then the users come back.
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["backup", "restore-state", "--in", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        a.run(&args, true)
+    };
+    let o = restore(&[]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--replace"),
+        "{}",
+        stderr(&o)
+    );
+    a.ok(&["users", "remove", "grace@example.com"], false);
+    let o = restore(&["--replace"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed = a.ok(&["users", "list"], false);
+    assert!(
+        listed.contains("grace@example.com\tactive"),
+        "the backup's state is back: {listed}"
+    );
+    assert!(a.ok(&["audit", "verify"], false).contains("intact"));
+    // A damaged backup is refused and the store stays as it is.
+    let mut bytes = std::fs::read(&out).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&out, &bytes).unwrap();
+    let o = restore(&["--replace"]);
+    assert!(!o.status.success());
+    assert!(
+        a.ok(&["users", "list"], false)
+            .contains("grace@example.com\tactive")
+    );
+}
+
+#[tokio::test]
+async fn the_ignition_passphrase_can_be_changed_and_reset_by_the_security_officer() {
+    let a = Appliance::with_org_key("p256");
+    let admin = a.client("admin", "admin");
+    let new1 = secret_file(&a, "new1", "a brand new passphrase");
+    let wrong = secret_file(&a, "wrong", "not the current one");
+    let out = a.run(
+        &[
+            "ignition",
+            "change",
+            "--passphrase-file",
+            wrong.to_str().unwrap(),
+            "--new-passphrase-file",
+            new1.to_str().unwrap(),
+        ],
+        false,
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("bad ignition passphrase"),
+        "{}",
+        stderr(&out)
+    );
+    a.ok(
+        &[
+            "ignition",
+            "change",
+            "--passphrase-file",
+            a.pin_file.to_str().unwrap(),
+            "--new-passphrase-file",
+            new1.to_str().unwrap(),
+        ],
+        false,
+    );
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 401);
+    assert_eq!(
+        ignite(&s, &admin, "a brand new passphrase").await.status(),
+        200
+    );
+    s.stop();
+    // Lost it: the security officer sets another.
+    let new2 = secret_file(&a, "new2", "the officer's fresh passphrase");
+    let so = secret_file(&a, "so", SO_PIN);
+    let bad_so = secret_file(&a, "bad-so", "wrong-officer-pin");
+    let out = a.run(
+        &[
+            "ignition",
+            "reset",
+            "--so-pin-file",
+            bad_so.to_str().unwrap(),
+            "--new-passphrase-file",
+            new2.to_str().unwrap(),
+        ],
+        false,
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("security officer"),
+        "{}",
+        stderr(&out)
+    );
+    a.ok(
+        &[
+            "ignition",
+            "reset",
+            "--so-pin-file",
+            so.to_str().unwrap(),
+            "--new-passphrase-file",
+            new2.to_str().unwrap(),
+        ],
+        false,
+    );
+    let s = a.serve(&[]);
+    assert_eq!(
+        ignite(&s, &admin, "a brand new passphrase").await.status(),
+        401
+    );
+    assert_eq!(
+        ignite(&s, &admin, "the officer's fresh passphrase")
+            .await
+            .status(),
+        200
+    );
+    let audit = a.ok(&["audit", "list", "--last", "20"], false);
+    assert!(
+        audit.contains("ignition-change") && audit.contains("ignition-reset"),
+        "{audit}"
+    );
+}
