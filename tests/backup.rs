@@ -420,3 +420,34 @@ async fn the_ignition_passphrase_can_be_changed_and_reset_by_the_security_office
         "{audit}"
     );
 }
+
+#[tokio::test]
+async fn serve_writes_scheduled_state_backups_and_reports_them() {
+    let a = Appliance::with_org_key("p256");
+    let mut toml = std::fs::read_to_string(&a.config).unwrap();
+    toml.push_str("\n[backup]\ndir = \"scheduled\"\ninterval = \"1m\"\nkeep = 1\n");
+    std::fs::write(&a.config, toml).unwrap();
+    let s = a.serve(&[]);
+    // The first backup is written at start, sealed or not.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        status = get_json(&s, "/v1/status").await;
+        if !status["backup"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["backup"]["outcome"], "ok", "{status}");
+    let file = std::path::PathBuf::from(status["backup"]["file"].as_str().unwrap());
+    assert!(
+        file.starts_with(a.dir.path().join("data/scheduled")),
+        "{}",
+        file.display()
+    );
+    let gpg = Gpg::new();
+    let packets = gpg.run(&["--list-packets", file.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&packets.stdout);
+    assert!(text.contains(":pubkey enc packet:"), "{text}");
+    s.stop();
+    assert!(a.ok(&["audit", "list"], false).contains("state-backup"));
+}

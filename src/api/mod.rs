@@ -168,6 +168,8 @@ pub struct ApiState {
     pub maintenance: RwLock<Option<serde_json::Value>>,
     /// Org cert and user certificate settings.
     pub x509: crate::config::X509Config,
+    /// Outcome of the last scheduled state backup, for `/v1/status`.
+    pub backup: RwLock<Option<serde_json::Value>>,
 }
 
 impl ApiState {
@@ -207,6 +209,11 @@ impl ApiState {
             updated.cas = cas;
             *guard = SealState::Ignited(Some(Arc::new(updated)));
         }
+    }
+
+    /// Records the outcome of a scheduled state backup for `/v1/status`.
+    pub fn set_backup_report(&self, report: serde_json::Value) {
+        *self.backup.write().unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
 
     /// Records the outcome of a maintenance run for `/v1/status`.

@@ -121,6 +121,7 @@ async fn status(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError
         "token": st.token,
         "org_key": org_json,
         "maintenance": st.maintenance.read().unwrap_or_else(|p| p.into_inner()).clone(),
+        "backup": st.backup.read().unwrap_or_else(|p| p.into_inner()).clone(),
     })))
 }
 

@@ -222,6 +222,9 @@ pub fn decrypt_with_org_key<R: Read + Send + Sync>(
     };
     let mut decryptor = DecryptorBuilder::from_reader(reader)
         .map_err(|e| PgpError::Invalid(format!("not an OpenPGP message: {e:#}")))?
+        // Nothing is signed, so nothing needs holding back for a signature
+        // check: keep the buffer small.
+        .buffer_size(1 << 20)
         .with_policy(&policy, None, helper)
         .map_err(|e| PgpError::wrap("decrypting the state backup", e))?;
     let n = std::io::copy(&mut decryptor, writer).map_err(|e| PgpError::Sequoia {

@@ -788,3 +788,96 @@ pub async fn reset_ignition(
     store.close().await;
     res
 }
+
+/// Scheduled state backups inside `orgkey serve`: one at start, then every
+/// interval; keeps the newest `keep` files. Needs no token (it encrypts to
+/// the org key's public certificate), so it runs sealed too.
+pub(super) async fn schedule_state_backups(
+    cfg: Config,
+    state: Arc<crate::api::ApiState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(interval) = cfg.backup.interval else {
+        return;
+    };
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let has_key = matches!(state.store.active_org_key().await, Ok(Some(_)));
+        let result = if has_key {
+            Some(scheduled_backup(&cfg, &state.store).await)
+        } else {
+            None
+        };
+        let report = match result {
+            None => serde_json::json!({
+                "outcome": "skipped",
+                "reason": "no org key to encrypt to yet",
+                "at": unix_secs(state.clock.now()),
+            }),
+            Some(Ok((path, size))) => {
+                tracing::info!(file = %path.display(), size, "state backup written");
+                serde_json::json!({
+                    "outcome": "ok",
+                    "file": path.display().to_string(),
+                    "bytes": size,
+                    "at": unix_secs(state.clock.now()),
+                })
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "scheduled state backup FAILED");
+                let _ = state
+                    .store
+                    .append_audit(&[AuditEvent::new("appliance", "state-backup", "failed")
+                        .detail(e.to_string())])
+                    .await;
+                serde_json::json!({
+                    "outcome": "failed",
+                    "error": e.to_string(),
+                    "at": unix_secs(state.clock.now()),
+                })
+            }
+        };
+        state.set_backup_report(report);
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn scheduled_backup(cfg: &Config, store: &Store) -> Result<(PathBuf, u64), ServiceError> {
+    let dir = &cfg.backup.dir;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(ServiceError::io(format!("creating {}", dir.display())))?;
+    }
+    let stamp = humantime::format_rfc3339_seconds(store.clock().now())
+        .to_string()
+        .replace([':', '-'], "");
+    let path = dir.join(format!("orgkey-state-{stamp}.pgp"));
+    let size = write_state_backup(cfg, store, &path, "appliance").await?;
+    // Keep the newest `keep` scheduled backups (names sort by time).
+    let mut ours: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(ServiceError::io(format!("listing {}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("orgkey-state-") && n.ends_with(".pgp"))
+        })
+        .collect();
+    ours.sort();
+    let excess = ours.len().saturating_sub(cfg.backup.keep);
+    for old in &ours[..excess] {
+        if let Err(e) = std::fs::remove_file(old) {
+            tracing::warn!(file = %old.display(), error = %e, "could not remove an old state backup");
+        }
+    }
+    Ok((path, size))
+}

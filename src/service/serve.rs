@@ -94,6 +94,7 @@ pub async fn serve(
         },
         maintenance: RwLock::new(None),
         x509: cfg.x509.clone(),
+        backup: RwLock::new(None),
     });
 
     if let Some(pass) = opts.ignition_passphrase {
@@ -144,6 +145,11 @@ pub async fn serve(
         super::maintenance::maintenance_for(&cfg, store.clone(), Arc::clone(&state.clock)),
         stop_rx,
     ));
+    let backups = tokio::spawn(super::backup::schedule_state_backups(
+        cfg.clone(),
+        Arc::clone(&state),
+        stop_tx.subscribe(),
+    ));
     let shutdown = async move {
         shutdown_signal().await;
         let _ = stop_on_signal.send(true);
@@ -163,6 +169,7 @@ pub async fn serve(
     // Also when the server failed on its own: a running batch finishes
     // (each is one transaction), then the scheduler stops.
     let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), backups).await;
     if tokio::time::timeout(std::time::Duration::from_secs(30), scheduler)
         .await
         .is_err()
