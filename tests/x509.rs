@@ -886,3 +886,135 @@ async fn the_org_cert_address_cannot_become_a_users() {
     assert!(e["error"].as_str().unwrap().contains("org cert"), "{e}");
     let _ = &ca.revoker;
 }
+
+#[tokio::test]
+async fn malformed_requests_to_the_new_routes_get_json_4xx_errors() {
+    let ca = ca_with(self_signed).await;
+    let admin = ca.a.client("admin2", "admin");
+    let json_ct = "application/json";
+    // (method, path, token, content type, body, expected status)
+    let cases: Vec<(&str, &str, &str, Option<&str>, &[u8], u16)> = vec![
+        ("GET", "/v1/users/not-an-email", &ca.gw, None, b"", 400),
+        (
+            "DELETE",
+            "/v1/users/nobody@example.com",
+            &admin,
+            None,
+            b"",
+            404,
+        ),
+        (
+            "POST",
+            "/v1/users/nobody@example.com/activity",
+            &ca.gw,
+            None,
+            b"",
+            404,
+        ),
+        (
+            "POST",
+            "/v1/users/x@example.com/activity",
+            &ca.issuer,
+            None,
+            b"",
+            403,
+        ),
+        ("PUT", "/v1/certify", &ca.gw, None, b"x", 405),
+        (
+            "GET",
+            "/v1/x509/certs/zz-not-hex",
+            &ca.issuer,
+            None,
+            b"",
+            400,
+        ),
+        ("GET", "/v1/x509/certs/00ff", &ca.issuer, None, b"", 404),
+        ("GET", "/v1/x509/certs/00ff", &ca.gw, None, b"", 403),
+        ("GET", "/v1/x509/crl?format=txt", &ca.gw, None, b"", 400),
+        (
+            "GET",
+            "/v1/x509/crl/0000000000000000",
+            &ca.gw,
+            None,
+            b"",
+            404,
+        ),
+        ("GET", "/v1/org-cert?format=jpeg", &ca.gw, None, b"", 400),
+        (
+            "GET",
+            "/v1/x509/issue?renew=maybe",
+            &ca.issuer,
+            None,
+            b"",
+            405,
+        ),
+        (
+            "POST",
+            "/v1/x509/issue?renew=maybe",
+            &ca.issuer,
+            None,
+            b"x",
+            400,
+        ),
+        (
+            "POST",
+            "/v1/x509/issue-from-openpgp",
+            &ca.issuer,
+            Some(json_ct),
+            b"{not json",
+            400,
+        ),
+        (
+            "POST",
+            "/v1/x509/issue-from-openpgp",
+            &ca.issuer,
+            Some("text/plain"),
+            b"{}",
+            415,
+        ),
+        (
+            "POST",
+            "/v1/x509/issue-from-openpgp",
+            &ca.issuer,
+            Some(json_ct),
+            br#"{"email":"nope"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/v1/x509/revoke",
+            &ca.revoker,
+            Some(json_ct),
+            b"[]",
+            400,
+        ),
+        (
+            "POST",
+            "/v1/x509/revoke",
+            &ca.revoker,
+            Some(json_ct),
+            &[b'x'; 20_000],
+            413,
+        ),
+        ("GET", "/pks/lookup?op=get&search=", &ca.gw, None, b"", 400),
+    ];
+    for (method, path, token, ctype, body, status) in cases {
+        let mut req = http()
+            .request(method.parse().unwrap(), ca.s.url(path))
+            .bearer_auth(token)
+            .body(body.to_vec());
+        if let Some(c) = ctype {
+            req = req.header("content-type", c);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), status, "{method} {path}");
+        let e: serde_json::Value = r
+            .json()
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON"));
+        assert!(
+            e["code"].is_string() && e["error"].is_string(),
+            "{method} {path}: {e}"
+        );
+    }
+}
