@@ -893,7 +893,8 @@ async fn malformed_requests_to_the_new_routes_get_json_4xx_errors() {
     let admin = ca.a.client("admin2", "admin");
     let json_ct = "application/json";
     // (method, path, token, content type, body, expected status)
-    let cases: Vec<(&str, &str, &str, Option<&str>, &[u8], u16)> = vec![
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, &'a [u8], u16);
+    let cases: Vec<Case> = vec![
         ("GET", "/v1/users/not-an-email", &ca.gw, None, b"", 400),
         (
             "DELETE",
