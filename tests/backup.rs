@@ -185,6 +185,17 @@ async fn key_backup_restores_into_another_token_and_signs_there() {
     // Restoring again into B is refused (and changes nothing).
     assert!(!restore(&b, file_s, BACKUP_PASS).status.success());
     assert_eq!(private_keys_in_token(&b), 4);
+    // So is another organization's org key, unless --replace says so.
+    let c = Appliance::with_org_key("p384");
+    let other = c.path("other.backup");
+    assert!(export(&c, other.to_str().unwrap()).status.success());
+    let out = restore(&b, other.to_str().unwrap(), BACKUP_PASS);
+    assert!(
+        !out.status.success() && stderr(&out).contains("--replace"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(private_keys_in_token(&b), 4);
 
     // B signs; gpg verifies with A's certificate.
     let org_a = a.ok(&["org-key", "export"], false);
@@ -271,8 +282,50 @@ async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_toke
     );
     s.stop();
 
+    // An offline recovery key as an extra recipient: gpg can then read the
+    // backup without the token.
+    let recovery = Gpg::new();
+    let rfpr = recovery.gen_key("Recovery <recovery@example.com>", "default", "never", &[]);
+    recovery.ok(
+        &[
+            "--passphrase",
+            "",
+            "--pinentry-mode",
+            "loopback",
+            "--quick-add-key",
+            &rfpr,
+            "default",
+            "encr",
+            "never",
+        ],
+        None,
+    );
+    std::fs::write(a.path("data/recovery.asc"), recovery.export(&rfpr)).unwrap();
+    let mut toml = std::fs::read_to_string(&a.config).unwrap();
+    toml.push_str("\n[backup]\nrecipients = [\"recovery.asc\"]\n");
+    std::fs::write(&a.config, toml).unwrap();
     let out = a.path("state.pgp");
     a.ok(&["backup", "state", "--out", out.to_str().unwrap()], false);
+    let plain = recovery.run(
+        &[
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--decrypt",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    assert!(
+        plain.stdout.starts_with(b"SQLite format 3"),
+        "gpg decrypted a SQLite store"
+    );
     // gpg sees a message encrypted to the org encryption subkey.
     let org = a.ok(&["org-key", "export"], false);
     let gpg = Gpg::new();
