@@ -127,11 +127,18 @@ impl PendingSignature {
             SignMode::Text => SignatureType::Text,
         };
         let mut seam = SeamSigner::new(signer, org.signing_key().clone());
+        let check = self.hash.clone();
         let sig = SignatureBuilder::new(typ)
             .set_signature_creation_time(now)
             .pgp("preparing the signature")?
             .sign_hash(&mut seam, self.hash)
             .pgp("signing the data")?;
+        // A faulty token must never yield a returned bad signature.
+        sig.verify_hash(org.signing_key(), check).map_err(|e| {
+            PgpError::Signer(crate::signer::SignerError::Failed(
+                format!("the token returned a signature that does not verify: {e:#}").into(),
+            ))
+        })?;
         let packet = pgp::Packet::from(sig);
         let bytes = if armor {
             let mut w = pgp::armor::Writer::new(Vec::new(), pgp::armor::Kind::Signature)

@@ -403,6 +403,14 @@ pub fn certify(
             .pgp("preparing a certification")?
             .sign_userid_binding(&mut signer, Some(&user_primary), ua.userid())
             .pgp("certifying a user ID")?;
+        // A faulty token must never yield a returned bad certification.
+        sig.verify_userid_binding(&org.primary_key(), &user_primary, ua.userid())
+            .map_err(|e| {
+                PgpError::Signer(crate::signer::SignerError::Failed(
+                    format!("the token returned a certification that does not verify: {e:#}")
+                        .into(),
+                ))
+            })?;
         new_packets.push(ua.userid().clone().into());
         new_packets.push(sig.into());
         certified.push(Certification {
@@ -525,6 +533,74 @@ mod tests {
         assert_eq!(
             later.certification_expiry("alice@example.com", &ours[0], t(27)),
             None
+        );
+    }
+}
+
+#[cfg(test)]
+mod faulty_token_tests {
+    use super::*;
+    use crate::openpgp::{OrgKeyDraft, OrgKeyKeys, PendingSignature, SignMode};
+    use crate::signer::testing::SoftP256;
+    use pgp::cert::CertBuilder;
+
+    fn org_key() -> OrgKey {
+        let primary = SoftP256::new(1, false);
+        let signing = SoftP256::new(2, false);
+        let enc = SoftP256::new(3, false);
+        OrgKey::generate(
+            &OrgKeyDraft {
+                user_id: "Org <org@example.com>".into(),
+                created: SystemTime::now() - Duration::from_secs(60),
+                validity: Some(Duration::from_secs(365 * 86_400)),
+            },
+            OrgKeyKeys {
+                primary: &primary,
+                signing: &signing,
+                encryption: enc.public_key(),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn bad_token_signatures_never_leave_as_certifications_or_data_signatures() {
+        let org = org_key();
+        let (user, _) = CertBuilder::general_purpose(Some("Alice <alice@example.com>"))
+            .set_creation_time(SystemTime::now() - Duration::from_secs(60))
+            .generate()
+            .unwrap();
+        let user = UserKey {
+            cert: user.strip_secret_key_material(),
+        };
+        let select = |_: &str| Ok(());
+        let req = CertifyRequest {
+            now: SystemTime::now(),
+            validity: Duration::from_secs(14 * 86_400),
+            select: &select,
+            org_fingerprints: &[],
+        };
+        // The good key certifies; a token that flips a bit is caught.
+        let good = certify(&org, &SoftP256::new(1, false), user.clone(), &req).unwrap();
+        assert_eq!(good.certified.len(), 1);
+        let bad = certify(&org, &SoftP256::new(1, true), user, &req).unwrap_err();
+        assert!(matches!(bad, PgpError::Signer(_)), "{bad}");
+
+        let mut p =
+            PendingSignature::new(&org, &SoftP256::new(2, false), SignMode::Binary).unwrap();
+        p.update(b"data");
+        assert!(
+            p.sign(&org, &SoftP256::new(2, false), SystemTime::now(), true)
+                .is_ok()
+        );
+        let mut p = PendingSignature::new(&org, &SoftP256::new(2, true), SignMode::Binary).unwrap();
+        p.update(b"data");
+        let e = p
+            .sign(&org, &SoftP256::new(2, true), SystemTime::now(), true)
+            .unwrap_err();
+        assert!(
+            matches!(e, PgpError::Signer(crate::signer::SignerError::Failed(ref m)) if m.to_string().contains("does not verify")),
+            "{e:?}"
         );
     }
 }
