@@ -220,3 +220,36 @@ fn futures_stream(
     }
     Iter(chunks.into_iter())
 }
+
+#[tokio::test]
+async fn a_client_over_its_rate_limit_gets_429_and_others_are_not_affected() {
+    let a = Appliance::with_org_key("p256");
+    let mut toml = std::fs::read_to_string(&a.config).unwrap();
+    toml.push_str("\n[rate_limits]\ndefault = \"off\"\n[rate_limits.clients]\nslow = \"2/m\"\n");
+    std::fs::write(&a.config, toml).unwrap();
+    let admin = a.client("admin", "admin");
+    let slow = a.client("slow", "sign");
+    let fast = a.client("fast", "sign");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    assert_eq!(sign(&s, &slow, "", b"one").await.status(), 200);
+    let r = sign(&s, &slow, "", b"two").await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    assert_eq!(error_code(r).await, "rate_limited");
+    for _ in 0..20 {
+        assert_eq!(sign(&s, &fast, "", b"data").await.status(), 200);
+    }
+    // Nothing was signed for the refused request.
+    let audit = a.ok(&["audit", "list", "--last", "50"], false);
+    let signed = audit
+        .lines()
+        .filter(|l| l.contains("\tslow\tsign\t"))
+        .count();
+    assert_eq!(signed, 1, "{audit}");
+}

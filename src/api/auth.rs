@@ -124,9 +124,27 @@ pub fn new_client(
     Ok((rec, token))
 }
 
-/// Checks the bearer token in `headers` and that the client holds `scope`
-/// (`None`: any valid client).
+/// Checks the bearer token in `headers`, that the client holds `scope`
+/// (`None`: any valid client), and the client's rate limit.
 pub async fn authenticate(
+    st: &super::ApiState,
+    headers: &HeaderMap,
+    scope: Option<Scope>,
+) -> Result<Client, ApiError> {
+    let client = authenticate_in(&st.store, headers, scope).await?;
+    if let Err(wait) = st.limiter.check(&client.name, std::time::Instant::now()) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("this client's request rate limit is exhausted; retry in {secs} s"),
+        )
+        .retry_after(secs));
+    }
+    Ok(client)
+}
+
+async fn authenticate_in(
     store: &Store,
     headers: &HeaderMap,
     scope: Option<Scope>,

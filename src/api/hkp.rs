@@ -128,7 +128,7 @@ pub(super) async fn lookup(
     query: Result<Query<LookupQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let certify_client = if headers.contains_key(header::AUTHORIZATION) {
-        authenticate(&st.store, &headers, None)
+        authenticate(&st, &headers, None)
             .await?
             .scopes
             .contains(&Scope::Certify)

@@ -9,11 +9,13 @@ pub mod auth;
 pub mod client;
 mod error;
 mod hkp;
+mod limits;
 mod routes;
 mod users;
 mod x509;
 
 pub use error::ApiError;
+pub use limits::RateLimiter;
 
 use crate::clock::Clock;
 use crate::config::{IgnitionConfig, TlsFiles};
@@ -170,6 +172,8 @@ pub struct ApiState {
     pub x509: crate::config::X509Config,
     /// Outcome of the last scheduled state backup, for `/v1/status`.
     pub backup: RwLock<Option<serde_json::Value>>,
+    /// Per-client rate limits.
+    pub limiter: RateLimiter,
 }
 
 impl ApiState {

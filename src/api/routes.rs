@@ -188,7 +188,7 @@ async fn sign(
     query: Result<Query<SignQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&st.store, &headers, Some(Scope::Sign)).await?;
+    let client = authenticate(&st, &headers, Some(Scope::Sign)).await?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let mode = match q.mode.as_deref() {
@@ -308,7 +308,7 @@ fn wipe(bytes: Bytes) {
 }
 
 async fn ignite(State(st): AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let client = authenticate(&st.store, &headers, Some(Scope::Admin)).await?;
+    let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
     let raw = small_json_body(&headers, body).await?;
     let parsed: Result<IgnitionRequest, _> = serde_json::from_slice(&raw);
     wipe(raw);
@@ -440,7 +440,7 @@ async fn audited_ignition(
 }
 
 async fn seal(State(st): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
-    let client = authenticate(&st.store, &headers, Some(Scope::Admin)).await?;
+    let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
     let _guard = st.backoff.lock().await;
     st.set_seal_state(SealState::Sealed);
     let ig = Arc::clone(&st.igniter);

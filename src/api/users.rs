@@ -76,7 +76,7 @@ pub(super) async fn certify(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&st.store, &headers, Some(Scope::Certify)).await?;
+    let client = authenticate(&st, &headers, Some(Scope::Certify)).await?;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -296,7 +296,7 @@ pub(super) async fn show(
     headers: HeaderMap,
     Path(email): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let client = authenticate(&st.store, &headers, None).await?;
+    let client = authenticate(&st, &headers, None).await?;
     if !client.scopes.contains(&Scope::Certify) && !client.scopes.contains(&Scope::Admin) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -384,7 +384,7 @@ pub(super) async fn remove(
     headers: HeaderMap,
     Path(email): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let client = authenticate(&st.store, &headers, Some(Scope::Admin)).await?;
+    let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
     let user = known_user(&st, &email).await?;
     let event = AuditEvent::new(&client.name, "user-remove", "ok")
         .key(user.fingerprint.clone())
@@ -411,7 +411,7 @@ pub(super) async fn activity(
     headers: HeaderMap,
     Path(email): Path<String>,
 ) -> Result<Response, ApiError> {
-    authenticate(&st.store, &headers, Some(Scope::Certify)).await?;
+    authenticate(&st, &headers, Some(Scope::Certify)).await?;
     let user = known_user(&st, &email).await?;
     if user.state == UserState::Removed {
         return Err(ApiError::new(

@@ -123,7 +123,7 @@ pub(super) async fn issue(
     query: Result<Query<RenewQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&st.store, &headers, Some(Scope::Issue)).await?;
+    let client = authenticate(&st, &headers, Some(Scope::Issue)).await?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let bytes = match http_body_util::Limited::new(body, MAX_CSR_BODY)
@@ -171,7 +171,7 @@ pub(super) async fn issue_from_openpgp(
     query: Result<Query<RenewQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&st.store, &headers, Some(Scope::Issue)).await?;
+    let client = authenticate(&st, &headers, Some(Scope::Issue)).await?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let raw = super::routes::small_json_body(&headers, body).await?;
@@ -249,7 +249,7 @@ pub(super) async fn revoke(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&st.store, &headers, Some(Scope::Revoke)).await?;
+    let client = authenticate(&st, &headers, Some(Scope::Revoke)).await?;
     let raw = super::routes::small_json_body(&headers, body).await?;
     let req: RevokeRequest = serde_json::from_slice(&raw).map_err(|_| {
         ApiError::bad_request("expected a JSON object {\"serial\": \"<hex>\", \"reason\": \"...\"}")
@@ -432,7 +432,7 @@ pub(super) async fn cert_status(
     headers: HeaderMap,
     Path(serial): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let client = authenticate(&st.store, &headers, None).await?;
+    let client = authenticate(&st, &headers, None).await?;
     if ![Scope::Issue, Scope::Revoke, Scope::Admin]
         .iter()
         .any(|s| client.scopes.contains(s))

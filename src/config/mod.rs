@@ -68,6 +68,16 @@ struct RawConfig {
     x509: RawX509,
     #[serde(default)]
     backup: RawBackup,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    default: Option<String>,
+    #[serde(default)]
+    clients: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +169,68 @@ pub struct Config {
     pub x509: X509Config,
     /// Scheduled state backups.
     pub backup: BackupConfig,
+    /// Per-client request rate limits.
+    pub rate_limits: RateLimits,
+}
+
+/// A token bucket: `per_second` requests on average, bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Largest burst.
+    pub burst: f64,
+}
+
+impl Rate {
+    /// Parses "100/s", "600/m", "36000/h" (burst = one second's worth, at
+    /// least 1) or "off".
+    pub fn parse(s: &str) -> Result<Option<Rate>, ConfigError> {
+        let s = s.trim();
+        if s == "off" {
+            return Ok(None);
+        }
+        let bad = || {
+            ConfigError::Invalid(format!(
+                "rate {s:?}: expected N/s, N/m, N/h or \"off\" (e.g. \"100/s\")"
+            ))
+        };
+        let (n, unit) = s.split_once('/').ok_or_else(bad)?;
+        let n: f64 = n.trim().parse().map_err(|_| bad())?;
+        let secs = match unit.trim() {
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        if !(n.is_finite() && n > 0.0) {
+            return Err(bad());
+        }
+        let per_second = n / secs;
+        Ok(Some(Rate {
+            per_second,
+            burst: per_second.max(1.0),
+        }))
+    }
+}
+
+/// Rate limits by client name (`None`: unlimited).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimits {
+    /// For clients without their own entry.
+    pub default: Option<Rate>,
+    /// Per client name.
+    pub clients: BTreeMap<String, Option<Rate>>,
+}
+
+impl RateLimits {
+    /// The limit that applies to `client`.
+    pub fn for_client(&self, client: &str) -> Option<Rate> {
+        match self.clients.get(client) {
+            Some(r) => *r,
+            None => self.default,
+        }
+    }
 }
 
 /// Scheduled state backups (encrypted to the org key).
@@ -668,6 +740,16 @@ impl Config {
             keep: raw.backup.keep.unwrap_or(7),
             recipients: raw.backup.recipients.iter().map(|p| base.join(p)).collect(),
         };
+        let mut rate_limits = RateLimits {
+            default: match raw.rate_limits.default.as_deref() {
+                Some(r) => Rate::parse(r)?,
+                None => None,
+            },
+            clients: BTreeMap::new(),
+        };
+        for (name, r) in &raw.rate_limits.clients {
+            rate_limits.clients.insert(name.clone(), Rate::parse(r)?);
+        }
         if backup.keep == 0 {
             return Err(ConfigError::Invalid(
                 "[backup] keep must be at least 1".into(),
@@ -682,6 +764,7 @@ impl Config {
             maintenance,
             x509,
             backup,
+            rate_limits,
             token: TokenConfig {
                 profile,
                 module,
@@ -742,6 +825,24 @@ mod tests {
         assert_eq!(managed_domain_of(&domains, "eve@notexample.com"), None);
         assert_eq!(managed_domain_of(&domains, "@example.com"), None);
         assert_eq!(managed_domain_of(&domains, "example.com"), None);
+    }
+
+    #[test]
+    fn rate_limits_parse_per_client_with_a_default() {
+        let c = load(
+            "[token]\nlabel = \"x\"\n[rate_limits]\ndefault = \"600/m\"\n\
+             [rate_limits.clients]\ngateway = \"200/s\"\nbatch = \"off\"\n",
+        )
+        .unwrap();
+        let r = &c.rate_limits;
+        assert_eq!(r.for_client("other").unwrap().per_second, 10.0);
+        assert_eq!(r.for_client("gateway").unwrap().burst, 200.0);
+        assert_eq!(r.for_client("batch"), None);
+        assert_eq!(load(MINIMAL).unwrap().rate_limits.for_client("x"), None);
+        for bad in ["10", "10/d", "-1/s", "x/s", "0/s"] {
+            let text = format!("[token]\nlabel = \"x\"\n[rate_limits]\ndefault = \"{bad}\"\n");
+            assert!(load(&text).is_err(), "{bad}");
+        }
     }
 
     #[test]

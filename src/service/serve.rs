@@ -95,6 +95,7 @@ pub async fn serve(
         maintenance: RwLock::new(None),
         x509: cfg.x509.clone(),
         backup: RwLock::new(None),
+        limiter: crate::api::RateLimiter::new(cfg.rate_limits.clone()),
     });
 
     if let Some(pass) = opts.ignition_passphrase {
