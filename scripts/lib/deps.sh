@@ -4,6 +4,8 @@
 ORGKEY_DEBIAN_PACKAGES=(
   softhsm2      # the PKCS#11 token used by dev setups and the test suite
   opensc        # pkcs11-tool: an independent PKCS#11 client in tests
+  p11-kit       # p11-kit server: an out-of-process "network HSM" in tests
+  p11-kit-modules
   gnupg         # gpg verifies every OpenPGP artifact in tests
   openssl       # TLS test certificates
   sqlite3       # tests inspect and tamper with the store

@@ -88,6 +88,10 @@ pub trait Igniter: Send + Sync + 'static {
     fn ignite(&self, passphrase: &SecretString) -> Result<Option<Arc<SigningKey>>, IgniteError>;
     /// Logs out.
     fn seal(&self) -> Result<(), IgniteError>;
+    /// After device or link loss: initializes the module again, logs in
+    /// with the passphrase held since ignition (`relogin`), and reloads the
+    /// org key. Fails when no passphrase is held.
+    fn recover(&self) -> Result<Option<Arc<SigningKey>>, IgniteError>;
     /// Loads the keys of the live org certs again (a new org cert was made
     /// while ignited). Needs the token logged in.
     fn load_cas(&self) -> Result<crate::ca::CaSet, IgniteError>;
@@ -174,6 +178,12 @@ pub struct ApiState {
     pub backup: RwLock<Option<serde_json::Value>>,
     /// Per-client rate limits.
     pub limiter: RateLimiter,
+    /// Longest a request waits for the token.
+    pub deadline: Duration,
+    /// Set when the token (or the link to it) was lost; cleared by recovery.
+    pub token_down: std::sync::atomic::AtomicBool,
+    /// Wakes the recovery task.
+    pub token_event: tokio::sync::Notify,
 }
 
 impl ApiState {
@@ -203,6 +213,23 @@ impl ApiState {
             renewed.org = org;
             *guard = SealState::Ignited(Some(Arc::new(renewed)));
         }
+    }
+
+    /// Marks the token lost: requests get 503 at once and the recovery task
+    /// starts.
+    pub fn mark_token_down(&self) {
+        if !self
+            .token_down
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            tracing::error!("token lost: answering 503 until it is back");
+            self.token_event.notify_one();
+        }
+    }
+
+    /// Whether the token is marked lost.
+    pub fn is_token_down(&self) -> bool {
+        self.token_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Swaps in freshly loaded org cert keys.

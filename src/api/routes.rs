@@ -78,6 +78,9 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError> {
+    if st.is_token_down() {
+        return Err(ApiError::token_unavailable());
+    }
     match st.seal_state() {
         SealState::Sealed => Err(ApiError::sealed()),
         SealState::Ignited(None) => Err(ApiError::new(
@@ -156,6 +159,9 @@ async fn org_key(State(st): AppState) -> Result<Response, ApiError> {
 
 /// The ignited signing key, or the right 503/409.
 pub(super) fn signing_key(st: &ApiState) -> Result<Arc<SigningKey>, ApiError> {
+    if st.is_token_down() {
+        return Err(ApiError::token_unavailable());
+    }
     match st.seal_state() {
         SealState::Sealed => Err(ApiError::sealed()),
         SealState::Ignited(None) => Err(ApiError::new(
@@ -167,10 +173,13 @@ pub(super) fn signing_key(st: &ApiState) -> Result<Arc<SigningKey>, ApiError> {
     }
 }
 
-pub(super) fn signer_error(e: &SignerError) -> ApiError {
+pub(super) fn signer_error(st: &ApiState, e: &SignerError) -> ApiError {
     match e {
         SignerError::Sealed => ApiError::sealed(),
-        SignerError::Unavailable(_) => ApiError::token_unavailable(),
+        SignerError::Unavailable(_) => {
+            st.mark_token_down();
+            ApiError::token_unavailable()
+        }
         SignerError::InvalidInput(_) | SignerError::Failed(_) => ApiError::internal(),
     }
 }
@@ -224,15 +233,20 @@ async fn sign(
     }
     let now = st.now();
     let k = Arc::clone(&key);
-    let out =
-        tokio::task::spawn_blocking(move || pending.sign(&k.org, k.signer.as_ref(), now, armor))
-            .await
-            .map_err(internal("signing task failed"))?;
+    let task =
+        tokio::task::spawn_blocking(move || pending.sign(&k.org, k.signer.as_ref(), now, armor));
+    let out = match tokio::time::timeout(st.deadline, task).await {
+        Ok(joined) => joined.map_err(internal("signing task failed"))?,
+        Err(_) => {
+            tracing::error!(client = %client.name, deadline = ?st.deadline, "the token did not answer in time");
+            return Err(ApiError::token_unavailable());
+        }
+    };
     let out = match out {
         Ok(o) => o,
         Err(PgpError::Signer(e)) => {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), client = %client.name, "token signing failed");
-            return Err(signer_error(&e));
+            return Err(signer_error(&st, &e));
         }
         Err(e) => {
             tracing::error!(error = %e, client = %client.name, "signing failed");

@@ -33,7 +33,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     }
 }
 
-fn pgp_error(e: PgpError, client: &str) -> ApiError {
+fn pgp_error(st: &ApiState, e: PgpError, client: &str) -> ApiError {
     match e {
         PgpError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_certificate", m),
         PgpError::Unacceptable(m) => {
@@ -46,7 +46,7 @@ fn pgp_error(e: PgpError, client: &str) -> ApiError {
         ),
         PgpError::Signer(e) => {
             tracing::error!(error = %e, client, "token refused a certification");
-            signer_error(&e)
+            signer_error(st, &e)
         }
         e @ (PgpError::Mismatch(_) | PgpError::Sequoia { .. }) => {
             tracing::error!(error = %e, client, "certification failed");
@@ -97,7 +97,7 @@ pub(super) async fn certify(
     let submitted = tokio::task::spawn_blocking(move || UserKey::parse(&bytes))
         .await
         .map_err(internal("parsing task failed"))?
-        .map_err(|e| pgp_error(e, &client.name))?;
+        .map_err(|e| pgp_error(&st, e, &client.name))?;
 
     for _ in 0..SAVE_ATTEMPTS {
         let fpr = submitted.fingerprint();
@@ -141,7 +141,7 @@ pub(super) async fn certify(
         })
         .await
         .map_err(internal("certification task failed"))?
-        .map_err(|e| pgp_error(e, &client.name))?;
+        .map_err(|e| pgp_error(&st, e, &client.name))?;
         if outcome.certified.is_empty() {
             return Err(no_managed_user_id(&outcome));
         }

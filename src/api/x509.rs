@@ -30,7 +30,7 @@ fn no_org_cert() -> ApiError {
     )
 }
 
-pub(super) fn ca_error(e: CaError, client: &str) -> ApiError {
+pub(super) fn ca_error(st: &ApiState, e: CaError, client: &str) -> ApiError {
     match e {
         CaError::NoOrgCert => no_org_cert(),
         CaError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
@@ -42,7 +42,7 @@ pub(super) fn ca_error(e: CaError, client: &str) -> ApiError {
         ),
         CaError::Signer(s) => {
             tracing::error!(error = %s, client, "token refused to sign a certificate");
-            signer_error(&s)
+            signer_error(st, &s)
         }
         CaError::Store(e) => {
             tracing::error!(error = %e, client, "store failed during a CA operation");
@@ -137,7 +137,7 @@ pub(super) async fn issue(
         Err(_) => return Err(ApiError::bad_request("could not read the request body")),
     };
     let key = signing_key(&st)?;
-    let req = parse_user_csr(&bytes).map_err(|e| ca_error(e.into(), &client.name))?;
+    let req = parse_user_csr(&bytes).map_err(|e| ca_error(&st, e.into(), &client.name))?;
     let ca = active_ca(&st, &key).await?;
     let (rec, fresh) = ca::issue(
         &st.store,
@@ -153,7 +153,7 @@ pub(super) async fn issue(
         },
     )
     .await
-    .map_err(|e| ca_error(e, &client.name))?;
+    .map_err(|e| ca_error(&st, e, &client.name))?;
     issued_response(&rec, &ca, fresh)
 }
 
@@ -215,8 +215,8 @@ pub(super) async fn issue_from_openpgp(
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .map(str::to_string);
-    let request =
-        user_request_for_key(&pk, &email, name).map_err(|e| ca_error(e.into(), &client.name))?;
+    let request = user_request_for_key(&pk, &email, name)
+        .map_err(|e| ca_error(&st, e.into(), &client.name))?;
     let ca = active_ca(&st, &key).await?;
     let (rec, fresh) = ca::issue(
         &st.store,
@@ -232,7 +232,7 @@ pub(super) async fn issue_from_openpgp(
         },
     )
     .await
-    .map_err(|e| ca_error(e, &client.name))?;
+    .map_err(|e| ca_error(&st, e, &client.name))?;
     issued_response(&rec, &ca, fresh)
 }
 
@@ -272,7 +272,7 @@ pub(super) async fn revoke(
         st.now(),
     )
     .await
-    .map_err(|e| ca_error(e, &client.name))?;
+    .map_err(|e| ca_error(&st, e, &client.name))?;
     let already = matches!(outcome, RevokeOutcome::AlreadyRevoked(_));
     Ok(Json(serde_json::json!({
         "serial": req.serial.trim().trim_start_matches("0x").to_ascii_lowercase(),
@@ -383,7 +383,7 @@ async fn serve_crl(st: &ApiState, id: Option<&str>, q: FormatQuery) -> Result<Re
         Some(ca) => Some(
             ca::current_crl(&st.store, &ca, &st.x509, st.now(), st.x509.crl_validity / 2)
                 .await
-                .map_err(|e| ca_error(e, "crl"))?,
+                .map_err(|e| ca_error(st, e, "crl"))?,
         ),
         None => st
             .store

@@ -119,6 +119,8 @@ struct RawToken {
     #[serde(default)]
     environment: BTreeMap<String, String>,
     sessions: Option<usize>,
+    relogin: Option<bool>,
+    deadline: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,6 +336,11 @@ pub struct TokenConfig {
     pub environment: BTreeMap<String, String>,
     /// Session pool size.
     pub sessions: usize,
+    /// After device or link loss, log in again with the ignition passphrase
+    /// held in memory (false: go back to sealed and wait for ignition).
+    pub relogin: bool,
+    /// Longest a request waits for a token operation.
+    pub deadline: Duration,
 }
 
 /// How the token is found: label and/or serial (never slot number).
@@ -639,6 +646,15 @@ impl Config {
                     .into(),
             ));
         }
+        let deadline = match t.deadline.as_deref() {
+            Some(s) => parse_duration("[token] deadline", s)?,
+            None => Duration::from_secs(10),
+        };
+        if deadline < Duration::from_millis(100) || deadline > Duration::from_secs(600) {
+            return Err(ConfigError::Invalid(
+                "[token] deadline must be between 100ms and 10m".into(),
+            ));
+        }
         let sessions = t.sessions.unwrap_or(profile.limits.max_sessions.min(16));
         if sessions == 0 || sessions > profile.limits.max_sessions {
             return Err(ConfigError::Invalid(format!(
@@ -771,6 +787,8 @@ impl Config {
                 selector,
                 environment,
                 sessions,
+                relogin: t.relogin.unwrap_or(true),
+                deadline,
             },
             store: StoreConfig { sqlite },
             server: ServerConfig {

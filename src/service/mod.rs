@@ -137,16 +137,31 @@ pub struct TokenIgniter {
     token: Arc<Token>,
     store: Store,
     runtime: tokio::runtime::Handle,
+    /// Keep the ignition passphrase (zeroized on drop) for relogin after
+    /// device or link loss.
+    relogin: bool,
+    held: std::sync::Mutex<Option<SecretString>>,
 }
 
 impl TokenIgniter {
     /// An igniter for `token` with the org key record from `store`.
-    pub fn new(token: Arc<Token>, store: Store, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        token: Arc<Token>,
+        store: Store,
+        runtime: tokio::runtime::Handle,
+        relogin: bool,
+    ) -> Self {
         Self {
             token,
             store,
             runtime,
+            relogin,
+            held: std::sync::Mutex::new(None),
         }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<SecretString>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn load(&self) -> Result<Option<Arc<SigningKey>>, IgniteError> {
@@ -184,14 +199,31 @@ impl Igniter for TokenIgniter {
         let loaded = self.load();
         if loaded.is_err() {
             let _ = self.token.logout();
+        } else if self.relogin {
+            *self.held() = Some(passphrase.clone());
         }
         loaded
     }
 
     fn seal(&self) -> Result<(), IgniteError> {
+        *self.held() = None;
         self.token
             .logout()
             .map_err(|e| IgniteError::Internal(e.to_string()))
+    }
+
+    fn recover(&self) -> Result<Option<Arc<SigningKey>>, IgniteError> {
+        let Some(pass) = self.held().clone() else {
+            return Err(IgniteError::Unavailable(
+                "no ignition passphrase is held (relogin is off or the appliance was sealed)"
+                    .into(),
+            ));
+        };
+        self.token.reconnect(&pass).map_err(|e| match e {
+            TokenError::BadPin => IgniteError::BadPassphrase,
+            e => IgniteError::Unavailable(e.to_string()),
+        })?;
+        self.load()
     }
 
     fn load_cas(&self) -> Result<crate::ca::CaSet, IgniteError> {

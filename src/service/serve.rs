@@ -73,6 +73,7 @@ pub async fn serve(
         Arc::clone(&token),
         store.clone(),
         tokio::runtime::Handle::current(),
+        cfg.token.relogin,
     ));
     let state = Arc::new(ApiState {
         store: store.clone(),
@@ -96,6 +97,9 @@ pub async fn serve(
         x509: cfg.x509.clone(),
         backup: RwLock::new(None),
         limiter: crate::api::RateLimiter::new(cfg.rate_limits.clone()),
+        deadline: cfg.token.deadline,
+        token_down: std::sync::atomic::AtomicBool::new(false),
+        token_event: tokio::sync::Notify::new(),
     });
 
     if let Some(pass) = opts.ignition_passphrase {
@@ -146,6 +150,11 @@ pub async fn serve(
         super::maintenance::maintenance_for(&cfg, store.clone(), Arc::clone(&state.clock)),
         stop_rx,
     ));
+    let recovery = tokio::spawn(recover_token(
+        Arc::clone(&state),
+        cfg.token.relogin,
+        stop_tx.subscribe(),
+    ));
     let backups = tokio::spawn(super::backup::schedule_state_backups(
         cfg.clone(),
         Arc::clone(&state),
@@ -171,6 +180,7 @@ pub async fn serve(
     // (each is one transaction), then the scheduler stops.
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), backups).await;
+    recovery.abort();
     if tokio::time::timeout(std::time::Duration::from_secs(30), scheduler)
         .await
         .is_err()
@@ -182,4 +192,61 @@ pub async fn serve(
     let _ = tokio::task::spawn_blocking(move || ig.seal()).await;
     store.close().await;
     result.map_err(ServiceError::from)
+}
+
+/// Waits for the token to be marked lost, then re-initializes the module and
+/// logs in again with the held passphrase until it works (relogin), or seals
+/// the appliance (relogin off). Requests get 503 meanwhile.
+async fn recover_token(
+    state: Arc<ApiState>,
+    relogin: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use std::time::Duration;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = state.token_event.notified() => {}
+        }
+        let mut delay = Duration::from_millis(200);
+        while state.is_token_down() && !*stop.borrow() {
+            if !relogin || matches!(state.seal_state(), SealState::Sealed) {
+                state.set_seal_state(SealState::Sealed);
+                state
+                    .token_down
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                let _ = state
+                    .audit
+                    .append(AuditEvent::new("appliance", "token-lost", "sealed").detail(
+                        "device or link lost; relogin is off: the appliance is sealed until ignited again",
+                    ))
+                    .await;
+                tracing::warn!("token lost and relogin is off: sealed, waiting for ignition");
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            let ig = Arc::clone(&state.igniter);
+            match tokio::task::spawn_blocking(move || ig.recover()).await {
+                Ok(Ok(key)) => {
+                    state.set_seal_state(SealState::Ignited(key));
+                    state
+                        .token_down
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    let _ = state
+                        .audit
+                        .append(AuditEvent::new("appliance", "token-recovered", "ok"))
+                        .await;
+                    tracing::info!("token recovered: module initialized again and logged in");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "token still unavailable; retrying");
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "recovery task failed");
+                    delay = Duration::from_secs(1);
+                }
+            }
+        }
+    }
 }

@@ -110,7 +110,7 @@ impl Token {
     ) -> Result<(), TokenError> {
         let session = self
             .ctx
-            .open_rw_session(self.slot)
+            .open_rw_session(self.slot())
             .ck("opening a session")?;
         session
             .login(UserType::User, Some(&pin(old)))
@@ -131,7 +131,7 @@ impl Token {
     ) -> Result<(), TokenError> {
         let session = self
             .ctx
-            .open_rw_session(self.slot)
+            .open_rw_session(self.slot())
             .ck("opening a session")?;
         so_login(&session, so_pin)?;
         let res = session
@@ -155,7 +155,7 @@ impl Token {
     ) -> Result<Vec<WrappedKey>, TokenError> {
         let session = self
             .ctx
-            .open_rw_session(self.slot)
+            .open_rw_session(self.slot())
             .ck("opening a session")?;
         so_login(&session, so_pin)?;
         let mut template = aes_key_template(kek.as_slice(), true, true);

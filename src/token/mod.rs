@@ -51,7 +51,9 @@ pub struct TokenOptions {
 /// An open PKCS#11 token.
 pub struct Token {
     ctx: Pkcs11,
-    slot: Slot,
+    /// The slot can change when the module is initialized again.
+    slot: Mutex<Slot>,
+    selector: TokenSelector,
     description: TokenDescription,
     options: TokenOptions,
     pool: SessionPool,
@@ -65,7 +67,7 @@ impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Token")
             .field("description", &self.description)
-            .field("slot", &self.slot.id())
+            .field("slot", &self.slot().id())
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +75,9 @@ impl std::fmt::Debug for Token {
 struct PoolState {
     idle: Vec<Session>,
     open: usize,
+    /// Bumped by [`Token::reconnect`]: sessions of an older generation died
+    /// with the old module state and are not returned to the pool.
+    generation: u64,
 }
 
 struct SessionPool {
@@ -170,13 +175,15 @@ impl Token {
         let (slot, description) = find_slot(&ctx, selector)?;
         Ok(Token {
             ctx,
-            slot,
+            slot: Mutex::new(slot),
+            selector: selector.clone(),
             description,
             options,
             pool: SessionPool {
                 state: Mutex::new(PoolState {
                     idle: Vec::new(),
                     open: 0,
+                    generation: 0,
                 }),
                 returned: Condvar::new(),
                 max: options.max_sessions.max(1),
@@ -247,7 +254,7 @@ impl Token {
         }
         let session = self
             .ctx
-            .open_rw_session(self.slot)
+            .open_rw_session(self.slot())
             .ck("opening a session")?;
         match session.login(UserType::User, Some(passphrase)) {
             Ok(()) => {}
@@ -266,7 +273,7 @@ impl Token {
         let session = lock(&self.login_session).take();
         {
             let mut st = lock(&self.pool.state);
-            st.open -= st.idle.len();
+            st.open = st.open.saturating_sub(st.idle.len());
             st.idle.clear();
         }
         match session {
@@ -293,15 +300,15 @@ impl Token {
         &self,
         f: impl FnOnce(&Session) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
-        let session = {
+        let (session, generation) = {
             let mut st = lock(&self.pool.state);
             loop {
                 if let Some(s) = st.idle.pop() {
-                    break Some(s);
+                    break (Some(s), st.generation);
                 }
                 if st.open < self.pool.max {
                     st.open += 1;
-                    break None;
+                    break (None, st.generation);
                 }
                 st = self
                     .pool
@@ -312,10 +319,18 @@ impl Token {
         };
         let session = match session {
             Some(s) => s,
-            None => match self.ctx.open_rw_session(self.slot).ck("opening a session") {
+            None => match self
+                .ctx
+                .open_rw_session(self.slot())
+                .ck("opening a session")
+            {
                 Ok(s) => s,
                 Err(e) => {
-                    lock(&self.pool.state).open -= 1;
+                    let mut st = lock(&self.pool.state);
+                    if st.generation == generation {
+                        st.open = st.open.saturating_sub(1);
+                    }
+                    drop(st);
                     self.pool.returned.notify_one();
                     return Err(e);
                 }
@@ -324,8 +339,9 @@ impl Token {
         let result = f(&session);
         let mut st = lock(&self.pool.state);
         match &result {
+            _ if st.generation != generation => drop(session),
             Err(e) if e.is_unavailable() => {
-                st.open -= 1;
+                st.open = st.open.saturating_sub(1);
                 drop(session);
             }
             _ => st.idle.push(session),
@@ -337,6 +353,42 @@ impl Token {
 
     pub(crate) fn options(&self) -> TokenOptions {
         self.options
+    }
+
+    pub(crate) fn slot(&self) -> Slot {
+        *lock(&self.slot)
+    }
+
+    /// Recovers from device or link loss: drops every session, finalizes
+    /// and initializes the module again, finds the token again (its slot may
+    /// have changed) and logs in with `passphrase`. Object handles held
+    /// before are invalid afterwards: callers load their keys again.
+    pub fn reconnect(&self, passphrase: &SecretString) -> Result<(), TokenError> {
+        {
+            let mut st = lock(&self.pool.state);
+            st.generation += 1;
+            st.open = 0;
+            st.idle.clear();
+        }
+        self.pool.returned.notify_all();
+        drop(lock(&self.login_session).take());
+        // C_Finalize takes down every session; an error just means there was
+        // nothing left to finalize.
+        let _ = self.ctx.clone().finalize();
+        match self
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::CryptokiAlreadyInitialized,
+                _,
+            )) => {}
+            Err(e) => return Err(TokenError::from_ck("initializing the module again", e)),
+        }
+        let (slot, _) = find_slot(&self.ctx, &self.selector)?;
+        *lock(&self.slot) = slot;
+        self.login(passphrase)
     }
 }
 

@@ -142,6 +142,13 @@ impl Appliance {
 
     /// Starts `orgkey serve` on a free loopback port.
     pub fn serve(&self, extra: &[&str]) -> Server {
+        // The log goes to a file: a pipe nobody reads would block the
+        // server once it fills (a token outage logs a line per request).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("serve.log"))
+            .unwrap();
         let mut c = Command::new(bin());
         c.args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
@@ -149,7 +156,7 @@ impl Appliance {
             .env("ORGKEY_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(log);
         let mut child = c.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
@@ -157,10 +164,10 @@ impl Appliance {
         let url = match line.trim().strip_prefix("orgkey listening on ") {
             Some(u) => u.to_string(),
             None => {
-                let out = child.wait_with_output().unwrap();
+                let _ = child.wait();
                 panic!(
                     "serve did not start: {line}{}",
-                    String::from_utf8_lossy(&out.stderr)
+                    std::fs::read_to_string(self.path("serve.log")).unwrap_or_default()
                 );
             }
         };

@@ -1,0 +1,178 @@
+//! A network HSM that dies under load: SoftHSM2 served by `p11-kit server`
+//! in its own process group, the appliance on the p11-kit client module.
+//! kill -9 during a 32-client load: requests fail with 503 only (no 500, no
+//! hang), /v1/ready turns 503, and the appliance recovers on its own once the
+//! server is back (relogin with the held passphrase).
+
+mod common;
+use common::*;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const CLIENT_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
+
+struct HsmServer {
+    child: Child,
+}
+
+impl HsmServer {
+    fn start(a: &Appliance, socket: &std::path::Path) -> HsmServer {
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new("p11-kit")
+            .args(["server", "-f", "-n"])
+            .arg(socket)
+            .args(["--provider", "/usr/lib/softhsm/libsofthsm2.so", "pkcs11:"])
+            .env("SOFTHSM2_CONF", a.softhsm_conf())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("p11-kit server");
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(socket.exists(), "p11-kit server did not create its socket");
+        HsmServer { child }
+    }
+
+    /// kill -9 the server and its per-connection children.
+    fn kill(mut self) {
+        let pgid = self.child.id();
+        let _ = Command::new("kill")
+            .args(["-9", "--", &format!("-{pgid}")])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HsmServer {
+    fn drop(&mut self) {
+        let pgid = self.child.id();
+        let _ = Command::new("kill")
+            .args(["-9", "--", &format!("-{pgid}")])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_appliance_heals_itself_when_the_hsm_process_dies_and_comes_back() {
+    let a = Appliance::with_org_key("p256");
+    let socket = a.dir.path().join("hsm.sock");
+    // The appliance now reaches the token only through p11-kit.
+    let toml = std::fs::read_to_string(&a.config).unwrap();
+    let mut out = String::new();
+    for line in toml.lines() {
+        if line.starts_with("SOFTHSM2_CONF") {
+            out.push_str(&format!(
+                "P11_KIT_SERVER_ADDRESS = \"unix:path={}\"\n",
+                socket.display()
+            ));
+        } else if line.trim() == "profile = \"softhsm2\"" {
+            out.push_str(line);
+            out.push_str(&format!("\nmodule = \"{CLIENT_MODULE}\"\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(&a.config, out).unwrap();
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "sign");
+    let hsm = HsmServer::start(&a, &socket);
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    assert_eq!(
+        post(&s, "/v1/sign", &gw, b"before".to_vec()).await.status(),
+        200
+    );
+
+    // 32 clients sign in a loop while the HSM dies and comes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..32 {
+        let (url, gw, stop) = (s.url("/v1/sign"), gw.clone(), Arc::clone(&stop));
+        load.push(tokio::spawn(async move {
+            let http = http();
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(15),
+                    http.post(&url).bearer_auth(&gw).body("load").send(),
+                )
+                .await
+                .expect("no request may hang");
+                statuses.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hsm.kill();
+
+    // Readiness reports the loss within a second of the first failure.
+    let lost = Instant::now();
+    let mut ready = 200;
+    while lost.elapsed() < Duration::from_secs(5) {
+        ready = get(&s, "/v1/ready").await.status().as_u16();
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 503, "/v1/ready while the HSM is down");
+    let r = post(&s, "/v1/sign", &gw, b"down".to_vec()).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(error_code(r).await, "token_unavailable");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The HSM comes back: no operator, signing works again within 5 s.
+    let _hsm = HsmServer::start(&a, &socket);
+    let back = Instant::now();
+    let mut healed = None;
+    while back.elapsed() < Duration::from_secs(10) {
+        if post(&s, "/v1/sign", &gw, b"after".to_vec()).await.status() == 200 {
+            healed = Some(back.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let healed = healed.expect("the appliance did not recover within 10 s");
+    assert!(
+        healed <= Duration::from_secs(5),
+        "recovered after {healed:?}"
+    );
+    assert_eq!(get(&s, "/v1/ready").await.status(), 200);
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in load {
+        all.extend(t.await.unwrap());
+    }
+    let ok = all.iter().filter(|s| **s == 200).count();
+    let unavailable = all.iter().filter(|s| **s == 503).count();
+    assert!(ok > 0 && unavailable > 0, "{ok} ok, {unavailable} 503");
+    assert_eq!(ok + unavailable, all.len(), "only 200 and 503: {:?}", {
+        let mut other: Vec<_> = all.iter().filter(|s| **s != 200 && **s != 503).collect();
+        other.dedup();
+        other
+    });
+    // Every signature that was returned is in the audit chain, which is intact.
+    s.stop();
+    assert!(a.ok(&["audit", "verify"], false).contains("intact"));
+    let audit = a.ok(&["audit", "list", "--last", "100000"], false);
+    assert!(audit.contains("token-recovered"), "recovery is audited");
+    let signed = audit
+        .lines()
+        .filter(|l| l.contains("\tgateway\tsign\tok"))
+        .count();
+    // Plus "before" and the first successful "after".
+    assert_eq!(signed, ok + 2, "one audit row per returned signature");
+}
