@@ -171,6 +171,8 @@ pub struct Issue<'a> {
     pub renew: bool,
     /// "now".
     pub now: SystemTime,
+    /// Longest wait for the token's signature.
+    pub deadline: Duration,
 }
 
 /// Issues a user certificate under `ca`, or returns the current valid one
@@ -423,6 +425,7 @@ mod tests {
             actor: "t",
             renew,
             now: from_secs(T0 as i64 + 60),
+            deadline: Duration::from_secs(10),
         }
     }
 

@@ -41,6 +41,15 @@ impl HsmServer {
         HsmServer { child }
     }
 
+    /// Sends `signal` to the server's process group.
+    fn signal(&self, signal: &str) {
+        let pgid = self.child.id();
+        Command::new("kill")
+            .args([signal, "--", &format!("-{pgid}")])
+            .status()
+            .unwrap();
+    }
+
     /// kill -9 the server and its per-connection children.
     fn kill(mut self) {
         let pgid = self.child.id();
@@ -62,11 +71,11 @@ impl Drop for HsmServer {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_appliance_heals_itself_when_the_hsm_process_dies_and_comes_back() {
+/// An appliance with an org key that reaches its token only through
+/// p11-kit, with `extra` appended to its config.
+fn behind_p11kit(extra: &str) -> (Appliance, std::path::PathBuf) {
     let a = Appliance::with_org_key("p256");
     let socket = a.dir.path().join("hsm.sock");
-    // The appliance now reaches the token only through p11-kit.
     let toml = std::fs::read_to_string(&a.config).unwrap();
     let mut out = String::new();
     for line in toml.lines() {
@@ -83,7 +92,14 @@ async fn the_appliance_heals_itself_when_the_hsm_process_dies_and_comes_back() {
             out.push('\n');
         }
     }
+    out.push_str(extra);
     std::fs::write(&a.config, out).unwrap();
+    (a, socket)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_appliance_heals_itself_when_the_hsm_process_dies_and_comes_back() {
+    let (a, socket) = behind_p11kit("");
     let admin = a.client("admin", "admin");
     let gw = a.client("gateway", "sign");
     let hsm = HsmServer::start(&a, &socket);
@@ -145,7 +161,19 @@ async fn the_appliance_heals_itself_when_the_hsm_process_dies_and_comes_back() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let healed = healed.expect("the appliance did not recover within 10 s");
+    let healed = healed.unwrap_or_else(|| {
+        let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                !l.contains("Failed to close session") && !l.contains("token signing failed")
+            })
+            .collect();
+        panic!(
+            "the appliance did not recover within 10 s:\n{}",
+            tail[tail.len().saturating_sub(25)..].join("\n")
+        )
+    });
     assert!(
         healed <= Duration::from_secs(5),
         "recovered after {healed:?}"
@@ -175,4 +203,97 @@ async fn the_appliance_heals_itself_when_the_hsm_process_dies_and_comes_back() {
         .count();
     // Plus "before" and the first successful "after".
     assert_eq!(signed, ok + 2, "one audit row per returned signature");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_hsm_fails_requests_at_the_deadline_and_other_routes_keep_answering() {
+    // [token] is the last table in the generated config... so append there.
+    let (a, socket) = behind_p11kit("");
+    let toml = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        toml.replacen("[token]\n", "[token]\ndeadline = \"1s\"\n", 1),
+    )
+    .unwrap();
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "sign");
+    let hsm = HsmServer::start(&a, &socket);
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    assert_eq!(
+        post(&s, "/v1/sign", &gw, b"before".to_vec()).await.status(),
+        200
+    );
+
+    hsm.signal("-STOP");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let (url, gw) = (s.url("/v1/sign"), gw.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http()
+                .post(url)
+                .bearer_auth(gw)
+                .body("hung")
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), started.elapsed())
+        }));
+    }
+    // Health answers while the token hangs.
+    let t = Instant::now();
+    assert_eq!(get(&s, "/v1/health").await.status(), 200);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    for task in tasks {
+        let (status, took) = task.await.unwrap();
+        assert_eq!(status, 503);
+        assert!(
+            took < Duration::from_secs(4),
+            "a request took {took:?} with a 1 s deadline"
+        );
+    }
+    hsm.signal("-CONT");
+    let back = Instant::now();
+    loop {
+        if post(&s, "/v1/sign", &gw, b"after".to_vec()).await.status() == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "throughput did not return after SIGCONT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(hsm);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_relogin_a_lost_token_seals_the_appliance() {
+    let (a, socket) = behind_p11kit("");
+    let toml = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        toml.replacen("[token]\n", "[token]\nrelogin = false\n", 1),
+    )
+    .unwrap();
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "sign");
+    let hsm = HsmServer::start(&a, &socket);
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    hsm.kill();
+    assert_eq!(post(&s, "/v1/sign", &gw, b"x".to_vec()).await.status(), 503);
+    let _hsm = HsmServer::start(&a, &socket);
+    let t = Instant::now();
+    loop {
+        let st = get_json(&s, "/v1/status").await;
+        if st["state"] == "sealed" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = post(&s, "/v1/sign", &gw, b"x".to_vec()).await;
+    assert_eq!(error_code(r).await, "sealed");
 }

@@ -28,6 +28,24 @@ pub(super) fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(
     }
 }
 
+/// Waits for token work up to the configured deadline: a hung token gets
+/// the request a 503, never a hang (the work itself finishes or fails later,
+/// and its result is dropped).
+pub(super) async fn within_deadline<T>(
+    st: &ApiState,
+    what: &'static str,
+    task: tokio::task::JoinHandle<T>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(st.deadline, task).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(internal(what)(e)),
+        Err(_) => {
+            tracing::error!(deadline = ?st.deadline, "{what}: the token did not answer in time");
+            Err(ApiError::token_unavailable())
+        }
+    }
+}
+
 /// Largest JSON body accepted by the small JSON routes.
 const MAX_JSON_BODY: usize = 16 * 1024;
 

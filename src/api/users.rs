@@ -121,7 +121,7 @@ pub(super) async fn certify(
             .map_err(store_err("reading org keys failed"))?;
         let k = Arc::clone(&key);
         let validity = st.users.certification_validity;
-        let outcome = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let select = |email: &str| match selection.get(email) {
                 Some(None) => Ok(()),
                 Some(Some(reason)) => Err(reason.clone()),
@@ -138,10 +138,10 @@ pub(super) async fn certify(
                     org_fingerprints: &org_fprs,
                 },
             )
-        })
-        .await
-        .map_err(internal("certification task failed"))?
-        .map_err(|e| pgp_error(&st, e, &client.name))?;
+        });
+        let outcome = super::routes::within_deadline(&st, "certifying", task)
+            .await?
+            .map_err(|e| pgp_error(&st, e, &client.name))?;
         if outcome.certified.is_empty() {
             return Err(no_managed_user_id(&outcome));
         }

@@ -150,6 +150,7 @@ pub(super) async fn issue(
             actor: &client.name,
             renew: q.renew.unwrap_or(false),
             now: st.now(),
+            deadline: st.deadline,
         },
     )
     .await
@@ -229,6 +230,7 @@ pub(super) async fn issue_from_openpgp(
             actor: &client.name,
             renew: q.renew.unwrap_or(false),
             now: st.now(),
+            deadline: st.deadline,
         },
     )
     .await

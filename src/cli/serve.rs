@@ -27,7 +27,7 @@ pub fn run(config: &Path, a: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let rt = runtime()?;
-    rt.block_on(serve(
+    let result = rt.block_on(serve(
         cfg,
         ServeOptions {
             ignition_passphrase: pass,
@@ -35,6 +35,10 @@ pub fn run(config: &Path, a: ServeArgs) -> anyhow::Result<ExitCode> {
             listen: a.listen,
         },
         clock(),
-    ))?;
+    ));
+    // A token call stuck on a lost HSM link never returns; do not let it
+    // keep the process from exiting (the store is closed by now).
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    result?;
     Ok(ExitCode::SUCCESS)
 }

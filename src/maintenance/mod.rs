@@ -378,6 +378,7 @@ impl Maintenance {
                 actor: "maintenance",
                 renew: true,
                 now,
+                deadline: Duration::from_secs(60),
             },
         )
         .await

@@ -24,7 +24,7 @@ use cryptoki::slot::Slot;
 use error::CkResultExt;
 use secrecy::SecretString;
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
 /// What the token says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,10 @@ pub struct Token {
     description: TokenDescription,
     options: TokenOptions,
     pool: SessionPool,
+    /// Token calls hold this for reading; [`Token::reconnect`] takes it for
+    /// writing, because C_Finalize must not run while other threads are
+    /// inside the module (p11-kit's client deadlocks then).
+    gate: RwLock<()>,
     /// A session kept open while logged in: PKCS#11 logs the user out when
     /// the application's last session closes, so ignition must not depend on
     /// pool sessions staying open.
@@ -189,6 +193,7 @@ impl Token {
                 max: options.max_sessions.max(1),
             },
             login_session: Mutex::new(None),
+            gate: RwLock::new(()),
         })
     }
 
@@ -317,6 +322,8 @@ impl Token {
                     .unwrap_or_else(|p| p.into_inner());
             }
         };
+        // Only the module calls hold the gate, not the wait for a session.
+        let gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let session = match session {
             Some(s) => s,
             None => match self
@@ -337,6 +344,7 @@ impl Token {
             },
         };
         let result = f(&session);
+        drop(gate);
         let mut st = lock(&self.pool.state);
         match &result {
             _ if st.generation != generation => drop(session),
@@ -364,6 +372,25 @@ impl Token {
     /// have changed) and logs in with `passphrase`. Object handles held
     /// before are invalid afterwards: callers load their keys again.
     pub fn reconnect(&self, passphrase: &SecretString) -> Result<(), TokenError> {
+        // Waits for calls in flight; a dead link fails them quickly. A call
+        // that still hangs after a while is stuck on the dead link for good:
+        // re-initializing the module is what frees it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let _gate = loop {
+            match self.gate.try_write() {
+                Ok(g) => break Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => break Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() >= deadline {
+                        tracing::warn!(
+                            "token calls still hang on the lost link; initializing the module anyway"
+                        );
+                        break None;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        };
         {
             let mut st = lock(&self.pool.state);
             st.generation += 1;

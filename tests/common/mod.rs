@@ -171,7 +171,11 @@ impl Appliance {
                 );
             }
         };
-        Server { child, url }
+        Server {
+            child,
+            url,
+            log: self.path("serve.log"),
+        }
     }
 }
 
@@ -187,6 +191,8 @@ pub fn write_secret(p: &Path, s: &str) {
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// The server's log file.
+    pub log: PathBuf,
 }
 
 impl Server {
@@ -198,13 +204,20 @@ impl Server {
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        for _ in 0..100 {
+        // Graceful shutdown may wait up to 5 s for token calls stuck on a
+        // lost HSM link (tests/hsm_failure.rs).
+        for _ in 0..300 {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("server did not stop on SIGTERM");
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!(
+            "server did not stop on SIGTERM; last log lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
 }
 
