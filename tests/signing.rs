@@ -253,3 +253,56 @@ async fn a_client_over_its_rate_limit_gets_429_and_others_are_not_affected() {
         .count();
     assert_eq!(signed, 1, "{audit}");
 }
+
+#[tokio::test]
+async fn no_signature_leaves_when_its_audit_row_cannot_be_written() {
+    use std::io::{BufRead, BufReader, Write};
+    let a = Appliance::with_org_key("p256");
+    let mut toml = std::fs::read_to_string(&a.config).unwrap();
+    toml = toml.replacen("[store]\n", "[store]\nbusy_timeout = \"300ms\"\n", 1);
+    if !toml.contains("busy_timeout") {
+        toml.push_str("\n[store]\nbusy_timeout = \"300ms\"\n");
+    }
+    std::fs::write(&a.config, toml).unwrap();
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "sign");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    assert_eq!(sign(&s, &gw, "", b"before").await.status(), 200);
+
+    // Another process holds the store's write lock: the audit row cannot be written.
+    let mut locker = std::process::Command::new("sqlite3")
+        .arg(a.db())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = locker.stdin.take().unwrap();
+    stdin
+        .write_all(b"BEGIN EXCLUSIVE;\nSELECT 'locked';\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    BufReader::new(locker.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let r = sign(&s, &gw, "", b"while locked").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_code(r).await, "audit_unavailable");
+
+    // Lock released: signing works again, and the chain has exactly the
+    // signatures that were returned.
+    stdin.write_all(b"ROLLBACK;\n.quit\n").unwrap();
+    drop(stdin);
+    locker.wait().unwrap();
+    assert_eq!(sign(&s, &gw, "", b"after").await.status(), 200);
+    s.stop();
+    assert!(a.ok(&["audit", "verify"], false).contains("intact"));
+    let audit = a.ok(&["audit", "list", "--last", "50"], false);
+    let signed = audit
+        .lines()
+        .filter(|l| l.contains("\tgateway\tsign\tok"))
+        .count();
+    assert_eq!(signed, 2, "{audit}");
+}

@@ -888,13 +888,58 @@ async fn the_org_cert_address_cannot_become_a_users() {
 }
 
 #[tokio::test]
-async fn malformed_requests_to_the_new_routes_get_json_4xx_errors() {
+async fn malformed_requests_to_every_route_get_json_4xx_errors() {
     let ca = ca_with(self_signed).await;
     let admin = ca.a.client("admin2", "admin");
     let json_ct = "application/json";
     // (method, path, token, content type, body, expected status)
     type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, &'a [u8], u16);
+    let signer = ca.a.client("signer", "sign");
     let cases: Vec<Case> = vec![
+        ("POST", "/v1/sign?mode=poetry", &signer, None, b"x", 400),
+        ("POST", "/v1/sign?armor=maybe", &signer, None, b"x", 400),
+        ("POST", "/v1/sign?unknown=1", &signer, None, b"x", 400),
+        ("GET", "/v1/sign", &signer, None, b"", 405),
+        ("POST", "/v1/sign", "okc_not_a_token", None, b"x", 401),
+        (
+            "POST",
+            "/v1/ignition",
+            &admin,
+            Some("text/plain"),
+            b"{}",
+            415,
+        ),
+        (
+            "POST",
+            "/v1/ignition",
+            &admin,
+            Some(json_ct),
+            b"{\"passphrase\"",
+            400,
+        ),
+        (
+            "POST",
+            "/v1/ignition",
+            &admin,
+            Some(json_ct),
+            br#"{"passphrase":"x","extra":1}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/v1/ignition",
+            &admin,
+            Some(json_ct),
+            &[b' '; 20_000],
+            413,
+        ),
+        ("PUT", "/v1/ignition", &admin, None, b"", 405),
+        ("POST", "/v1/status", &admin, None, b"", 405),
+        ("DELETE", "/v1/health", &admin, None, b"", 405),
+        ("POST", "/v1/org-key", &admin, None, b"", 405),
+        ("GET", "/v1/nothing-here", &admin, None, b"", 404),
+        ("GET", "/v1/health/", &admin, None, b"", 404),
+        ("POST", "/v1/certify", &ca.gw, None, b"\x00\x01garbage", 400),
         ("GET", "/v1/users/not-an-email", &ca.gw, None, b"", 400),
         (
             "DELETE",

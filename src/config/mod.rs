@@ -127,6 +127,7 @@ struct RawToken {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     sqlite: Option<PathBuf>,
+    busy_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -401,6 +402,9 @@ impl TokenConfig {
 pub struct StoreConfig {
     /// SQLite database file.
     pub sqlite: PathBuf,
+    /// Longest wait for a lock another writer holds before a write fails
+    /// (and a signature that needs its audit row is refused with 503).
+    pub busy_timeout: Duration,
 }
 
 /// HTTP server settings.
@@ -790,7 +794,13 @@ impl Config {
                 relogin: t.relogin.unwrap_or(true),
                 deadline,
             },
-            store: StoreConfig { sqlite },
+            store: StoreConfig {
+                sqlite,
+                busy_timeout: match raw.store.busy_timeout.as_deref() {
+                    Some(s) => parse_duration("[store] busy_timeout", s)?,
+                    None => Duration::from_secs(10),
+                },
+            },
             server: ServerConfig {
                 listen,
                 tls,

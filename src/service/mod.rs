@@ -95,7 +95,7 @@ pub fn open_token(cfg: &Config) -> Result<Token, ServiceError> {
 
 /// Opens the existing store.
 pub async fn open_store(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Store, ServiceError> {
-    Ok(Store::open(&cfg.store.sqlite, false, clock).await?)
+    Ok(Store::open_with(&cfg.store.sqlite, false, clock, cfg.store.busy_timeout).await?)
 }
 
 fn decode_id(hex_id: &str) -> Result<Vec<u8>, ServiceError> {

@@ -140,6 +140,17 @@ impl Store {
         create: bool,
         clock: Arc<dyn Clock>,
     ) -> Result<Store, StoreError> {
+        Self::open_with(path, create, clock, Duration::from_secs(10)).await
+    }
+
+    /// Like [`Store::open`], waiting at most `busy_timeout` for a lock held
+    /// by another writer before a write fails.
+    pub async fn open_with(
+        path: &Path,
+        create: bool,
+        clock: Arc<dyn Clock>,
+        busy_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         if create {
             create_private_file(path).map_err(|e| StoreError::Io {
                 context: format!("creating the store {}", path.display()),
@@ -153,7 +164,7 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: an audit row is on disk before the signature it records leaves.
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(busy_timeout)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
