@@ -92,6 +92,8 @@ pub trait Igniter: Send + Sync + 'static {
     /// with the passphrase held since ignition (`relogin`), and reloads the
     /// org key. Fails when no passphrase is held.
     fn recover(&self) -> Result<Option<Arc<SigningKey>>, IgniteError>;
+    /// Sessions open on the token (for `/v1/status` and soak tests).
+    fn token_sessions(&self) -> usize;
     /// Loads the keys of the live org certs again (a new org cert was made
     /// while ignited). Needs the token logged in.
     fn load_cas(&self) -> Result<crate::ca::CaSet, IgniteError>;

@@ -140,6 +140,8 @@ async fn status(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError
         "state": state,
         "version": env!("CARGO_PKG_VERSION"),
         "token": st.token,
+        "token_sessions": st.igniter.token_sessions(),
+        "token_down": st.is_token_down(),
         "org_key": org_json,
         "maintenance": st.maintenance.read().unwrap_or_else(|p| p.into_inner()).clone(),
         "backup": st.backup.read().unwrap_or_else(|p| p.into_inner()).clone(),

@@ -212,6 +212,10 @@ impl Igniter for TokenIgniter {
             .map_err(|e| IgniteError::Internal(e.to_string()))
     }
 
+    fn token_sessions(&self) -> usize {
+        self.token.open_sessions()
+    }
+
     fn recover(&self) -> Result<Option<Arc<SigningKey>>, IgniteError> {
         let Some(pass) = self.held().clone() else {
             return Err(IgniteError::Unavailable(

@@ -363,6 +363,11 @@ impl Token {
         self.options
     }
 
+    /// Sessions this process has open on the token (pool plus login).
+    pub fn open_sessions(&self) -> usize {
+        lock(&self.pool.state).open + usize::from(self.is_logged_in())
+    }
+
     pub(crate) fn slot(&self) -> Slot {
         *lock(&self.slot)
     }
