@@ -20,6 +20,8 @@ pub mod ca;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod maintenance;
 pub mod openpgp;
 pub mod service;

@@ -30,13 +30,13 @@ pub(super) struct LookupQuery {
     exact: Option<String>,
 }
 
-enum Search {
+pub(super) enum Search {
     Email(String),
     Fingerprint(String),
     KeyId(String),
 }
 
-fn parse_search(s: &str) -> Result<Search, ApiError> {
+pub(super) fn parse_search(s: &str) -> Result<Search, ApiError> {
     let s = s.trim().trim_start_matches('=');
     let hex = s
         .strip_prefix("0x")

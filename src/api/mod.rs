@@ -332,6 +332,20 @@ pub async fn serve(
     res
 }
 
+/// Parsers of request input, for the fuzz targets (`orgkey::fuzzing`): an
+/// HKP search string and the JSON bodies of the ignition, revocation and
+/// OpenPGP-bridge routes. Returns whether the input was accepted.
+#[doc(hidden)]
+pub fn fuzz_request_input(data: &[u8]) -> bool {
+    let hkp = std::str::from_utf8(data)
+        .ok()
+        .is_some_and(|s| hkp::parse_search(s).is_ok());
+    let ignition = routes::parse_ignition_body(data).is_ok();
+    let revoke = x509::parse_revoke_body(data).is_ok();
+    let bridge = x509::parse_bridge_body(data).is_ok();
+    hkp || ignition || revoke || bridge
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -327,9 +327,13 @@ pub(super) async fn small_json_body(headers: &HeaderMap, body: Body) -> Result<B
     }
 }
 
+pub(super) fn parse_ignition_body(raw: &[u8]) -> Result<IgnitionRequest, serde_json::Error> {
+    serde_json::from_slice(raw)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IgnitionRequest {
+pub(super) struct IgnitionRequest {
     passphrase: SecretString,
 }
 
@@ -344,7 +348,7 @@ fn wipe(bytes: Bytes) {
 async fn ignite(State(st): AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
     let raw = small_json_body(&headers, body).await?;
-    let parsed: Result<IgnitionRequest, _> = serde_json::from_slice(&raw);
+    let parsed = parse_ignition_body(&raw);
     wipe(raw);
     let req = parsed
         .map_err(|_| ApiError::bad_request("expected a JSON object {\"passphrase\": \"...\"}"))?;

@@ -158,9 +158,13 @@ pub(super) async fn issue(
     issued_response(&rec, &ca, fresh)
 }
 
+pub(super) fn parse_bridge_body(raw: &[u8]) -> Result<FromOpenPgp, serde_json::Error> {
+    serde_json::from_slice(raw)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FromOpenPgp {
+pub(super) struct FromOpenPgp {
     email: String,
 }
 
@@ -176,7 +180,7 @@ pub(super) async fn issue_from_openpgp(
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let raw = super::routes::small_json_body(&headers, body).await?;
-    let req: FromOpenPgp = serde_json::from_slice(&raw)
+    let req = parse_bridge_body(&raw)
         .map_err(|_| ApiError::bad_request("expected a JSON object {\"email\": \"...\"}"))?;
     let email = normalize_email(&req.email)
         .ok_or_else(|| ApiError::bad_request(format!("{:?} is not an email address", req.email)))?;
@@ -238,9 +242,13 @@ pub(super) async fn issue_from_openpgp(
     issued_response(&rec, &ca, fresh)
 }
 
+pub(super) fn parse_revoke_body(raw: &[u8]) -> Result<RevokeRequest, serde_json::Error> {
+    serde_json::from_slice(raw)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RevokeRequest {
+pub(super) struct RevokeRequest {
     serial: String,
     reason: Option<String>,
 }
@@ -253,7 +261,7 @@ pub(super) async fn revoke(
 ) -> Result<Response, ApiError> {
     let client = authenticate(&st, &headers, Some(Scope::Revoke)).await?;
     let raw = super::routes::small_json_body(&headers, body).await?;
-    let req: RevokeRequest = serde_json::from_slice(&raw).map_err(|_| {
+    let req = parse_revoke_body(&raw).map_err(|_| {
         ApiError::bad_request("expected a JSON object {\"serial\": \"<hex>\", \"reason\": \"...\"}")
     })?;
     let reason = match req.reason.as_deref() {
