@@ -187,8 +187,7 @@ pub async fn export_keys(
             vendor()
         )));
     }
-    let (sign_kind, _, enc_usage) = kinds(alg);
-    let _ = sign_kind;
+    let (_, _, enc_usage) = kinds(alg);
     let mut plan: Vec<(String, String, KeyUsage, String, i64)> = vec![
         (
             "certify".into(),
