@@ -230,6 +230,7 @@ pub async fn issue(
         CaError::Encoding("could not find a free serial number in three attempts".into())
     })?;
     let serial = draft.serial().to_string();
+    crate::failpoint("issue-after-reserve");
     let ca2 = Arc::clone(ca);
     // `sign` verifies the token's signature against the key, which
     // ignition checked is the org cert's key.
@@ -243,6 +244,7 @@ pub async fn issue(
             return Err(e.into());
         }
     };
+    crate::failpoint("issue-after-sign");
     let pem = cert.pem()?;
     let event = AuditEvent::new(req.actor, "x509-issue", "ok")
         .key(ca.record.fingerprint.clone())

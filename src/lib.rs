@@ -29,3 +29,18 @@ pub mod signer;
 pub mod store;
 pub mod token;
 pub mod x509;
+
+/// Crash hook for the crash-safety tests: in debug builds, when the
+/// environment variable `ORGKEY_CRASH_AT` names `point`, the process aborts
+/// on the spot (no unwinding, no cleanup: like kill -9). Release builds
+/// compile it to nothing.
+#[inline]
+pub fn failpoint(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("ORGKEY_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("failpoint {point}: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
+}

@@ -145,6 +145,7 @@ pub(super) async fn certify(
         if outcome.certified.is_empty() {
             return Err(no_managed_user_id(&outcome));
         }
+        crate::failpoint("certify-after-sign");
         match save(
             &st,
             &client,

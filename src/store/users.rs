@@ -293,6 +293,7 @@ impl Store {
         }
         self.append_audit_in(&mut tx, std::slice::from_ref(audit))
             .await?;
+        crate::failpoint("certify-before-commit");
         tx.commit()
             .await
             .map_err(StoreError::db("committing a user key"))

@@ -397,6 +397,7 @@ impl Store {
         }
         self.append_audit_in(&mut tx, std::slice::from_ref(audit))
             .await?;
+        crate::failpoint("issue-before-commit");
         tx.commit()
             .await
             .map_err(StoreError::db("committing an issued certificate"))

@@ -142,6 +142,11 @@ impl Appliance {
 
     /// Starts `orgkey serve` on a free loopback port.
     pub fn serve(&self, extra: &[&str]) -> Server {
+        self.serve_env(extra, &[])
+    }
+
+    /// Like `serve`, with extra environment variables.
+    pub fn serve_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Server {
         // The log goes to a file: a pipe nobody reads would block the
         // server once it fills (a token outage logs a line per request).
         let log = std::fs::OpenOptions::new()
@@ -154,6 +159,7 @@ impl Appliance {
             .args(extra)
             .env("ORGKEY_CONFIG", &self.config)
             .env("ORGKEY_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
