@@ -400,9 +400,12 @@ async fn audited_ignition(
         .retry_after(secs));
     }
     let igniter = Arc::clone(&st.igniter);
-    let result = tokio::task::spawn_blocking(move || igniter.ignite(&passphrase))
-        .await
-        .map_err(internal("ignition task failed"))?;
+    let result = within_deadline(
+        st,
+        "ignition",
+        tokio::task::spawn_blocking(move || igniter.ignite(&passphrase)),
+    )
+    .await?;
     match result {
         Ok(key) => {
             let fpr = key.as_ref().map(|k| k.org.fingerprint());
@@ -482,9 +485,14 @@ async fn seal(State(st): AppState, headers: HeaderMap) -> Result<Response, ApiEr
     let _guard = st.backoff.lock().await;
     st.set_seal_state(SealState::Sealed);
     let ig = Arc::clone(&st.igniter);
-    let res = tokio::task::spawn_blocking(move || ig.seal())
-        .await
-        .map_err(internal("seal task failed"))?;
+    // Sealed in memory already; a hung token only delays the logout.
+    let res = within_deadline(
+        &st,
+        "sealing",
+        tokio::task::spawn_blocking(move || ig.seal()),
+    )
+    .await
+    .unwrap_or_else(|_| Err(IgniteError::Unavailable("the token did not answer".into())));
     if let Err(e) = &res {
         tracing::error!(error = %e, "logout failed (the appliance refuses to sign either way)");
     }

@@ -74,13 +74,16 @@ async fn active_ca(st: &ApiState, key: &Arc<SigningKey>) -> Result<Arc<LoadedCa>
         return Ok(Arc::clone(ca));
     }
     let ig = Arc::clone(&st.igniter);
-    let cas = tokio::task::spawn_blocking(move || ig.load_cas())
-        .await
-        .map_err(internal("loading org cert keys failed"))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "loading the org cert keys failed");
-            ApiError::token_unavailable()
-        })?;
+    let cas = super::routes::within_deadline(
+        st,
+        "loading org cert keys",
+        tokio::task::spawn_blocking(move || ig.load_cas()),
+    )
+    .await?
+    .map_err(|e| {
+        tracing::error!(error = %e, "loading the org cert keys failed");
+        ApiError::token_unavailable()
+    })?;
     let active = cas.active().cloned().ok_or_else(no_org_cert)?;
     st.update_cas(cas);
     Ok(active)
@@ -272,7 +275,7 @@ pub(super) async fn revoke(
     // Make sure the keys of a newly made org cert are loaded.
     let _ = active_ca(&st, &key).await;
     let key = signing_key(&st)?;
-    let outcome = ca::revoke(
+    let revoking = ca::revoke(
         &st.store,
         &key.cas,
         &st.x509,
@@ -280,9 +283,13 @@ pub(super) async fn revoke(
         reason,
         &client.name,
         st.now(),
-    )
-    .await
-    .map_err(|e| ca_error(&st, e, &client.name))?;
+    );
+    // The revocation is recorded before the CRL is signed: after a timeout a
+    // retry answers already_revoked and makes the CRL again.
+    let outcome = tokio::time::timeout(st.deadline, revoking)
+        .await
+        .map_err(|_| ApiError::token_unavailable())?
+        .map_err(|e| ca_error(&st, e, &client.name))?;
     let already = matches!(outcome, RevokeOutcome::AlreadyRevoked(_));
     Ok(Json(serde_json::json!({
         "serial": req.serial.trim().trim_start_matches("0x").to_ascii_lowercase(),
@@ -390,11 +397,19 @@ async fn serve_crl(st: &ApiState, id: Option<&str>, q: FormatQuery) -> Result<Re
         _ => None,
     };
     let crl = match loaded {
-        Some(ca) => Some(
-            ca::current_crl(&st.store, &ca, &st.x509, st.now(), st.x509.crl_validity / 2)
-                .await
-                .map_err(|e| ca_error(st, e, "crl"))?,
-        ),
+        Some(ca) => {
+            let fresh =
+                ca::current_crl(&st.store, &ca, &st.x509, st.now(), st.x509.crl_validity / 2);
+            match tokio::time::timeout(st.deadline, fresh).await {
+                Ok(r) => Some(r.map_err(|e| ca_error(st, e, "crl"))?),
+                // A hung token: the last CRL made is still the best answer.
+                Err(_) => st
+                    .store
+                    .latest_crl(&wanted.fingerprint)
+                    .await
+                    .map_err(internal("reading the CRL failed"))?,
+            }
+        }
         None => st
             .store
             .latest_crl(&wanted.fingerprint)
