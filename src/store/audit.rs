@@ -123,11 +123,7 @@ impl Store {
     /// Appends events in one transaction, chained after the current last
     /// row; returns their sequence numbers.
     pub async fn append_audit(&self, events: &[AuditEvent]) -> Result<Vec<i64>, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::db("starting an audit transaction"))?;
+        let mut tx = self.begin_write().await?;
         let seqs = self.append_audit_in(&mut tx, events).await?;
         tx.commit()
             .await

@@ -181,6 +181,29 @@ impl Store {
         &self.pool
     }
 
+    /// A write transaction that takes the write lock at once (BEGIN
+    /// IMMEDIATE), so the audit chain head cannot move underneath it.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::db("starting a transaction"))
+    }
+
+    /// Appends `audit` to the chain inside `tx` and commits both.
+    pub(crate) async fn commit_audited(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        audit: &AuditEvent,
+        context: &'static str,
+    ) -> Result<(), StoreError> {
+        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
+            .await?;
+        tx.commit().await.map_err(StoreError::db(context))
+    }
+
     /// The clock rows are stamped with.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
@@ -253,11 +276,7 @@ impl Store {
         replace: bool,
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self.begin_write().await?;
         let now = crate::clock::unix_secs(self.clock.now()) as i64;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT fingerprint FROM org_keys WHERE state = 'active'")
@@ -297,11 +316,8 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::db("recording the org key"))?;
-        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
-            .await?;
-        tx.commit()
+        self.commit_audited(tx, audit, "committing the org key")
             .await
-            .map_err(StoreError::db("committing the org key"))
     }
 
     /// CKA_IDs (hex) of every org key ever generated, with their role names,

@@ -235,11 +235,7 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         let now = self.now_i64();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self.begin_write().await?;
         let res = match s.expected_version {
             None => sqlx::query(
                 "INSERT INTO user_keys (fingerprint, keyid, cert, certified_by, cert_expires, version, created_at, updated_at) \
@@ -308,11 +304,7 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<u64, StoreError> {
         let now = self.now_i64();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self.begin_write().await?;
         let mut added = 0;
         for s in keys {
             added += sqlx::query(
@@ -343,11 +335,8 @@ impl Store {
                 .map_err(StoreError::db("importing a user email"))?;
             }
         }
-        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
+        self.commit_audited(tx, audit, "committing imported user keys")
             .await?;
-        tx.commit()
-            .await
-            .map_err(StoreError::db("committing imported user keys"))?;
         Ok(added)
     }
 
@@ -360,11 +349,7 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
         let now = self.now_i64();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "UPDATE users SET state = $1, removed_at = $2, \
              last_activity = CASE WHEN $1 = 'active' THEN $3 ELSE last_activity END \
@@ -383,11 +368,8 @@ impl Store {
         if res.rows_affected() == 0 {
             return Ok(false);
         }
-        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
+        self.commit_audited(tx, audit, "committing a user's state")
             .await?;
-        tx.commit()
-            .await
-            .map_err(StoreError::db("committing a user's state"))?;
         Ok(true)
     }
 
@@ -487,11 +469,7 @@ impl Store {
     /// certification). Returns how many were written.
     pub async fn save_renewed_keys(&self, keys: &[SaveUserKey]) -> Result<usize, StoreError> {
         let now = self.now_i64();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self.begin_write().await?;
         let mut written = 0;
         for s in keys {
             let res = sqlx::query(
@@ -533,11 +511,7 @@ impl Store {
         cert: &str,
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "UPDATE org_keys SET cert = $1 WHERE fingerprint = $2 AND state = 'active'",
         )
@@ -551,11 +525,8 @@ impl Store {
                 "org key {fingerprint} is no longer the active org key"
             )));
         }
-        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
-            .await?;
-        tx.commit()
+        self.commit_audited(tx, audit, "committing the org key certificate")
             .await
-            .map_err(StoreError::db("committing the org key certificate"))
     }
 }
 

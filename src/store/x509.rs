@@ -221,11 +221,7 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         let now = self.now_secs_i64();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self.begin_write().await?;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT fingerprint FROM org_certs WHERE state = 'active'")
                 .fetch_optional(&mut *tx)
@@ -280,11 +276,8 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::db("consuming the org cert request"))?;
-        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
-            .await?;
-        tx.commit()
+        self.commit_audited(tx, audit, "committing the org cert")
             .await
-            .map_err(StoreError::db("committing the org cert"))
     }
 
     /// Records a CSR waiting for an external CA.
@@ -293,11 +286,7 @@ impl Store {
         rec: &OrgCertRequestRecord,
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO org_cert_requests (key_id, org_key, subject, csr, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -309,11 +298,8 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::db("recording the org cert request"))?;
-        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
-            .await?;
-        tx.commit()
+        self.commit_audited(tx, audit, "committing the org cert request")
             .await
-            .map_err(StoreError::db("committing the org cert request"))
     }
 
     /// Pending CSRs, newest first.
@@ -376,11 +362,7 @@ impl Store {
         pem: &str,
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "UPDATE user_certs SET state = 'issued', cert = $1, issued_at = $2 WHERE serial = $3 AND state = 'pending'",
         )
@@ -498,11 +480,7 @@ impl Store {
         reason: &str,
         audit: &AuditEvent,
     ) -> Result<RevokeOutcome, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query("SELECT state, org_cert FROM user_certs WHERE serial = $1")
             .bind(serial)
             .fetch_optional(&mut *tx)
@@ -527,11 +505,8 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::db("revoking a certificate"))?;
-        self.append_audit_in(&mut tx, std::slice::from_ref(audit))
+        self.commit_audited(tx, audit, "committing a revocation")
             .await?;
-        tx.commit()
-            .await
-            .map_err(StoreError::db("committing a revocation"))?;
         Ok(RevokeOutcome::Revoked(org_cert))
     }
 

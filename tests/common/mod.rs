@@ -210,9 +210,9 @@ impl Server {
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        // Graceful shutdown may wait up to 5 s for token calls stuck on a
-        // lost HSM link (tests/hsm_failure.rs).
-        for _ in 0..300 {
+        // Graceful shutdown may wait up to 10 s for open connections and 5 s
+        // for token calls stuck on a lost HSM link (tests/hsm_failure.rs).
+        for _ in 0..800 {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
