@@ -271,7 +271,10 @@ async fn no_signature_leaves_when_its_audit_row_cannot_be_written() {
     assert_eq!(sign(&s, &gw, "", b"before").await.status(), 200);
 
     // Another process holds the store's write lock: the audit row cannot be written.
+    // -bail and .timeout: the lock must really be taken (the server may be
+    // writing at that moment, e.g. the audit row of its start-up backup).
     let mut locker = std::process::Command::new("sqlite3")
+        .arg("-bail")
         .arg(a.db())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -279,7 +282,7 @@ async fn no_signature_leaves_when_its_audit_row_cannot_be_written() {
         .unwrap();
     let mut stdin = locker.stdin.take().unwrap();
     stdin
-        .write_all(b"BEGIN EXCLUSIVE;\nSELECT 'locked';\n")
+        .write_all(b".timeout 5000\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")
         .unwrap();
     stdin.flush().unwrap();
     let mut line = String::new();
