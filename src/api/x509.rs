@@ -95,6 +95,34 @@ pub(super) struct RenewQuery {
     renew: Option<bool>,
 }
 
+/// Issues (or reuses) under `ca` and answers with the chain.
+async fn issue_and_respond(
+    st: &ApiState,
+    ca: &Arc<LoadedCa>,
+    request: &crate::x509::UserCertRequest,
+    source: Source,
+    client: &str,
+    renew: bool,
+) -> Result<Response, ApiError> {
+    let (rec, fresh) = ca::issue(
+        &st.store,
+        ca,
+        &st.x509,
+        &st.users.domains,
+        Issue {
+            request,
+            source,
+            actor: client,
+            renew,
+            now: st.now(),
+            deadline: st.deadline,
+        },
+    )
+    .await
+    .map_err(|e| ca_error(st, e, client))?;
+    issued_response(&rec, ca, fresh)
+}
+
 fn issued_response(rec: &UserCertRecord, ca: &LoadedCa, fresh: bool) -> Result<Response, ApiError> {
     let leaf = rec
         .cert
@@ -142,23 +170,15 @@ pub(super) async fn issue(
     let key = signing_key(&st)?;
     let req = parse_user_csr(&bytes).map_err(|e| ca_error(&st, e.into(), &client.name))?;
     let ca = active_ca(&st, &key).await?;
-    let (rec, fresh) = ca::issue(
-        &st.store,
+    issue_and_respond(
+        &st,
         &ca,
-        &st.x509,
-        &st.users.domains,
-        Issue {
-            request: &req,
-            source: Source::Csr,
-            actor: &client.name,
-            renew: q.renew.unwrap_or(false),
-            now: st.now(),
-            deadline: st.deadline,
-        },
+        &req,
+        Source::Csr,
+        &client.name,
+        q.renew.unwrap_or(false),
     )
     .await
-    .map_err(|e| ca_error(&st, e, &client.name))?;
-    issued_response(&rec, &ca, fresh)
 }
 
 pub(super) fn parse_bridge_body(raw: &[u8]) -> Result<FromOpenPgp, serde_json::Error> {
@@ -226,23 +246,15 @@ pub(super) async fn issue_from_openpgp(
     let request = user_request_for_key(&pk, &email, name)
         .map_err(|e| ca_error(&st, e.into(), &client.name))?;
     let ca = active_ca(&st, &key).await?;
-    let (rec, fresh) = ca::issue(
-        &st.store,
+    issue_and_respond(
+        &st,
         &ca,
-        &st.x509,
-        &st.users.domains,
-        Issue {
-            request: &request,
-            source: Source::OpenPgp,
-            actor: &client.name,
-            renew: q.renew.unwrap_or(false),
-            now: st.now(),
-            deadline: st.deadline,
-        },
+        &request,
+        Source::OpenPgp,
+        &client.name,
+        q.renew.unwrap_or(false),
     )
     .await
-    .map_err(|e| ca_error(&st, e, &client.name))?;
-    issued_response(&rec, &ca, fresh)
 }
 
 pub(super) fn parse_revoke_body(raw: &[u8]) -> Result<RevokeRequest, serde_json::Error> {

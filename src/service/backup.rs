@@ -738,6 +738,31 @@ pub async fn restore_state(
     Ok(size)
 }
 
+/// Runs a PIN operation on the token and audits it as `operation`, whether
+/// it worked or not.
+async fn audited_pin_change(
+    cfg: &Config,
+    operation: &str,
+    actor: &str,
+    clock: Arc<dyn Clock>,
+    op: impl FnOnce(&crate::token::Token) -> Result<(), crate::token::TokenError> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let store = open_store(cfg, clock).await?;
+    let cfg2 = cfg.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<(), ServiceError> {
+        Ok(op(&open_token(&cfg2)?)?)
+    })
+    .await
+    .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))?;
+    let mut ev = AuditEvent::new(actor, operation, if res.is_ok() { "ok" } else { "failed" });
+    if let Err(e) = &res {
+        ev = ev.detail(e.to_string());
+    }
+    store.append_audit(&[ev]).await?;
+    store.close().await;
+    res
+}
+
 /// `orgkey ignition change`.
 pub async fn change_ignition(
     cfg: &Config,
@@ -746,21 +771,10 @@ pub async fn change_ignition(
     actor: &str,
     clock: Arc<dyn Clock>,
 ) -> Result<(), ServiceError> {
-    let store = open_store(cfg, clock).await?;
-    let cfg2 = cfg.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<(), ServiceError> {
-        Ok(open_token(&cfg2)?.change_user_pin(&old, &new)?)
+    audited_pin_change(cfg, "ignition-change", actor, clock, move |t| {
+        t.change_user_pin(&old, &new)
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))?;
-    let outcome = if res.is_ok() { "ok" } else { "failed" };
-    let mut ev = AuditEvent::new(actor, "ignition-change", outcome);
-    if let Err(e) = &res {
-        ev = ev.detail(e.to_string());
-    }
-    store.append_audit(&[ev]).await?;
-    store.close().await;
-    res
 }
 
 /// `orgkey ignition reset` (security officer).
@@ -771,21 +785,10 @@ pub async fn reset_ignition(
     actor: &str,
     clock: Arc<dyn Clock>,
 ) -> Result<(), ServiceError> {
-    let store = open_store(cfg, clock).await?;
-    let cfg2 = cfg.clone();
-    let res = tokio::task::spawn_blocking(move || -> Result<(), ServiceError> {
-        Ok(open_token(&cfg2)?.reset_user_pin(&so_pin, &new)?)
+    audited_pin_change(cfg, "ignition-reset", actor, clock, move |t| {
+        t.reset_user_pin(&so_pin, &new)
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))?;
-    let outcome = if res.is_ok() { "ok" } else { "failed" };
-    let mut ev = AuditEvent::new(actor, "ignition-reset", outcome);
-    if let Err(e) = &res {
-        ev = ev.detail(e.to_string());
-    }
-    store.append_audit(&[ev]).await?;
-    store.close().await;
-    res
 }
 
 /// Scheduled state backups inside `orgkey serve`: one at start, then every
