@@ -4,7 +4,11 @@
 //! /v1/x509/issue?renew=true (a CSR file). Prints per-kind 2xx counts, the
 //! error count and latency percentiles.
 //!
-//! usage: mixedload URL TOKEN CLIENTS REQUESTS CSR_FILE
+//! With USER_POOL_DIR the user keys are kept there and submitted again by
+//! later runs, as a gateway does for an organization of a fixed size (the soak
+//! uses this so the store does not grow without bound).
+//!
+//! usage: mixedload URL TOKEN CLIENTS REQUESTS CSR_FILE [USER_POOL_DIR]
 
 use sequoia_openpgp::cert::CertBuilder;
 use sequoia_openpgp::serialize::SerializeInto;
@@ -14,8 +18,8 @@ use std::time::{Duration, Instant};
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 6 {
-        eprintln!("usage: mixedload URL TOKEN CLIENTS REQUESTS CSR_FILE");
+    if !(6..=7).contains(&args.len()) {
+        eprintln!("usage: mixedload URL TOKEN CLIENTS REQUESTS CSR_FILE [USER_POOL_DIR]");
         std::process::exit(2);
     }
     let base = args[1].clone();
@@ -23,6 +27,7 @@ async fn main() {
     let clients: usize = args[3].parse().expect("CLIENTS");
     let requests: usize = args[4].parse().expect("REQUESTS");
     let csr = Arc::new(std::fs::read(&args[5]).expect("CSR file"));
+    let pool = args.get(6).map(std::path::PathBuf::from);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
@@ -31,8 +36,13 @@ async fn main() {
         .unwrap();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (http, base, token, csr) =
-            (http.clone(), base.clone(), token.clone(), Arc::clone(&csr));
+        let (http, base, token, csr, pool) = (
+            http.clone(),
+            base.clone(),
+            token.clone(),
+            Arc::clone(&csr),
+            pool.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut ok = [0u64; 3];
@@ -45,14 +55,23 @@ async fn main() {
                         .body(format!("message {c}/{i}")),
                     1 => {
                         let uid = format!("Load User <load-{c}-{i}@example.com>");
+                        let kept = pool.as_ref().map(|d| d.join(format!("{c}-{i}.asc")));
                         let body = tokio::task::spawn_blocking(move || {
+                            if let Some(Ok(body)) = kept.as_ref().map(std::fs::read) {
+                                return body;
+                            }
                             let (cert, _) = CertBuilder::general_purpose(Some(uid.as_str()))
                                 .generate()
                                 .expect("key generation");
-                            cert.strip_secret_key_material()
+                            let body = cert
+                                .strip_secret_key_material()
                                 .armored()
                                 .to_vec()
-                                .expect("armor")
+                                .expect("armor");
+                            if let Some(path) = kept {
+                                std::fs::write(path, &body).expect("writing the user pool");
+                            }
+                            body
                         })
                         .await
                         .unwrap();

@@ -334,3 +334,45 @@ async fn bad_certify_requests_get_clear_errors_and_change_nothing() {
     let listed = a.ok(&["users", "list"], false);
     assert_eq!(listed.trim(), "", "no user may be stored: {listed}");
 }
+
+/// sequoia keeps every signature it verifies in a process-global cache that
+/// never evicts. The appliance checks its own fresh signatures outside it, so
+/// signing and re-certifying a known key must not grow it; only a new user
+/// key's self-signatures may (decision 0013).
+#[tokio::test]
+async fn requests_do_not_grow_the_openpgp_verification_cache() {
+    let (a, s, _admin, gw) = ignited().await;
+    let signer = a.client("signer", "sign");
+    let alice = Gpg::new();
+    let fpr = alice.gen_key("Alice <alice@example.com>", "ed25519", "1y", &[]);
+    let key = alice.export(&fpr);
+    let cache = |v: &serde_json::Value| v["openpgp_verification_cache"].as_u64().unwrap();
+
+    assert_eq!(
+        post(&s, "/v1/certify", &gw, key.clone()).await.status(),
+        200
+    );
+    let before = cache(&get_json(&s, "/v1/status").await);
+    for i in 0..20 {
+        let r = post(&s, "/v1/sign", &signer, format!("message {i}").into()).await;
+        assert_eq!(r.status(), 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            post(&s, "/v1/certify", &gw, key.clone()).await.status(),
+            200
+        );
+    }
+    assert_eq!(cache(&get_json(&s, "/v1/status").await), before);
+
+    // A key it has not seen before is verified (and cached) once.
+    let bob = Gpg::new();
+    let bob_fpr = bob.gen_key("Bob <bob@example.com>", "ed25519", "1y", &[]);
+    assert_eq!(
+        post(&s, "/v1/certify", &gw, bob.export(&bob_fpr))
+            .await
+            .status(),
+        200
+    );
+    assert!(cache(&get_json(&s, "/v1/status").await) > before);
+}

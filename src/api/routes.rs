@@ -142,6 +142,7 @@ async fn status(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError
         "token": st.token,
         "token_sessions": st.igniter.token_sessions(),
         "token_down": st.is_token_down(),
+        "openpgp_verification_cache": crate::openpgp::verification_cache_entries(),
         "org_key": org_json,
         "maintenance": st.maintenance.read().unwrap_or_else(|p| p.into_inner()).clone(),
         "backup": st.backup.read().unwrap_or_else(|p| p.into_inner()).clone(),

@@ -77,3 +77,70 @@ impl<T> PgpResultExt<T> for sequoia_openpgp::Result<T> {
         self.map_err(|e| PgpError::wrap(context, e))
     }
 }
+
+/// Entries in sequoia's process-global signature verification cache.
+///
+/// sequoia remembers every signature it has verified (about 100 bytes each)
+/// and never evicts. orgkey keeps its own new signatures out of it
+/// ([`check_token_signature`]), so what remains is the self-signatures of
+/// distinct user keys and of the org key: it grows with the set of keys seen,
+/// not with requests. `/v1/status` shows it so that can be watched.
+pub fn verification_cache_entries() -> usize {
+    sequoia_openpgp::packet::signature::cache::SignatureVerificationCache::insertions()
+}
+
+/// What a freshly made signature is checked against: the hash context the
+/// signed data went into (data signatures), or the user ID it binds to the
+/// user's primary key (certifications).
+enum Signed<'a> {
+    Data(sequoia_openpgp::crypto::hash::Context),
+    UserId(
+        &'a sequoia_openpgp::packet::Key<
+            sequoia_openpgp::packet::key::PublicParts,
+            sequoia_openpgp::packet::key::PrimaryRole,
+        >,
+        &'a sequoia_openpgp::packet::UserID,
+    ),
+}
+
+/// Checks a signature the token has just made against `key`, so that a faulty
+/// token never yields a returned bad signature.
+///
+/// This recomputes the digest and calls the public-key check directly instead
+/// of `Signature::verify_*`: those remember every good signature in sequoia's
+/// process-global verification cache, which never evicts. A signature orgkey
+/// has just made is never looked up again, so caching it would make memory
+/// grow with every request (decision 0013).
+fn check_token_signature<P, R>(
+    sig: &sequoia_openpgp::packet::Signature,
+    key: &sequoia_openpgp::packet::Key<P, R>,
+    signed: Signed<'_>,
+) -> Result<(), PgpError>
+where
+    P: sequoia_openpgp::packet::key::KeyParts,
+    R: sequoia_openpgp::packet::key::KeyRole,
+{
+    use sequoia_openpgp::crypto::hash::Hash as _;
+    let digest = match signed {
+        Signed::Data(mut ctx) => {
+            sig.hash(&mut ctx).pgp("hashing the new signature")?;
+            ctx.into_digest().pgp("hashing the new signature")?
+        }
+        Signed::UserId(primary, userid) => {
+            let mut ctx = sig
+                .hash_algo()
+                .context()
+                .pgp("hashing the new certification")?
+                .for_signature(sig.version());
+            sig.hash_userid_binding(&mut ctx, primary, userid)
+                .pgp("hashing the new certification")?;
+            ctx.into_digest().pgp("hashing the new certification")?
+        }
+    };
+    key.verify(sig.mpis(), sig.hash_algo(), &digest)
+        .map_err(|e| {
+            PgpError::Signer(SignerError::Failed(
+                format!("the token returned a signature that does not verify: {e:#}").into(),
+            ))
+        })
+}

@@ -2,7 +2,7 @@
 //! streams in (the body is never buffered whole).
 
 use super::token_signer::SeamSigner;
-use super::{OrgKey, PgpError, PgpResultExt};
+use super::{OrgKey, PgpError, PgpResultExt, Signed, check_token_signature};
 use crate::signer::Signer;
 use pgp::crypto::hash::Context;
 use pgp::packet::signature::SignatureBuilder;
@@ -133,12 +133,7 @@ impl PendingSignature {
             .pgp("preparing the signature")?
             .sign_hash(&mut seam, self.hash)
             .pgp("signing the data")?;
-        // A faulty token must never yield a returned bad signature.
-        sig.verify_hash(org.signing_key(), check).map_err(|e| {
-            PgpError::Signer(crate::signer::SignerError::Failed(
-                format!("the token returned a signature that does not verify: {e:#}").into(),
-            ))
-        })?;
+        check_token_signature(&sig, org.signing_key(), Signed::Data(check))?;
         let packet = pgp::Packet::from(sig);
         let bytes = if armor {
             let mut w = pgp::armor::Writer::new(Vec::new(), pgp::armor::Kind::Signature)

@@ -5,7 +5,7 @@
 //! never pile up.
 
 use super::token_signer::SeamSigner;
-use super::{OrgKey, PgpError, PgpResultExt};
+use super::{OrgKey, PgpError, PgpResultExt, Signed, check_token_signature};
 use crate::signer::Signer;
 use pgp::cert::prelude::*;
 use pgp::packet::signature::SignatureBuilder;
@@ -403,14 +403,11 @@ pub fn certify(
             .pgp("preparing a certification")?
             .sign_userid_binding(&mut signer, Some(&user_primary), ua.userid())
             .pgp("certifying a user ID")?;
-        // A faulty token must never yield a returned bad certification.
-        sig.verify_userid_binding(&org.primary_key(), &user_primary, ua.userid())
-            .map_err(|e| {
-                PgpError::Signer(crate::signer::SignerError::Failed(
-                    format!("the token returned a certification that does not verify: {e:#}")
-                        .into(),
-                ))
-            })?;
+        check_token_signature(
+            &sig,
+            &org.primary_key(),
+            Signed::UserId(&user_primary, ua.userid()),
+        )?;
         new_packets.push(ua.userid().clone().into());
         new_packets.push(sig.into());
         certified.push(Certification {
