@@ -24,7 +24,7 @@ umask 077
 echo "bench-ignition-passphrase" > "$work/pin"
 echo "bench-security-officer" > "$work/so"
 export ORGKEY_CONFIG="$work/data/orgkey.toml" ORGKEY_LOG=warn
-"$bin" init --data-dir "$work/data" --create-softhsm-token \
+"$bin" init --data-dir "$work/data" --create-token \
   --ignition-passphrase-file "$work/pin" --so-pin-file "$work/so" >/dev/null
 "$bin" org-key generate --uid "Bench <bench@example.com>" --passphrase-file "$work/pin" >/dev/null
 

@@ -31,7 +31,7 @@ echo "bench-security-officer" > "$work/so"
 # appliance NAME: a fresh appliance with an org key in $work/NAME
 appliance() {
   local dir="$work/$1"
-  ORGKEY_LOG=warn "$bin" init --data-dir "$dir" --domain example.com --create-softhsm-token \
+  ORGKEY_LOG=warn "$bin" init --data-dir "$dir" --domain example.com --create-token \
     --ignition-passphrase-file "$work/pin" --so-pin-file "$work/so" >/dev/null
   ORGKEY_CONFIG="$dir/orgkey.toml" ORGKEY_LOG=warn "$bin" org-key generate --algorithm "$alg" \
     --uid "Bench <bench@example.com>" --passphrase-file "$work/pin" >/dev/null

@@ -8,6 +8,7 @@
 #
 #   scripts/bench.sh            # p256
 #   ALG=ed25519 BENCH_SECONDS=10 scripts/bench.sh
+#   PROFILE=kryoptic scripts/bench.sh   # against Kryoptic (built by scripts/kryoptic.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/deps.sh
@@ -15,6 +16,10 @@ source scripts/lib/deps.sh
 orgkey_install_deps
 
 alg="${ALG:-p256}"
+token_args=(--profile "${PROFILE:-softhsm2}")
+if [ "${PROFILE:-softhsm2}" = kryoptic ]; then
+  token_args+=(--module "$(bash scripts/kryoptic.sh | tail -1)")
+fi
 secs="${BENCH_SECONDS:-5}"
 clients="${CLIENTS:-16}"
 cargo build --locked --release --bin orgkey --example loadgen >/dev/null
@@ -29,7 +34,7 @@ umask 077
 echo "bench-ignition-passphrase" > "$work/pin"
 echo "bench-security-officer" > "$work/so"
 export ORGKEY_CONFIG="$work/data/orgkey.toml" ORGKEY_LOG=warn
-"$bin" init --data-dir "$work/data" --domain example.com --create-softhsm-token \
+"$bin" init --data-dir "$work/data" --domain example.com --create-token "${token_args[@]}" \
   --ignition-passphrase-file "$work/pin" --so-pin-file "$work/so" >/dev/null
 "$bin" org-key generate --algorithm "$alg" --uid "Bench <bench@example.com>" --passphrase-file "$work/pin" >/dev/null
 "$bin" client add bench --scopes sign,issue --token-out "$work/token" 2>/dev/null
@@ -49,6 +54,7 @@ out=$("$loadgen" "$url/v1/sign" "$(cat "$work/token")" "$clients" "$secs" 1024)
 api=$(echo "$out" | awk '/^requests_per_sec/ {print $2}')
 iout=$("$loadgen" "$url/v1/x509/issue?renew=true" "$(cat "$work/token")" "$clients" "$secs" "@$work/user.csr")
 issued=$(echo "$iout" | awk '/^requests_per_sec/ {print $2}')
+echo "token                ${PROFILE:-softhsm2}"
 echo "algorithm            $alg"
 echo "raw token sign/s     $raw   (one session, in-process)"
 echo "API /v1/sign/s       $api   ($clients clients, 1 KiB bodies, keep-alive, audit row per signature)"

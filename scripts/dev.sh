@@ -20,7 +20,7 @@ if [ ! -f "$ORGKEY_CONFIG" ]; then
   umask 077
   head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/secrets/ignition-passphrase"
   head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/secrets/so-pin"
-  "$bin" init --data-dir "$dir" --domain example.com --create-softhsm-token \
+  "$bin" init --data-dir "$dir" --domain example.com --create-token \
     --ignition-passphrase-file "$dir/secrets/ignition-passphrase" --so-pin-file "$dir/secrets/so-pin"
   "$bin" org-key generate --uid "Example Org Key <orgkey@example.com>" \
     --passphrase-file "$dir/secrets/ignition-passphrase"

@@ -7,8 +7,11 @@
 #   scripts/load.sh                      # 32 clients x 60 requests
 #   CLIENTS=8 REQUESTS=300 scripts/load.sh
 #   SOAK_SECONDS=600 scripts/load.sh     # soak: repeat rounds for 10 minutes and
-#                                        # report RSS, open fds and token sessions
-#                                        # at start and end (they must stay flat)
+#                                        # report RSS, open fds, token sessions and
+#                                        # the OpenPGP verification cache at start
+#                                        # and end (they must stay flat); the
+#                                        # certify requests resubmit a fixed pool
+#                                        # of user keys (CLIENTS x REQUESTS/3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/deps.sh
@@ -30,7 +33,7 @@ umask 077
 echo "load-ignition-passphrase" > "$work/pin"
 echo "load-security-officer" > "$work/so"
 export ORGKEY_CONFIG="$work/data/orgkey.toml" ORGKEY_LOG=warn
-"$bin" init --data-dir "$work/data" --domain example.com --create-softhsm-token \
+"$bin" init --data-dir "$work/data" --domain example.com --create-token \
   --ignition-passphrase-file "$work/pin" --so-pin-file "$work/so" >/dev/null
 "$bin" org-key generate --uid "Load <load@example.com>" --passphrase-file "$work/pin" >/dev/null
 "$bin" org-cert self-sign --subject "CN=Load Org CA" --passphrase-file "$work/pin" >/dev/null
@@ -45,18 +48,24 @@ url=$(sed -n 's/^orgkey listening on //p' "$work/serve.out")
 [ -n "$url" ] || { cat "$work/serve.err"; exit 1; }
 
 sample() {
-  local rss fds sessions
-  rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
+  local rss fds status sessions cache
+  # Anonymous memory is the heap; file-backed is the binary, libraries and the
+  # SQLite WAL index (-shm), which is mapped and grows with the WAL.
+  rss=$(awk '/^RssAnon/ {a=$2} /^RssFile/ {f=$2} /^RssShmem/ {s=$2} END {print a+f+s " (anon " a ", file " f+s ")"}' "/proc/$server/status")
   fds=$(ls "/proc/$server/fd" | wc -l)
-  sessions=$(curl -s "$url/v1/status" | sed -n 's/.*"token_sessions":\([0-9]*\).*/\1/p')
-  echo "rss_kib=$rss fds=$fds token_sessions=$sessions"
+  status=$(curl -s "$url/v1/status")
+  sessions=$(echo "$status" | sed -n 's/.*"token_sessions":\([0-9]*\).*/\1/p')
+  cache=$(echo "$status" | sed -n 's/.*"openpgp_verification_cache":\([0-9]*\).*/\1/p')
+  echo "rss_kib=$rss fds=$fds token_sessions=$sessions openpgp_verification_cache=$cache"
 }
 
+pool=""
+if [ "$soak" -gt 0 ]; then pool="$work/users"; mkdir -p "$pool"; fi
 total_sign=0 total_certify=0 total_issue=0 total_errors=0 rounds=0
 start=$(date +%s)
 echo "start: $(sample)"
 while :; do
-  out=$("$load" "$url" "$(cat "$work/token")" "$clients" "$requests" "$work/u.csr")
+  out=$("$load" "$url" "$(cat "$work/token")" "$clients" "$requests" "$work/u.csr" $pool)
   rounds=$((rounds + 1))
   total_sign=$((total_sign + $(echo "$out" | awk '/^sign_ok/ {print $2}')))
   total_certify=$((total_certify + $(echo "$out" | awk '/^certify_ok/ {print $2}')))
@@ -79,11 +88,14 @@ chain=$("$bin" audit verify)
 
 echo "rounds $rounds x $clients clients x $requests requests, $latency"
 echo "sign     2xx $total_sign = audit rows $audit_sign"
-echo "certify  2xx $total_certify = audit rows $audit_certify = user keys $keys"
+# Without a pool every certification is of a new key; with one, of the pool's keys.
+expect_keys=$total_certify
+[ -n "$pool" ] && expect_keys=$(find "$pool" -name '*.asc' | wc -l)
+echo "certify  2xx $total_certify = audit rows $audit_certify; user keys $keys = $expect_keys"
 echo "issue    2xx $total_issue = audit rows $audit_issue = issued certificates $certs"
 echo "errors   $total_errors; $chain"
 [ "$total_errors" -eq 0 ] && [ "$total_sign" -eq "$audit_sign" ] \
-  && [ "$total_certify" -eq "$audit_certify" ] && [ "$total_certify" -eq "$keys" ] \
+  && [ "$total_certify" -eq "$audit_certify" ] && [ "$keys" -eq "$expect_keys" ] \
   && [ "$total_issue" -eq "$audit_issue" ] && [ "$total_issue" -eq "$certs" ] \
   || { echo "MISMATCH"; exit 1; }
 echo "load test passed"

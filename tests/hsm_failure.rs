@@ -1,4 +1,5 @@
-//! A network HSM that dies under load: SoftHSM2 served by `p11-kit server`
+//! A network HSM that dies under load: the suite's software token (SoftHSM2,
+//! or Kryoptic under ORGKEY_TEST_PROFILE) served by `p11-kit server`
 //! in its own process group, the appliance on the p11-kit client module.
 //! kill -9 during a 32-client load: requests fail with 503 only (no 500, no
 //! hang), /v1/ready turns 503, and the appliance recovers on its own once the
@@ -24,8 +25,10 @@ impl HsmServer {
         let child = Command::new("p11-kit")
             .args(["server", "-f", "-n"])
             .arg(socket)
-            .args(["--provider", "/usr/lib/softhsm/libsofthsm2.so", "pkcs11:"])
-            .env("SOFTHSM2_CONF", a.softhsm_conf())
+            .arg("--provider")
+            .arg(a.module())
+            .arg("pkcs11:")
+            .env(a.module_env().0, a.module_env().1)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
@@ -76,15 +79,18 @@ impl Drop for HsmServer {
 fn behind_p11kit(extra: &str) -> (Appliance, std::path::PathBuf) {
     let a = Appliance::with_org_key("p256");
     let socket = a.dir.path().join("hsm.sock");
+    let (var, _) = a.module_env();
     let toml = std::fs::read_to_string(&a.config).unwrap();
     let mut out = String::new();
     for line in toml.lines() {
-        if line.starts_with("SOFTHSM2_CONF") {
+        if line.starts_with("module = ") {
+            continue;
+        } else if line.starts_with(&var) {
             out.push_str(&format!(
                 "P11_KIT_SERVER_ADDRESS = \"unix:path={}\"\n",
                 socket.display()
             ));
-        } else if line.trim() == "profile = \"softhsm2\"" {
+        } else if line.starts_with("profile = ") {
             out.push_str(line);
             out.push_str(&format!("\nmodule = \"{CLIENT_MODULE}\"\n"));
         } else {

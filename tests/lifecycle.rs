@@ -50,7 +50,14 @@ fn init_refuses_weak_secrets_and_an_existing_appliance() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        for f in ["data/orgkey.toml", "data/orgkey.db", "data/softhsm2.conf"] {
+        let conf = a.module_env().1;
+        let conf = conf
+            .strip_prefix(a.dir.path())
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        for f in ["data/orgkey.toml", "data/orgkey.db", &conf] {
             let mode = std::fs::metadata(a.dir.path().join(f))
                 .unwrap()
                 .permissions()
@@ -83,8 +90,15 @@ fn generation_refuses_replacement_without_flag_and_token_check_passes() {
     let check = a.ok(&["token", "check"], true);
     assert!(check.contains("3 private key object(s)"), "{check}");
     assert!(check.contains("token check passed"), "{check}");
+    // The profile's backup posture: exportable only under a trusted key, or
+    // never extractable (tokens that cannot wrap under a trusted key).
+    let posture = if profile().keys.exportable {
+        "WRAP_WITH_TRUSTED=true"
+    } else {
+        "EXTRACTABLE=false NEVER_EXTRACTABLE=true"
+    };
     assert!(
-        check.contains("WRAP_WITH_TRUSTED=true") && check.contains("SENSITIVE=true"),
+        check.matches(posture).count() == 3 && check.contains("SENSITIVE=true"),
         "{check}"
     );
     assert_eq!(check.matches("  ok").count(), 3, "{check}");
@@ -107,7 +121,12 @@ fn generation_refuses_replacement_without_flag_and_token_check_passes() {
     assert!(show.contains("New <n@example.com>"));
     let check = a.ok(&["token", "check"], true);
     assert!(check.contains("6 private key object(s)"), "{check}");
-    assert_eq!(check.matches(" EXTRACTABLE=false").count(), 3, "{check}");
+    let never_extractable = if profile().keys.exportable { 3 } else { 6 };
+    assert_eq!(
+        check.matches(" EXTRACTABLE=false").count(),
+        never_extractable,
+        "{check}"
+    );
     assert!(check.contains("token check passed"), "{check}");
 
     // Bad input: unknown algorithm, bad expiry, wrong passphrase.
@@ -157,13 +176,14 @@ fn generation_refuses_replacement_without_flag_and_token_check_passes() {
 #[test]
 fn token_check_flags_a_key_that_can_be_exported_in_the_clear() {
     let a = Appliance::with_org_key("p256");
-    let module = "/usr/lib/softhsm/libsofthsm2.so";
+    let module = a.module();
+    let (var, conf) = a.module_env();
     // An independent tool makes a key the way a careless admin would.
     let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", a.softhsm_conf())
+        .env(var, conf)
         .args([
             "--module",
-            module,
+            module.to_str().unwrap(),
             "--token-label",
             "orgkey",
             "--login",

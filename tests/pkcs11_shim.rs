@@ -38,12 +38,19 @@ fn behind_shim(settings: &[(&str, &str)]) -> Appliance {
     let toml = std::fs::read_to_string(&a.config).unwrap();
     let mut out = String::new();
     for line in toml.lines() {
+        if line.starts_with("module = ") {
+            continue;
+        }
         out.push_str(line);
         out.push('\n');
-        if line.trim() == "profile = \"softhsm2\"" {
+        if line.starts_with("profile = ") {
             out.push_str(&format!("module = \"{}\"\n", shim().display()));
         }
         if line.trim() == "[token.environment]" {
+            out.push_str(&format!(
+                "ORGKEY_SHIM_MODULE = \"{}\"\n",
+                a.module().display()
+            ));
             for (k, v) in settings {
                 out.push_str(&format!("{k} = \"{v}\"\n"));
             }

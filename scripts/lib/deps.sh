@@ -14,6 +14,8 @@ ORGKEY_DEBIAN_PACKAGES=(
   pkg-config
   ca-certificates
   curl          # dev.sh waits for the server with it
+  make          # scripts/kryoptic.sh builds OpenSSL for Kryoptic
+  perl          # OpenSSL's Configure
 )
 
 orgkey_install_deps() {

@@ -2,7 +2,6 @@
 
 use super::secrets;
 use crate::service::{InitRequest, init_appliance};
-use anyhow::bail;
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,21 +12,27 @@ const MIN_SECRET: usize = 10;
 /// Set up a new appliance.
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Data directory for config, store and (with --create-softhsm-token) the token.
+    /// Data directory for config, store and (with --create-token) the token.
     #[arg(long)]
     pub data_dir: PathBuf,
     /// A managed mail domain (repeat for several).
     #[arg(long = "domain")]
     pub domains: Vec<String>,
-    /// Create a SoftHSM2 token inside the data dir (development, CI, evaluation).
-    #[arg(long)]
-    pub create_softhsm_token: bool,
+    /// Create the appliance's own software token inside the data dir
+    /// (development, CI, evaluation). Works for profiles that carry a
+    /// [software_token] recipe: softhsm2 and kryoptic.
+    #[arg(long, visible_alias = "create-softhsm-token")]
+    pub create_token: bool,
     /// Token label to create or to use.
     #[arg(long, default_value = "orgkey")]
     pub token_label: String,
-    /// HSM profile (built-in name such as softhsm2, yubihsm2, thales-luna, or a .toml path).
+    /// HSM profile (built-in name such as softhsm2, kryoptic, yubihsm2, thales-luna, or a .toml path).
     #[arg(long, default_value = "softhsm2")]
     pub profile: String,
+    /// PKCS#11 module to load instead of the profile's usual paths (written
+    /// into the config as [token] module).
+    #[arg(long)]
+    pub module: Option<PathBuf>,
     /// Listen address written into the config.
     #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
     pub listen: String,
@@ -40,12 +45,7 @@ pub struct InitArgs {
 }
 
 pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
-    if a.create_softhsm_token && a.profile != "softhsm2" {
-        bail!(
-            "--create-softhsm-token needs --profile softhsm2; set up real HSM tokens with the vendor's tools"
-        );
-    }
-    let (pin, so) = if a.create_softhsm_token {
+    let (pin, so) = if a.create_token {
         let pin = secrets::obtain(
             a.ignition_passphrase_file.as_deref(),
             "new ignition passphrase",
@@ -61,7 +61,8 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
     let res = init_appliance(InitRequest {
         data_dir: a.data_dir,
         domains: a.domains,
-        create_softhsm_token: a.create_softhsm_token,
+        create_token: a.create_token,
+        module: a.module.map(std::path::absolute).transpose()?,
         token_label: a.token_label,
         profile: a.profile,
         listen: a.listen,
@@ -71,7 +72,7 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
     })?;
     println!("wrote {}", res.config_path.display());
     if let Some(serial) = res.token_serial {
-        println!("created SoftHSM2 token (serial {serial})");
+        println!("created the appliance's token (serial {serial})");
     }
     println!(
         "next: export ORGKEY_CONFIG={} and run `orgkey org-key generate --uid ...`",

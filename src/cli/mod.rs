@@ -30,7 +30,7 @@ use std::process::ExitCode;
         The org key lives in a PKCS#11 token; `orgkey serve` starts sealed and signs only after an \
         operator ignites it with the ignition passphrase (the token's user PIN).\n\n\
         Typical first run:\n  \
-        orgkey init --data-dir /srv/orgkey --domain example.com --create-softhsm-token\n  \
+        orgkey init --data-dir /srv/orgkey --domain example.com --create-token\n  \
         export ORGKEY_CONFIG=/srv/orgkey/orgkey.toml\n  \
         orgkey org-key generate --uid 'Example Org Key <orgkey@example.com>'\n  \
         orgkey client add admin --scopes admin\n  \

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use pkcs11_uri::Pkcs11Uri;
-pub use profile::{HsmProfile, OrgKeyAlgorithm};
+pub use profile::{HsmProfile, OrgKeyAlgorithm, ProfileSoftwareToken};
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]

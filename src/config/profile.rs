@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 /// Profiles compiled into the binary, by name.
 pub const BUILTIN: &[(&str, &str)] = &[
     ("softhsm2", include_str!("../../hsm-profiles/softhsm2.toml")),
+    ("kryoptic", include_str!("../../hsm-profiles/kryoptic.toml")),
     ("yubihsm2", include_str!("../../hsm-profiles/yubihsm2.toml")),
     (
         "thales-luna",
@@ -106,6 +107,23 @@ pub struct HsmProfile {
     pub limits: ProfileLimits,
     /// Known quirks.
     pub quirks: ProfileQuirks,
+    /// How `orgkey init --create-token` makes a private token of a software
+    /// module inside the data directory (absent for hardware HSMs).
+    #[serde(default)]
+    pub software_token: Option<ProfileSoftwareToken>,
+}
+
+/// `[software_token]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSoftwareToken {
+    /// The environment variable that points the module at its config file.
+    pub environment: String,
+    /// The config file's name in the data directory.
+    pub config_file: String,
+    /// The config file's text; `{tokens}` stands for the absolute path of the
+    /// token directory (`tokens/` in the data directory).
+    pub config: String,
 }
 
 /// `[algorithms]`
@@ -173,6 +191,16 @@ impl HsmProfile {
             path: PathBuf::from(origin),
             message: e.to_string(),
         })?;
+        if let Some(st) = &p.software_token
+            && (!p.module_environment.contains(&st.environment)
+                || st.config_file.contains('/')
+                || !st.config.contains("{tokens}"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "profile {origin}: software_token needs an environment variable listed in \
+                 module_environment, a plain config_file name and a config that uses {{tokens}}"
+            )));
+        }
         if p.limits.max_sessions == 0 {
             return Err(ConfigError::Invalid(format!(
                 "profile {origin}: limits.max_sessions must be at least 1"
@@ -241,10 +269,12 @@ mod tests {
     }
 
     #[test]
-    fn only_softhsm_claims_to_be_tested() {
+    fn only_the_software_tokens_the_suite_runs_claim_to_be_tested() {
         for (name, _) in BUILTIN {
             let p = HsmProfile::builtin(name).unwrap();
-            assert_eq!(p.tested, *name == "softhsm2", "{name}");
+            let suite_runs_it = *name == "softhsm2" || *name == "kryoptic";
+            assert_eq!(p.tested, suite_runs_it, "{name}");
+            assert_eq!(p.software_token.is_some(), suite_runs_it, "{name}");
         }
     }
 

@@ -1,9 +1,10 @@
 //! `orgkey init`: a new data directory with its config, store and
-//! (optionally) its own SoftHSM2 token.
+//! (optionally) its own software token, made by the recipe in the HSM
+//! profile's `[software_token]` (SoftHSM2, Kryoptic).
 
 use super::ServiceError;
 use crate::clock::SystemClock;
-use crate::config::{Config, HsmProfile};
+use crate::config::{Config, HsmProfile, ProfileSoftwareToken};
 use crate::store::{AuditEvent, Store};
 use crate::token::Token;
 use secrecy::SecretString;
@@ -16,8 +17,12 @@ pub struct InitRequest {
     pub data_dir: PathBuf,
     /// Managed mail domains.
     pub domains: Vec<String>,
-    /// Create a SoftHSM2 token inside the data dir.
-    pub create_softhsm_token: bool,
+    /// Create a software token inside the data dir (profiles with a
+    /// `[software_token]` recipe).
+    pub create_token: bool,
+    /// PKCS#11 module to write into the config (`[token] module`), overriding
+    /// the profile's module paths.
+    pub module: Option<PathBuf>,
     /// Token label (created or existing).
     pub token_label: String,
     /// HSM profile name (built-in) or path.
@@ -71,7 +76,7 @@ fn toml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-fn config_text(req: &InitRequest, softhsm: bool) -> String {
+fn config_text(req: &InitRequest, software: Option<&ProfileSoftwareToken>) -> String {
     let domains: Vec<String> = req.domains.iter().map(|d| toml_str(d)).collect();
     let mut t = String::new();
     t.push_str("# orgkey appliance configuration, written by `orgkey init`.\n");
@@ -81,9 +86,19 @@ fn config_text(req: &InitRequest, softhsm: bool) -> String {
     t.push_str("[token]\n");
     t.push_str(&format!("profile = {}\n", toml_str(&req.profile)));
     t.push_str(&format!("label = {}\n", toml_str(&req.token_label)));
-    if softhsm {
-        t.push_str("\n[token.environment]\n# This appliance's own SoftHSM2 token directory.\n");
-        t.push_str("SOFTHSM2_CONF = \"./softhsm2.conf\"\n");
+    if let Some(module) = &req.module {
+        t.push_str(&format!(
+            "module = {}\n",
+            toml_str(&module.display().to_string())
+        ));
+    }
+    if let Some(st) = software {
+        t.push_str("\n[token.environment]\n# This appliance's own software token.\n");
+        t.push_str(&format!(
+            "{} = {}\n",
+            st.environment,
+            toml_str(&format!("./{}", st.config_file))
+        ));
     }
     t.push_str("\n[server]\n");
     t.push_str(&format!("listen = {}\n", toml_str(&req.listen)));
@@ -94,7 +109,8 @@ fn config_text(req: &InitRequest, softhsm: bool) -> String {
 /// failure there leaves no config behind that points at a missing token.
 ///
 /// Must be called before the process starts other threads: a created
-/// SoftHSM2 token is found through SOFTHSM2_CONF, which this sets.
+/// software token is found through the environment variable of its profile,
+/// which this sets.
 pub fn init_appliance(req: InitRequest) -> Result<InitResult, ServiceError> {
     let dir =
         &std::path::absolute(&req.data_dir).map_err(ServiceError::io("resolving the data dir"))?;
@@ -106,20 +122,32 @@ pub fn init_appliance(req: InitRequest) -> Result<InitResult, ServiceError> {
         )));
     }
     let profile = HsmProfile::load(&req.profile, Path::new("."))?;
+    let software = match (req.create_token, &profile.software_token) {
+        (false, _) => None,
+        (true, Some(st)) => Some(st),
+        (true, None) => {
+            return Err(ServiceError::Refused(format!(
+                "profile {} is not a software token: set up its tokens with the vendor's tools \
+                 and run init without --create-token",
+                profile.name
+            )));
+        }
+    };
     // Validate what we will write with the code that will read it, before
     // anything is created.
-    let text = config_text(&req, req.create_softhsm_token);
+    let text = config_text(&req, software);
     let cfg = Config::from_toml(&text, &config_path)?;
     make_private_dir(dir)?;
 
     let mut token_serial = None;
-    if req.create_softhsm_token {
+    if let Some(st) = software {
         let (Some(pin), Some(so_pin)) = (&req.ignition_passphrase, &req.so_pin) else {
             return Err(ServiceError::Refused(
                 "creating a token needs the ignition passphrase and the SO PIN".into(),
             ));
         };
-        let conf = dir.join("softhsm2.conf");
+        let module = cfg.token.module_path()?;
+        let conf = dir.join(&st.config_file);
         let tokens = dir.join("tokens");
         if conf.exists() || tokens.exists() {
             return Err(ServiceError::Refused(format!(
@@ -129,30 +157,27 @@ pub fn init_appliance(req: InitRequest) -> Result<InitResult, ServiceError> {
             )));
         }
         make_private_dir(&tokens)?;
-        write_private(
+        let created = write_private(
             &conf,
-            &format!(
-                "# SoftHSM2 configuration of this orgkey appliance (token files live in tokens/).\n\
-                 directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-                tokens.display()
-            ),
-        )?;
-        let module = profile.find_module().map(Path::to_path_buf).ok_or_else(|| {
-            ServiceError::Refused(format!(
-                "the SoftHSM2 module is not installed (looked for {}); install the softhsm2 package",
-                profile.module_paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            ))
-        })?;
-        let env = [("SOFTHSM2_CONF".to_string(), conf.display().to_string())];
-        // SAFETY: documented precondition of this function: no other thread runs yet.
-        unsafe { crate::token::set_module_environment(env.iter().map(|(k, v)| (k, v))) };
-        let created = Token::initialize_new_token(&module, &req.token_label, so_pin, pin);
+            &st.config.replace("{tokens}", &tokens.display().to_string()),
+        )
+        .and_then(|()| {
+            let env = [(st.environment.clone(), conf.display().to_string())];
+            // SAFETY: documented precondition of this function: no other thread runs yet.
+            unsafe { crate::token::set_module_environment(env.iter().map(|(k, v)| (k, v))) };
+            Ok(Token::initialize_new_token(
+                &module,
+                &req.token_label,
+                so_pin,
+                pin,
+            )?)
+        });
         match created {
             Ok(serial) => token_serial = Some(serial),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tokens);
                 let _ = std::fs::remove_file(&conf);
-                return Err(e.into());
+                return Err(e);
             }
         }
     }
@@ -169,8 +194,8 @@ pub fn init_appliance(req: InitRequest) -> Result<InitResult, ServiceError> {
         ));
         if let Some(s) = &token_serial {
             ev = ev.detail(format!(
-                "created SoftHSM2 token {:?} (serial {s}), domains {:?}",
-                req.token_label, req.domains
+                "created {} token {:?} (serial {s}), domains {:?}",
+                profile.name, req.token_label, req.domains
             ));
         }
         store.append_audit(&[ev]).await?;

@@ -23,7 +23,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use error::CkResultExt;
 use secrecy::SecretString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
 /// What the token says about itself.
@@ -95,7 +95,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Keeps a PKCS#11 module mapped until the process exits, however often it is
+/// loaded and dropped.
+///
+/// Modules built on OpenSSL (Kryoptic, many vendor libraries) register
+/// thread-exit destructors inside their own code. If the last handle is
+/// dropped and the module unmapped, the next worker thread that had called
+/// into it crashes when it exits (seen with Kryoptic: SIGSEGV in
+/// `__nptl_deallocate_tsd`). One extra handle that is never closed prevents
+/// that.
+fn keep_module_loaded(module: &Path) -> Result<(), TokenError> {
+    static KEPT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut kept = lock(&KEPT);
+    if kept.iter().any(|p| p == module) {
+        return Ok(());
+    }
+    // SAFETY: this runs the module's initializers, exactly as loading it
+    // through cryptoki below does; nothing is called through this handle.
+    let lib = unsafe { libloading::Library::new(module) }.map_err(|e| {
+        TokenError::Unsupported(format!(
+            "cannot load PKCS#11 module {}: {e}",
+            module.display()
+        ))
+    })?;
+    std::mem::forget(lib);
+    kept.push(module.to_path_buf());
+    Ok(())
+}
+
 fn load_module(module: &Path) -> Result<Pkcs11, TokenError> {
+    keep_module_loaded(module)?;
     let ctx = Pkcs11::new(module).map_err(|e| TokenError::Module {
         path: module.display().to_string(),
         source: e,
@@ -200,7 +229,7 @@ impl Token {
     /// Initializes a fresh token in the first free slot of `module` with
     /// label `label`, security officer PIN and user PIN (the ignition
     /// passphrase). Returns the new token's serial. This is what `orgkey init
-    /// --create-softhsm-token` does; on a real HSM tokens are set up with the
+    /// --create-token` does; on a real HSM tokens are set up with the
     /// vendor's tools instead.
     pub fn initialize_new_token(
         module: &Path,
@@ -243,6 +272,8 @@ impl Token {
             .init_pin(user_pin)
             .ck("setting the ignition passphrase (C_InitPIN)")?;
         session.logout().ck("security officer logout")?;
+        drop(session);
+        let _ = ctx.finalize();
         Ok(d.serial)
     }
 
@@ -429,5 +460,8 @@ impl Drop for Token {
         // Close pool sessions before the login session so the logout is last.
         lock(&self.pool.state).idle.clear();
         let _ = lock(&self.login_session).take();
+        // The module stays mapped (keep_module_loaded): leave it
+        // uninitialized so a later Token in this process starts afresh.
+        let _ = self.ctx.clone().finalize();
     }
 }

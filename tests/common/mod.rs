@@ -1,7 +1,9 @@
 //! Test fixture: every test gets its own appliance in a temp dir with its own
-//! SoftHSM2 token (own softhsm2.conf and token directory), created by the real
-//! `orgkey init --create-softhsm-token`, and talks to a real `orgkey serve` on
-//! 127.0.0.1:0. Tests run in parallel and leave nothing behind.
+//! software token (SoftHSM2 by default, Kryoptic with
+//! ORGKEY_TEST_PROFILE=kryoptic; own module config and token directory),
+//! created by the real `orgkey init --create-token`, and talks to a real
+//! `orgkey serve` on 127.0.0.1:0. Tests run in parallel and leave nothing
+//! behind.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -14,6 +16,51 @@ pub const SO_PIN: &str = "security-officer-pin-42";
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_orgkey")
+}
+
+/// The HSM profile the suite runs against: `ORGKEY_TEST_PROFILE` (a profile
+/// with a `[software_token]` recipe), softhsm2 by default.
+pub fn test_profile() -> String {
+    std::env::var("ORGKEY_TEST_PROFILE").unwrap_or_else(|_| "softhsm2".into())
+}
+
+/// `orgkey init` arguments that pick the suite's token module: the profile,
+/// and `ORGKEY_TEST_MODULE` when the module is not installed where the
+/// profile looks (scripts/test-kryoptic.sh builds Kryoptic into target/).
+pub fn token_init_args() -> Vec<String> {
+    let mut args = vec!["--profile".to_string(), test_profile()];
+    if let Ok(m) = std::env::var("ORGKEY_TEST_MODULE") {
+        args.extend(["--module".to_string(), m]);
+    }
+    args
+}
+
+/// The suite's HSM profile (a built-in one).
+pub fn profile() -> orgkey::config::HsmProfile {
+    orgkey::config::HsmProfile::builtin(&test_profile()).expect("a built-in HSM profile")
+}
+
+/// The suite's PKCS#11 module: `ORGKEY_TEST_MODULE`, else SoftHSM2's.
+pub fn test_module() -> PathBuf {
+    match std::env::var("ORGKEY_TEST_MODULE") {
+        Ok(m) => PathBuf::from(m),
+        Err(_) => {
+            assert_eq!(test_profile(), "softhsm2", "set ORGKEY_TEST_MODULE");
+            PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")
+        }
+    }
+}
+
+/// For tests that drive SoftHSM2 itself (behind p11-kit, behind the shim,
+/// through raw cryptoki): true, with a note, when the suite runs against
+/// another module.
+pub fn skip_unless_softhsm(what: &str) -> bool {
+    let p = test_profile();
+    if p == "softhsm2" {
+        return false;
+    }
+    eprintln!("skipped under {p}: {what} is specific to SoftHSM2");
+    true
 }
 
 pub struct Appliance {
@@ -36,12 +83,13 @@ impl Appliance {
             .args([
                 "--domain",
                 "example.com",
-                "--create-softhsm-token",
+                "--create-token",
                 "--ignition-passphrase-file",
             ])
             .arg(&pin_file)
             .arg("--so-pin-file")
             .arg(&so_file)
+            .args(token_init_args())
             .env_remove("ORGKEY_CONFIG")
             .output()
             .unwrap();
@@ -130,9 +178,20 @@ impl Appliance {
         std::fs::read_to_string(file).unwrap().trim().to_string()
     }
 
-    /// SOFTHSM2_CONF of this appliance's token.
-    pub fn softhsm_conf(&self) -> PathBuf {
-        self.dir.path().join("data/softhsm2.conf")
+    /// The PKCS#11 module of the suite's token.
+    pub fn module(&self) -> PathBuf {
+        test_module()
+    }
+
+    /// The environment variable that points the module at this appliance's
+    /// own token, and its value (the profile's `[software_token]` recipe, as
+    /// `init --create-token` used it; tests may rewrite the config later).
+    pub fn module_env(&self) -> (String, PathBuf) {
+        let st = profile().software_token.expect("a software token profile");
+        (
+            st.environment,
+            self.dir.path().join("data").join(st.config_file),
+        )
     }
 
     /// The SQLite store file.
