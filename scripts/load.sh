@@ -48,15 +48,16 @@ url=$(sed -n 's/^orgkey listening on //p' "$work/serve.out")
 [ -n "$url" ] || { cat "$work/serve.err"; exit 1; }
 
 sample() {
-  local rss fds status sessions cache
+  local rss fds threads status sessions cache
   # Anonymous memory is the heap; file-backed is the binary, libraries and the
   # SQLite WAL index (-shm), which is mapped and grows with the WAL.
   rss=$(awk '/^RssAnon/ {a=$2} /^RssFile/ {f=$2} /^RssShmem/ {s=$2} END {print a+f+s " (anon " a ", file " f+s ")"}' "/proc/$server/status")
   fds=$(ls "/proc/$server/fd" | wc -l)
+  threads=$(awk '/^Threads/ {print $2}' "/proc/$server/status")
   status=$(curl -s "$url/v1/status")
   sessions=$(echo "$status" | sed -n 's/.*"token_sessions":\([0-9]*\).*/\1/p')
   cache=$(echo "$status" | sed -n 's/.*"openpgp_verification_cache":\([0-9]*\).*/\1/p')
-  echo "rss_kib=$rss fds=$fds token_sessions=$sessions openpgp_verification_cache=$cache"
+  echo "rss_kib=$rss fds=$fds threads=$threads token_sessions=$sessions openpgp_verification_cache=$cache"
 }
 
 pool=""

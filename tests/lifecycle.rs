@@ -46,6 +46,35 @@ fn init_refuses_weak_secrets_and_an_existing_appliance() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid DNS name"));
     assert!(!dir.path().join("e").exists());
 
+    // Only software token profiles can make a token; a hardware profile says
+    // so, and a module that is not there is named. Nothing is written.
+    let pin = dir.path().join("pin");
+    write_secret(&pin, PASSPHRASE);
+    for (profile, module, expect) in [
+        ("yubihsm2", None, "not a software token"),
+        (
+            "kryoptic",
+            Some("/nonexistent/libkryoptic_pkcs11.so"),
+            "/nonexistent/libkryoptic_pkcs11.so",
+        ),
+    ] {
+        let mut c = Command::new(bin());
+        c.args(["init", "--create-token", "--profile", profile, "--data-dir"])
+            .arg(dir.path().join("f"))
+            .arg("--ignition-passphrase-file")
+            .arg(&pin)
+            .arg("--so-pin-file")
+            .arg(&so);
+        if let Some(m) = module {
+            c.args(["--module", m]);
+        }
+        let out = c.output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{profile}: {err}");
+        assert!(!dir.path().join("f").exists(), "{profile}: nothing written");
+    }
+
     // Files holding state are private.
     #[cfg(unix)]
     {

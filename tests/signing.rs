@@ -309,3 +309,66 @@ async fn no_signature_leaves_when_its_audit_row_cannot_be_written() {
         .count();
     assert_eq!(signed, 2, "{audit}");
 }
+
+/// The disk under the store fills up (the server may not grow any file past
+/// a limit): signing turns into 503 audit_unavailable, never a signature
+/// without its audit row, and once there is room again the chain is intact
+/// and holds exactly the signatures that were returned.
+#[tokio::test]
+async fn a_full_disk_stops_signing_without_losing_audit_rows() {
+    let a = Appliance::with_org_key("p256");
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "sign");
+    let wal = a.db().with_extension("db-wal");
+    // Room for the store as it is now plus a little.
+    let used = std::fs::metadata(a.db()).unwrap().len();
+    let limit_kib = used / 1024 + 256;
+    let s = a.serve_with_file_size_limit(limit_kib);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let mut ok = 0;
+    let mut refused = 0;
+    let body = vec![b'x'; 1024];
+    for _ in 0..3000 {
+        let r = sign(&s, &gw, "", &body).await;
+        match r.status().as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(error_code(r).await, "audit_unavailable");
+                refused += 1;
+                if refused == 5 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other}: {}", r.text().await.unwrap()),
+        }
+    }
+    assert!(ok > 0 && refused == 5, "ok {ok}, refused {refused}");
+    eprintln!("{ok} signatures before the store's disk was full");
+    assert!(
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) <= limit_kib * 1024,
+        "the store stayed within the limit"
+    );
+    let log = std::fs::read_to_string(a.path("serve.log")).unwrap();
+    // EFBIG reaches SQLite as a write error (ENOSPC would say "full").
+    assert!(
+        log.contains("signature withheld") && log.contains("disk I/O error"),
+        "the log says why: {log}"
+    );
+    assert!(s.stop().success(), "the server stays up and stops cleanly");
+
+    // Room again: the chain is intact, every returned signature has its row
+    // and no refused one has, and signing works.
+    assert!(a.ok(&["audit", "verify"], false).contains("intact"));
+    let signed = |a: &Appliance| {
+        a.ok(&["audit", "list", "--last", "100000"], false)
+            .lines()
+            .filter(|l| l.contains("\tgateway\tsign\tok"))
+            .count()
+    };
+    assert_eq!(signed(&a), ok);
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    assert_eq!(sign(&s, &gw, "", b"after").await.status(), 200);
+    s.stop();
+    assert_eq!(signed(&a), ok + 1);
+}

@@ -57,7 +57,7 @@ pub struct Cli {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Set up a new appliance: data dir, config, store and optionally a SoftHSM2 token.
+    /// Set up a new appliance: data dir, config, store and optionally its own software token (SoftHSM2 or Kryoptic).
     Init(init::InitArgs),
     /// Generate, show and export the Organization Key.
     #[command(subcommand)]

@@ -137,16 +137,28 @@ pub fn init_appliance(req: InitRequest) -> Result<InitResult, ServiceError> {
     // anything is created.
     let text = config_text(&req, software);
     let cfg = Config::from_toml(&text, &config_path)?;
+    let module = match software {
+        Some(_) => {
+            let m = cfg.token.module_path()?;
+            if !m.is_file() {
+                return Err(ServiceError::Refused(format!(
+                    "the PKCS#11 module {} does not exist",
+                    m.display()
+                )));
+            }
+            Some(m)
+        }
+        None => None,
+    };
     make_private_dir(dir)?;
 
     let mut token_serial = None;
-    if let Some(st) = software {
+    if let (Some(st), Some(module)) = (software, module) {
         let (Some(pin), Some(so_pin)) = (&req.ignition_passphrase, &req.so_pin) else {
             return Err(ServiceError::Refused(
                 "creating a token needs the ignition passphrase and the SO PIN".into(),
             ));
         };
-        let module = cfg.token.module_path()?;
         let conf = dir.join(&st.config_file);
         let tokens = dir.join("tokens");
         if conf.exists() || tokens.exists() {

@@ -112,11 +112,9 @@ fn keep_module_loaded(module: &Path) -> Result<(), TokenError> {
     }
     // SAFETY: this runs the module's initializers, exactly as loading it
     // through cryptoki below does; nothing is called through this handle.
-    let lib = unsafe { libloading::Library::new(module) }.map_err(|e| {
-        TokenError::Unsupported(format!(
-            "cannot load PKCS#11 module {}: {e}",
-            module.display()
-        ))
+    let lib = unsafe { libloading::Library::new(module) }.map_err(|e| TokenError::Module {
+        path: module.display().to_string(),
+        source: cryptoki::error::Error::LibraryLoading(e),
     })?;
     std::mem::forget(lib);
     kept.push(module.to_path_buf());

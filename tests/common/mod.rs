@@ -206,6 +206,23 @@ impl Appliance {
 
     /// Like `serve`, with extra environment variables.
     pub fn serve_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        self.start_server(Command::new(bin()), extra, env)
+    }
+
+    /// Like `serve`, but no file the server writes may grow past `kib` KiB
+    /// (RLIMIT_FSIZE, with SIGXFSZ ignored so writes fail with EFBIG): a
+    /// disk that fills up, for the server's files only.
+    pub fn serve_with_file_size_limit(&self, kib: u64) -> Server {
+        let mut c = Command::new("bash");
+        c.args([
+            "-c",
+            &format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""),
+            bin(),
+        ]);
+        self.start_server(c, &[], &[])
+    }
+
+    fn start_server(&self, mut c: Command, extra: &[&str], env: &[(&str, &str)]) -> Server {
         // The log goes to a file: a pipe nobody reads would block the
         // server once it fills (a token outage logs a line per request).
         let log = std::fs::OpenOptions::new()
@@ -213,7 +230,6 @@ impl Appliance {
             .append(true)
             .open(self.path("serve.log"))
             .unwrap();
-        let mut c = Command::new(bin());
         c.args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("ORGKEY_CONFIG", &self.config)
