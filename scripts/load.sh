@@ -11,7 +11,9 @@
 #                                        # the OpenPGP verification cache at start
 #                                        # and end (they must stay flat); the
 #                                        # certify requests resubmit a fixed pool
-#                                        # of user keys (CLIENTS x REQUESTS/3)
+#                                        # of user keys (CLIENTS x REQUESTS/3) and
+#                                        # prints the growth per request in the
+#                                        # second half
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/deps.sh
@@ -75,8 +77,19 @@ while :; do
   latency=$(echo "$out" | grep '^latency_ms')
   [ "$soak" -gt 0 ] && [ $(( $(date +%s) - start )) -lt "$soak" ] || break
   [ "$soak" -gt 0 ] && echo "round $rounds: $(sample) $latency"
+  # Warm-up is over by half time: from there on RSS should not follow the load.
+  if [ "$soak" -gt 0 ] && [ -z "${half_anon:-}" ] && [ $(( $(date +%s) - start )) -ge $((soak / 2)) ]; then
+    half_anon=$(awk '/^RssAnon/ {print $2}' "/proc/$server/status")
+    half_requests=$((total_sign + total_certify + total_issue + total_errors))
+  fi
 done
 echo "end:   $(sample)"
+if [ -n "${half_anon:-}" ]; then
+  end_anon=$(awk '/^RssAnon/ {print $2}' "/proc/$server/status")
+  n=$((total_sign + total_certify + total_issue + total_errors - half_requests))
+  awk -v a="$half_anon" -v b="$end_anon" -v n="$n" 'BEGIN {
+    printf "second half: anonymous RSS %+d KiB over %d requests (%.1f bytes/request)\n", b - a, n, n ? (b - a) * 1024 / n : 0 }'
+fi
 kill "$server"; wait "$server" 2>/dev/null || true; server=""
 
 db="$work/data/orgkey.db"
