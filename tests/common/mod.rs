@@ -51,18 +51,6 @@ pub fn test_module() -> PathBuf {
     }
 }
 
-/// For tests that drive SoftHSM2 itself (behind p11-kit, behind the shim,
-/// through raw cryptoki): true, with a note, when the suite runs against
-/// another module.
-pub fn skip_unless_softhsm(what: &str) -> bool {
-    let p = test_profile();
-    if p == "softhsm2" {
-        return false;
-    }
-    eprintln!("skipped under {p}: {what} is specific to SoftHSM2");
-    true
-}
-
 pub struct Appliance {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
