@@ -622,3 +622,54 @@ async fn serves_tls_when_configured() {
     let out = a.remote("seal", &s.url, &[], false);
     assert!(!out.status.success());
 }
+
+#[tokio::test]
+async fn every_ignition_is_proven_by_the_token_even_while_it_is_logged_in() {
+    let a = Appliance::new();
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "sign");
+    let s = a.serve(&[]);
+    let r = ignite(&s, &admin, PASSPHRASE).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["org_key"].is_null(), "{v}");
+    // The org key is generated while the appliance is logged in without one.
+    a.ok(
+        &[
+            "org-key",
+            "generate",
+            "--algorithm",
+            "p256",
+            "--uid",
+            "Example Org Key <orgkey@example.com>",
+        ],
+        true,
+    );
+    // Loading it takes a full ignition: a wrong passphrase is refused by
+    // the token, and the appliance is sealed afterwards.
+    let r = ignite(&s, &admin, "totally-wrong-passphrase").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(error_code(r).await, "bad_passphrase");
+    let st = get_json(&s, "/v1/status").await;
+    assert_eq!(st["state"], "sealed", "{st}");
+    let r = post(&s, "/v1/sign", &gw, b"x".to_vec()).await;
+    assert_eq!(error_code(r).await, "sealed");
+    let r = ignite(&s, &admin, PASSPHRASE).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["org_key"].is_string(), "{v}");
+    assert_eq!(post(&s, "/v1/sign", &gw, b"x".to_vec()).await.status(), 200);
+    // Ignited with the org key: a second ignition is refused without using
+    // its passphrase, and signing goes on.
+    let r = ignite(&s, &admin, "totally-wrong-passphrase").await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(error_code(r).await, "already_ignited");
+    assert_eq!(post(&s, "/v1/sign", &gw, b"y".to_vec()).await.status(), 200);
+    let out = a.remote("ignite", &s.url, &[], true);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already ignited"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -135,3 +135,232 @@ async fn a_rare_device_error_is_a_503_and_the_appliance_recovers() {
     let audit = a.ok(&["audit", "list", "--last", "100"], false);
     assert!(audit.contains("token-recovered"), "{audit}");
 }
+
+/// Sets `[token] relogin`.
+fn set_relogin(a: &Appliance, on: bool) {
+    let toml = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        toml.replacen("[token]\n", &format!("[token]\nrelogin = {on}\n"), 1),
+    )
+    .unwrap();
+}
+
+/// Polls `/v1/status` until `state` is `want` (at most `secs` seconds).
+async fn wait_for_state(s: &Server, want: &str, secs: u64) -> serde_json::Value {
+    let t = std::time::Instant::now();
+    loop {
+        let st = get_json(s, "/v1/status").await;
+        if st["state"] == want && st["token_down"] == false {
+            return st;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(secs),
+            "not {want}: {st}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Signs until the shim's injected device error answers 503.
+async fn sign_until_device_error(s: &Server, gw: &str) {
+    for _ in 0..10 {
+        let r = post(s, "/v1/sign", gw, b"data".to_vec()).await;
+        if r.status() == 503 {
+            assert_eq!(error_code(r).await, "token_unavailable");
+            return;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    panic!("no injected device error within 10 signatures");
+}
+
+/// The shim's C_Login log: `start` lines and return values.
+fn login_log(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn without_relogin_a_device_error_seals_and_only_the_right_passphrase_ignites_again() {
+    let a = behind_shim(&[("ORGKEY_SHIM_FAIL_EVERY", "3")]);
+    set_relogin(&a, false);
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "sign");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    sign_until_device_error(&s, &gw).await;
+    wait_for_state(&s, "sealed", 10).await;
+    // The token is logged out too: a wrong passphrase is refused by C_Login.
+    let r = ignite(&s, &admin, "totally-wrong-passphrase").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(error_code(r).await, "bad_passphrase");
+    let r = post(&s, "/v1/sign", &gw, b"x".to_vec()).await;
+    assert_eq!(error_code(r).await, "sealed");
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    assert_eq!(get_json(&s, "/v1/status").await["state"], "ignited");
+    s.stop();
+    let audit = a.ok(&["audit", "list", "--last", "20"], false);
+    assert!(audit.contains("token-lost\tsealed"), "{audit}");
+}
+
+#[tokio::test]
+async fn a_relogin_passphrase_the_token_refuses_is_tried_once_and_the_appliance_seals() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("logins");
+    let a = behind_shim(&[
+        ("ORGKEY_SHIM_FAIL_EVERY", "3"),
+        ("ORGKEY_SHIM_LOGIN_LOG", log.to_str().unwrap()),
+    ]);
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "sign");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    // The passphrase changes on the token behind the running appliance.
+    let new = a.path("new-pass");
+    write_secret(&new, "a brand new passphrase");
+    a.ok(
+        &[
+            "ignition",
+            "change",
+            "--passphrase-file",
+            a.pin_file.to_str().unwrap(),
+            "--new-passphrase-file",
+            new.to_str().unwrap(),
+        ],
+        false,
+    );
+    let before = login_log(&log).len();
+    sign_until_device_error(&s, &gw).await;
+    wait_for_state(&s, "sealed", 10).await;
+    // Long enough for several more attempts at the old once-a-second pace.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let attempts: Vec<String> = login_log(&log)[before..]
+        .iter()
+        .filter(|l| *l != "start")
+        .cloned()
+        .collect();
+    // CKR_PIN_INCORRECT is 0xA0.
+    assert_eq!(attempts, ["160"], "one refused relogin, then no more");
+    assert_eq!(get_json(&s, "/v1/status").await["state"], "sealed");
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 401);
+    assert_eq!(
+        ignite(&s, &admin, "a brand new passphrase").await.status(),
+        200
+    );
+    s.stop();
+    let audit = a.ok(&["audit", "list", "--last", "20"], false);
+    assert!(audit.contains("relogin refused"), "{audit}");
+}
+
+#[tokio::test]
+async fn a_passphrase_changed_through_the_appliance_is_the_one_relogin_uses() {
+    let a = behind_shim(&[("ORGKEY_SHIM_FAIL_EVERY", "3")]);
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "sign");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let change = |old: &str, new: &str| {
+        http()
+            .post(s.url("/v1/ignition/passphrase"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({ "passphrase": old, "new_passphrase": new }))
+            .send()
+    };
+    let r = change("not the passphrase", "a brand new passphrase")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(error_code(r).await, "bad_passphrase");
+    let r = change(PASSPHRASE, "short").await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(error_code(r).await, "weak_passphrase");
+    let r = http()
+        .post(s.url("/v1/ignition/passphrase"))
+        .bearer_auth(&gw)
+        .json(&serde_json::json!({ "passphrase": PASSPHRASE, "new_passphrase": "a brand new passphrase" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "the sign scope cannot change it");
+    // The CLI goes through the running appliance with --token-file.
+    let new = a.path("new-pass");
+    write_secret(&new, "a brand new passphrase");
+    let admin_file = a.path("admin.token");
+    let out = a.run(
+        &[
+            "ignition",
+            "change",
+            "--url",
+            &s.url,
+            "--token-file",
+            admin_file.to_str().unwrap(),
+            "--passphrase-file",
+            a.pin_file.to_str().unwrap(),
+            "--new-passphrase-file",
+            new.to_str().unwrap(),
+        ],
+        false,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The token lost: relogin uses the new passphrase and the appliance heals.
+    sign_until_device_error(&s, &gw).await;
+    wait_for_state(&s, "ignited", 10).await;
+    let r = post(&s, "/v1/sign", &gw, b"after".to_vec()).await;
+    assert_eq!(r.status(), 200);
+    s.stop();
+    let audit = a.ok(&["audit", "list", "--last", "30"], false);
+    assert!(audit.contains("ignition-change\tdenied"), "{audit}");
+    assert!(audit.contains("ignition-change\tok"), "{audit}");
+    assert!(audit.contains("token-recovered\tok"), "{audit}");
+}
+
+#[tokio::test]
+async fn a_seal_while_the_token_is_recovering_is_not_undone() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("logins");
+    let a = behind_shim(&[
+        ("ORGKEY_SHIM_FAIL_EVERY", "3"),
+        ("ORGKEY_SHIM_LOGIN_LOG", log.to_str().unwrap()),
+        ("ORGKEY_SHIM_LOGIN_DELAY_MS", "1500"),
+    ]);
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "sign");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let before = login_log(&log).len();
+    sign_until_device_error(&s, &gw).await;
+    // Wait until the recovery's C_Login is under way, then seal.
+    let t = std::time::Instant::now();
+    while !login_log(&log)[before..].iter().any(|l| l == "start") {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = http()
+        .delete(s.url("/v1/ignition"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The recovery's login finishes after the seal; the seal stands.
+    wait_for_state(&s, "sealed", 10).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(get_json(&s, "/v1/status").await["state"], "sealed");
+    let r = post(&s, "/v1/sign", &gw, b"x".to_vec()).await;
+    assert_eq!(error_code(r).await, "sealed");
+    // And the token is logged out: only the right passphrase ignites.
+    assert_eq!(
+        ignite(&s, &admin, "totally-wrong-passphrase")
+            .await
+            .status(),
+        401
+    );
+}

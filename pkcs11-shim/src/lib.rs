@@ -9,6 +9,10 @@
 //! - `ORGKEY_SHIM_FAIL_EVERY=N`: every Nth C_Sign fails with
 //!   CKR_DEVICE_ERROR (a rare device error).
 //! - `ORGKEY_SHIM_DELAY_MS=N`: every C_Sign first sleeps N ms.
+//! - `ORGKEY_SHIM_LOGIN_LOG=FILE`: every C_Login appends `start` to FILE
+//!   when it begins and a line with its return value (decimal CK_RV) when it
+//!   ends, so tests can count attempts and see one in progress.
+//! - `ORGKEY_SHIM_LOGIN_DELAY_MS=N`: every C_Login first sleeps N ms.
 
 #![allow(non_snake_case)]
 
@@ -24,6 +28,8 @@ struct Shim {
     flip_every: u64,
     fail_every: u64,
     delay_ms: u64,
+    login_log: Option<std::path::PathBuf>,
+    login_delay_ms: u64,
     signs: AtomicU64,
 }
 
@@ -66,6 +72,8 @@ fn load() -> Result<Shim, String> {
         flip_every: env_u64("ORGKEY_SHIM_FLIP_EVERY"),
         fail_every: env_u64("ORGKEY_SHIM_FAIL_EVERY"),
         delay_ms: env_u64("ORGKEY_SHIM_DELAY_MS"),
+        login_log: std::env::var_os("ORGKEY_SHIM_LOGIN_LOG").map(Into::into),
+        login_delay_ms: env_u64("ORGKEY_SHIM_LOGIN_DELAY_MS"),
         signs: AtomicU64::new(0),
     })
 }
@@ -83,13 +91,33 @@ unsafe extern "C" fn shim_login(
     let Some(s) = shim() else {
         return CKR_GENERAL_ERROR;
     };
-    if s.login_locked {
-        return CKR_PIN_LOCKED;
+    log_login(s, "start");
+    if s.login_delay_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(s.login_delay_ms));
     }
-    match s.real.C_Login {
-        // SAFETY: forwarding the caller's arguments unchanged.
-        Some(f) => unsafe { f(session, user, pin, len) },
-        None => CKR_FUNCTION_NOT_SUPPORTED,
+    let rv = if s.login_locked {
+        CKR_PIN_LOCKED
+    } else {
+        match s.real.C_Login {
+            // SAFETY: forwarding the caller's arguments unchanged.
+            Some(f) => unsafe { f(session, user, pin, len) },
+            None => CKR_FUNCTION_NOT_SUPPORTED,
+        }
+    };
+    log_login(s, &rv.to_string());
+    rv
+}
+
+fn log_login(s: &Shim, line: &str) {
+    if let Some(path) = &s.login_log {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The API's own client, used by `orgkey ignite` and `orgkey seal` to talk to
+//! The API's own client, used by `orgkey ignite`, `orgkey seal` and
+//! `orgkey ignition change --token-file` to talk to
 //! a running appliance (plaintext on loopback, or TLS with a CA file).
 
 use secrecy::{ExposeSecret, SecretString};
@@ -107,6 +108,27 @@ impl ApiClient {
         let req = self
             .http
             .post(format!("{}/v1/ignition", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
+        self.send(req).await
+    }
+
+    /// `POST /v1/ignition/passphrase`.
+    pub async fn change_passphrase(
+        &self,
+        old: &SecretString,
+        new: &SecretString,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = zeroize::Zeroizing::new(
+            serde_json::to_vec(&serde_json::json!({
+                "passphrase": old.expose_secret(),
+                "new_passphrase": new.expose_secret(),
+            }))
+            .map_err(|e| ClientError::Setup(e.to_string()))?,
+        );
+        let req = self
+            .http
+            .post(format!("{}/v1/ignition/passphrase", self.base))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_vec());
         self.send(req).await

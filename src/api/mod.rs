@@ -92,6 +92,9 @@ pub trait Igniter: Send + Sync + 'static {
     /// with the passphrase held since ignition (`relogin`), and reloads the
     /// org key. Fails when no passphrase is held.
     fn recover(&self) -> Result<Option<Arc<SigningKey>>, IgniteError>;
+    /// Changes the ignition passphrase on the token (the token checks
+    /// `old`); a passphrase held for relogin becomes `new`.
+    fn change_passphrase(&self, old: &SecretString, new: &SecretString) -> Result<(), IgniteError>;
     /// Sessions open on the token (for `/v1/status` and soak tests).
     fn token_sessions(&self) -> usize;
     /// Loads the keys of the live org certs again (a new org cert was made
@@ -197,6 +200,19 @@ impl ApiState {
     /// Replaces the seal state.
     pub fn set_seal_state(&self, s: SealState) {
         *self.seal.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// Marks the appliance ignited with `key` unless it has been sealed
+    /// meanwhile; the check and the change are one step, so a seal that
+    /// lands while the token recovery is logging in is never undone.
+    /// Returns whether the appliance is now ignited.
+    pub fn ignite_unless_sealed(&self, key: Option<Arc<SigningKey>>) -> bool {
+        let mut guard = self.seal.write().unwrap_or_else(|p| p.into_inner());
+        if matches!(*guard, SealState::Sealed) {
+            return false;
+        }
+        *guard = SealState::Ignited(key);
+        true
     }
 
     /// Signature creation time.
@@ -341,9 +357,10 @@ pub fn fuzz_request_input(data: &[u8]) -> bool {
         .ok()
         .is_some_and(|s| hkp::parse_search(s).is_ok());
     let ignition = routes::parse_ignition_body(data).is_ok();
+    let change = routes::parse_passphrase_change(data).is_ok();
     let revoke = x509::parse_revoke_body(data).is_ok();
     let bridge = x509::parse_bridge_body(data).is_ok();
-    hkp || ignition || revoke || bridge
+    hkp || ignition || change || revoke || bridge
 }
 
 #[cfg(test)]

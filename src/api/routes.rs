@@ -57,6 +57,7 @@ pub(super) fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/org-key", get(org_key))
         .route("/v1/sign", post(sign))
         .route("/v1/ignition", post(ignite).delete(seal))
+        .route("/v1/ignition/passphrase", post(change_passphrase))
         .route("/v1/certify", post(super::users::certify))
         .route(
             "/v1/users/{email}",
@@ -356,6 +357,115 @@ async fn ignite(State(st): AppState, headers: HeaderMap, body: Body) -> Result<R
     audited_ignition(&st, &client, req.passphrase).await
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PassphraseChange {
+    passphrase: SecretString,
+    new_passphrase: SecretString,
+}
+
+pub(super) fn parse_passphrase_change(raw: &[u8]) -> Result<PassphraseChange, serde_json::Error> {
+    serde_json::from_slice(raw)
+}
+
+/// Shortest new ignition passphrase (the CLI's rule too).
+const MIN_PASSPHRASE_CHARS: usize = 10;
+
+/// `POST /v1/ignition/passphrase`: changes the ignition passphrase on the
+/// token through the running appliance, so the passphrase it holds for
+/// relogin stays the token's. A wrong current passphrase counts as a failed
+/// ignition (same back-off).
+async fn change_passphrase(
+    State(st): AppState,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use secrecy::ExposeSecret;
+    let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
+    let raw = small_json_body(&headers, body).await?;
+    let parsed = parse_passphrase_change(&raw);
+    wipe(raw);
+    let req = parsed.map_err(|_| {
+        ApiError::bad_request(
+            "expected a JSON object {\"passphrase\": \"...\", \"new_passphrase\": \"...\"}",
+        )
+    })?;
+    if req.new_passphrase.expose_secret().chars().count() < MIN_PASSPHRASE_CHARS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "weak_passphrase",
+            format!("the new ignition passphrase needs at least {MIN_PASSPHRASE_CHARS} characters"),
+        ));
+    }
+    let mut backoff = ignition_lock(&st).await?;
+    if let Some(wait) = backoff.blocked_for(Instant::now()) {
+        let secs = wait.as_secs_f64().ceil() as u64;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ignition_backoff",
+            format!("too many wrong passphrases; try again in {secs} s"),
+        )
+        .retry_after(secs));
+    }
+    let igniter = Arc::clone(&st.igniter);
+    let result = within_deadline(
+        &st,
+        "changing the ignition passphrase",
+        tokio::task::spawn_blocking(move || {
+            igniter.change_passphrase(&req.passphrase, &req.new_passphrase)
+        }),
+    )
+    .await?;
+    match result {
+        Ok(()) => {
+            backoff.succeeded();
+            audit_or_503(&st, AuditEvent::new(&client.name, "ignition-change", "ok")).await?;
+            tracing::info!(client = %client.name, "ignition passphrase changed");
+            Ok(Json(serde_json::json!({ "changed": true })).into_response())
+        }
+        Err(IgniteError::BadPassphrase) => {
+            let delay = backoff.failed(&st.ignition, Instant::now());
+            tracing::warn!(client = %client.name, failures = backoff.failures(), "wrong current ignition passphrase");
+            audit_or_503(
+                &st,
+                AuditEvent::new(&client.name, "ignition-change", "denied").detail(format!(
+                    "bad current passphrase (consecutive failures: {})",
+                    backoff.failures()
+                )),
+            )
+            .await?;
+            let mut err = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_passphrase",
+                "bad ignition passphrase",
+            );
+            if let Some(d) = delay {
+                err = err.retry_after(d.as_secs());
+            }
+            Err(err)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, client = %client.name, "changing the ignition passphrase failed");
+            audit_or_503(
+                &st,
+                AuditEvent::new(&client.name, "ignition-change", "failed").detail(e.to_string()),
+            )
+            .await?;
+            Err(match e {
+                IgniteError::Locked => ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "passphrase_locked",
+                    "the token has locked the ignition passphrase",
+                ),
+                IgniteError::Unavailable(_) => ApiError::token_unavailable(),
+                IgniteError::BadPassphrase
+                | IgniteError::Mismatch(_)
+                | IgniteError::Internal(_) => ApiError::internal(),
+            })
+        }
+    }
+}
+
 async fn audit_or_503(st: &ApiState, event: AuditEvent) -> Result<(), ApiError> {
     st.audit.append(event).await.map(|_| ()).map_err(|e| {
         tracing::error!(error = %e, "audit write failed");
@@ -363,24 +473,51 @@ async fn audit_or_503(st: &ApiState, event: AuditEvent) -> Result<(), ApiError> 
     })
 }
 
+/// The ignition lock (ignition attempts, seals and token recovery take
+/// turns), waited for up to the token deadline.
+pub(super) async fn ignition_lock(
+    st: &ApiState,
+) -> Result<tokio::sync::MutexGuard<'_, super::Backoff>, ApiError> {
+    tokio::time::timeout(st.deadline, st.backoff.lock())
+        .await
+        .map_err(|_| {
+            tracing::error!(
+                "the ignition lock was not free within the deadline (token recovery hangs?)"
+            );
+            ApiError::token_unavailable()
+        })
+}
+
+fn already_ignited(fpr: String) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "already_ignited",
+        format!(
+            "the appliance is already ignited with org key {fpr}; the passphrase was not used \
+             (seal it first to ignite again)"
+        ),
+    )
+}
+
 async fn audited_ignition(
     st: &Arc<ApiState>,
     client: &Client,
     passphrase: SecretString,
 ) -> Result<Response, ApiError> {
-    // Already ignited with an org key: nothing to do. Ignited without one
-    // (the key was generated after ignition) goes through again to load it.
+    // Ignited with an org key: refuse rather than answer "ignited" to a
+    // passphrase nobody checked. Ignited without one (the key was generated
+    // after ignition) goes through a full ignition again to load it.
     let already = |st: &ApiState| match st.seal_state() {
         SealState::Ignited(Some(k)) => Some(k.org.fingerprint()),
         SealState::Ignited(None) | SealState::Sealed => None,
     };
     if let Some(fpr) = already(st) {
-        return Ok(Json(serde_json::json!({ "state": "ignited", "org_key": fpr })).into_response());
+        return Err(already_ignited(fpr));
     }
     // Held across the attempt: concurrent guesses are counted one by one.
-    let mut backoff = st.backoff.lock().await;
+    let mut backoff = ignition_lock(st).await?;
     if let Some(fpr) = already(st) {
-        return Ok(Json(serde_json::json!({ "state": "ignited", "org_key": fpr })).into_response());
+        return Err(already_ignited(fpr));
     }
     let now = Instant::now();
     if let Some(wait) = backoff.blocked_for(now) {
@@ -400,6 +537,9 @@ async fn audited_ignition(
         )
         .retry_after(secs));
     }
+    // Every attempt ends the current login (the passphrase must be proven
+    // by the token): until it succeeds the appliance is sealed.
+    st.set_seal_state(SealState::Sealed);
     let igniter = Arc::clone(&st.igniter);
     let result = within_deadline(
         st,
@@ -483,10 +623,15 @@ async fn audited_ignition(
 
 async fn seal(State(st): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
     let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
-    let _guard = st.backoff.lock().await;
+    // Sealed in memory at once: nothing is signed from here on, whatever
+    // the token does. Token recovery re-checks this before it marks the
+    // appliance ignited, so a recovery that is logging in now cannot undo
+    // the seal.
+    st.set_seal_state(SealState::Sealed);
+    let guard = ignition_lock(&st).await;
     st.set_seal_state(SealState::Sealed);
     let ig = Arc::clone(&st.igniter);
-    // Sealed in memory already; a hung token only delays the logout.
+    // A hung token only delays the logout.
     let res = within_deadline(
         &st,
         "sealing",
@@ -494,6 +639,7 @@ async fn seal(State(st): AppState, headers: HeaderMap) -> Result<Response, ApiEr
     )
     .await
     .unwrap_or_else(|_| Err(IgniteError::Unavailable("the token did not answer".into())));
+    drop(guard);
     if let Err(e) = &res {
         tracing::error!(error = %e, "logout failed (the appliance refuses to sign either way)");
     }

@@ -86,6 +86,11 @@ pub struct RestoreArgs {
 #[derive(Debug, Subcommand)]
 pub enum IgnitionCmd {
     /// Change the ignition passphrase (needs the current one; C_SetPIN).
+    ///
+    /// With --url or --token-file the running appliance changes it (so the
+    /// passphrase it holds for relogin stays right); without them orgkey
+    /// opens the token itself, and a running appliance that still holds the
+    /// old passphrase seals itself at its next relogin instead of retrying.
     Change {
         /// Read the current passphrase from this file instead of prompting.
         #[arg(long)]
@@ -93,6 +98,8 @@ pub enum IgnitionCmd {
         /// Read the new passphrase from this file instead of prompting (twice).
         #[arg(long)]
         new_passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: super::ignite::Remote,
     },
     /// Set a new ignition passphrase with the security officer PIN, for a
     /// lost one (C_InitPIN).
@@ -238,6 +245,7 @@ pub fn run_ignition(config: &Path, cmd: IgnitionCmd) -> anyhow::Result<ExitCode>
         IgnitionCmd::Change {
             passphrase_file,
             new_passphrase_file,
+            remote,
         } => {
             let old = secrets::obtain(
                 passphrase_file.as_deref(),
@@ -250,8 +258,20 @@ pub fn run_ignition(config: &Path, cmd: IgnitionCmd) -> anyhow::Result<ExitCode>
                 true,
             )?;
             secrets::require_strength(&new, "ignition passphrase", 10)?;
-            rt.block_on(change_ignition(&cfg, old, new, &actor, clock()))?;
-            println!("ignition passphrase changed");
+            if remote.url.is_some() || remote.token_file.is_some() {
+                let c = super::ignite::client(config, &remote)?;
+                rt.block_on(c.change_passphrase(&old, &new))?;
+                println!("ignition passphrase changed by the running appliance");
+            } else {
+                rt.block_on(change_ignition(&cfg, old, new, &actor, clock()))?;
+                println!("ignition passphrase changed");
+                eprintln!(
+                    "note: an `orgkey serve` already running on this token still holds the old \
+                     passphrase for relogin; after a token outage it seals itself and waits to be \
+                     ignited with the new one (use --token-file to change it through the running \
+                     appliance instead)"
+                );
+            }
         }
         IgnitionCmd::Reset {
             so_pin_file,

@@ -38,7 +38,7 @@ pub struct SealArgs {
     pub remote: Remote,
 }
 
-fn client(config: &Path, r: &Remote) -> anyhow::Result<ApiClient> {
+pub(super) fn client(config: &Path, r: &Remote) -> anyhow::Result<ApiClient> {
     let url = match &r.url {
         Some(u) => u.clone(),
         None => {
@@ -68,7 +68,17 @@ pub fn run_ignite(config: &Path, a: IgniteArgs) -> anyhow::Result<ExitCode> {
     let c = client(config, &a.remote)?;
     let pass = secrets::obtain(a.passphrase_file.as_deref(), "ignition passphrase", false)?;
     let rt = runtime()?;
-    let v = rt.block_on(c.ignite(&pass))?;
+    let v = match rt.block_on(c.ignite(&pass)) {
+        Ok(v) => v,
+        Err(crate::api::client::ClientError::Api { code, message, .. })
+            if code == "already_ignited" =>
+        {
+            // Nothing to do, and nothing was proven: say so plainly.
+            println!("{message}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
     match v["org_key"].as_str() {
         Some(f) => println!("ignited; org key {f}"),
         None => println!("ignited"),

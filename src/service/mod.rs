@@ -188,14 +188,31 @@ fn ignite_error(e: ServiceError) -> IgniteError {
     }
 }
 
+fn login_error(e: TokenError) -> IgniteError {
+    match e {
+        TokenError::BadPin => IgniteError::BadPassphrase,
+        TokenError::PinLocked => IgniteError::Locked,
+        e if e.is_unavailable() => IgniteError::Unavailable(e.to_string()),
+        e => IgniteError::Internal(e.to_string()),
+    }
+}
+
 impl Igniter for TokenIgniter {
     fn ignite(&self, passphrase: &SecretString) -> Result<Option<Arc<SigningKey>>, IgniteError> {
-        self.token.login(passphrase).map_err(|e| match e {
-            TokenError::BadPin => IgniteError::BadPassphrase,
-            TokenError::PinLocked => IgniteError::Locked,
-            e if e.is_unavailable() => IgniteError::Unavailable(e.to_string()),
-            e => IgniteError::Internal(e.to_string()),
-        })?;
+        // Whatever happens next, the passphrase held so far is no longer the
+        // one this ignition is about.
+        *self.held() = None;
+        let login = match self.token.login(passphrase) {
+            // A module whose link was lost keeps failing until it is
+            // initialized again (p11-kit): do that once, then log in.
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "token unavailable at ignition; initializing the module again");
+                self.token.reconnect(passphrase)
+            }
+            r => r,
+        };
+        login.map_err(login_error)?;
+        // Only now, proven by C_Login, may the passphrase be held.
         let loaded = self.load();
         if loaded.is_err() {
             let _ = self.token.logout();
@@ -212,6 +229,15 @@ impl Igniter for TokenIgniter {
             .map_err(|e| IgniteError::Internal(e.to_string()))
     }
 
+    fn change_passphrase(&self, old: &SecretString, new: &SecretString) -> Result<(), IgniteError> {
+        self.token.set_user_pin(old, new).map_err(login_error)?;
+        let mut held = self.held();
+        if held.is_some() {
+            *held = Some(new.clone());
+        }
+        Ok(())
+    }
+
     fn token_sessions(&self) -> usize {
         self.token.open_sessions()
     }
@@ -223,10 +249,15 @@ impl Igniter for TokenIgniter {
                     .into(),
             ));
         };
-        self.token.reconnect(&pass).map_err(|e| match e {
-            TokenError::BadPin => IgniteError::BadPassphrase,
-            e => IgniteError::Unavailable(e.to_string()),
-        })?;
+        if let Err(e) = self.token.reconnect(&pass) {
+            let e = login_error(e);
+            if matches!(e, IgniteError::BadPassphrase | IgniteError::Locked) {
+                // Never try a refused passphrase again: a token that counts
+                // failures would be locked by the appliance itself.
+                *self.held() = None;
+            }
+            return Err(e);
+        }
         self.load()
     }
 

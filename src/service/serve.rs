@@ -2,7 +2,9 @@
 //! file for unattended starts), serve the API until SIGINT/SIGTERM, seal.
 
 use super::{ServiceError, TokenIgniter, open_store, open_token};
-use crate::api::{ApiState, Backoff, Igniter, Listener, SealState, TokenFacts, UserPolicy};
+use crate::api::{
+    ApiState, Backoff, IgniteError, Igniter, Listener, SealState, TokenFacts, UserPolicy,
+};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::{AuditEvent, AuditWriter};
@@ -196,7 +198,12 @@ pub async fn serve(
 
 /// Waits for the token to be marked lost, then re-initializes the module and
 /// logs in again with the held passphrase until it works (relogin), or seals
-/// the appliance (relogin off). Requests get 503 meanwhile.
+/// the appliance (relogin off, sealed meanwhile, or the held passphrase
+/// refused). Requests get 503 meanwhile.
+///
+/// Each attempt holds the ignition lock, so recovery takes turns with
+/// ignition and seal, and it marks the appliance ignited only if no seal
+/// landed while it was logging in.
 async fn recover_token(
     state: Arc<ApiState>,
     relogin: bool,
@@ -210,43 +217,93 @@ async fn recover_token(
         }
         let mut delay = Duration::from_millis(200);
         while state.is_token_down() && !*stop.borrow() {
-            if !relogin || matches!(state.seal_state(), SealState::Sealed) {
-                state.set_seal_state(SealState::Sealed);
-                state
-                    .token_down
-                    .store(false, std::sync::atomic::Ordering::SeqCst);
-                let _ = state
-                    .audit
-                    .append(AuditEvent::new("appliance", "token-lost", "sealed").detail(
-                        "device or link lost; relogin is off: the appliance is sealed until ignited again",
-                    ))
-                    .await;
-                tracing::warn!("token lost and relogin is off: sealed, waiting for ignition");
+            let lock = state.backoff.lock().await;
+            if !state.is_token_down() {
                 break;
             }
+            if !relogin || matches!(state.seal_state(), SealState::Sealed) {
+                let why = if relogin {
+                    "device or link lost while sealed: the appliance stays sealed until ignited again"
+                } else {
+                    "device or link lost; relogin is off: the appliance is sealed until ignited again"
+                };
+                seal_after_loss(&state, why).await;
+                drop(lock);
+                tracing::warn!("{why}");
+                break;
+            }
+            drop(lock);
             tokio::time::sleep(delay).await;
+            let lock = state.backoff.lock().await;
+            if matches!(state.seal_state(), SealState::Sealed) {
+                // Sealed while we slept: the seal stands; the next round
+                // logs out and clears the token state.
+                drop(lock);
+                continue;
+            }
             let ig = Arc::clone(&state.igniter);
-            match tokio::task::spawn_blocking(move || ig.recover()).await {
-                Ok(Ok(key)) => {
-                    state.set_seal_state(SealState::Ignited(key));
-                    state
-                        .token_down
-                        .store(false, std::sync::atomic::Ordering::SeqCst);
-                    let _ = state
-                        .audit
-                        .append(AuditEvent::new("appliance", "token-recovered", "ok"))
-                        .await;
-                    tracing::info!("token recovered: module initialized again and logged in");
+            let attempt = tokio::task::spawn_blocking(move || ig.recover());
+            match tokio::time::timeout(state.deadline, attempt).await {
+                Ok(Ok(Ok(key))) => {
+                    if state.ignite_unless_sealed(key) {
+                        state
+                            .token_down
+                            .store(false, std::sync::atomic::Ordering::SeqCst);
+                        let _ = state
+                            .audit
+                            .append(AuditEvent::new("appliance", "token-recovered", "ok"))
+                            .await;
+                        tracing::info!("token recovered: module initialized again and logged in");
+                    } else {
+                        seal_after_loss(&state, "sealed while the token was recovering").await;
+                    }
                 }
-                Ok(Err(e)) => {
+                Ok(Ok(Err(e @ (IgniteError::BadPassphrase | IgniteError::Locked)))) => {
+                    // The held passphrase no longer opens the token (changed
+                    // elsewhere, or the PIN locked): never retry it.
+                    let why = format!(
+                        "relogin refused ({e}); the held passphrase was dropped and the appliance \
+                         is sealed until ignited again"
+                    );
+                    seal_after_loss(&state, &why).await;
+                    tracing::error!("{why}");
+                }
+                Ok(Ok(Err(e))) => {
                     tracing::warn!(error = %e, "token still unavailable; retrying");
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::error!(error = %e, "recovery task failed");
                     delay = Duration::from_secs(1);
                 }
+                Err(_) => {
+                    tracing::warn!(deadline = ?state.deadline, "token recovery did not finish in time; retrying");
+                    delay = Duration::from_secs(1);
+                }
             }
+            drop(lock);
         }
     }
+}
+
+/// Seals after a token loss: sealed in memory, logged out of the token (as
+/// far as a lost token allows, within the deadline), the held passphrase
+/// dropped, the loss no longer pending, and an audit row saying why.
+async fn seal_after_loss(state: &ApiState, why: &str) {
+    state.set_seal_state(SealState::Sealed);
+    let ig = Arc::clone(&state.igniter);
+    let logout = tokio::task::spawn_blocking(move || ig.seal());
+    match tokio::time::timeout(state.deadline, logout).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "logout after the token loss failed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "logout task failed"),
+        Err(_) => tracing::warn!("logout after the token loss did not finish in time"),
+    }
+    state
+        .token_down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = state
+        .audit
+        .append(AuditEvent::new("appliance", "token-lost", "sealed").detail(why))
+        .await;
 }

@@ -195,6 +195,17 @@ pub unsafe fn set_module_environment<'a>(vars: impl IntoIterator<Item = (&'a Str
     }
 }
 
+/// C_Logout on `session`; not being logged in is fine.
+fn end_login(session: &Session) -> Result<(), TokenError> {
+    match session.logout() {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserNotLoggedIn, _)) => {
+            Ok(())
+        }
+        Err(e) => Err(TokenError::from_ck("logging out (C_Logout)", e)),
+    }
+}
+
 impl Token {
     /// Loads `module` and opens the token `selector` names.
     pub fn open(
@@ -280,11 +291,16 @@ impl Token {
         &self.description
     }
 
-    /// Logs the user in with the ignition passphrase. Logging in twice is fine.
+    /// Logs the user in with the ignition passphrase.
+    ///
+    /// This is always a real C_Login, so the passphrase is proven by the
+    /// token every time: a login this process holds already is ended first
+    /// (PKCS#11 answers a second C_Login with CKR_USER_ALREADY_LOGGED_IN
+    /// without looking at the PIN). On error the token is left logged out.
     pub fn login(&self, passphrase: &SecretString) -> Result<(), TokenError> {
         let mut guard = lock(&self.login_session);
-        if guard.is_some() {
-            return Ok(());
+        if let Some(previous) = guard.take() {
+            end_login(&previous)?;
         }
         let session = self
             .ctx
@@ -295,7 +311,15 @@ impl Token {
             Err(cryptoki::error::Error::Pkcs11(
                 cryptoki::error::RvError::UserAlreadyLoggedIn,
                 _,
-            )) => {}
+            )) => {
+                // Logged in through a session this Token does not know of
+                // (another Token on the same module in this process): end
+                // that login too, then prove the passphrase.
+                end_login(&session)?;
+                session
+                    .login(UserType::User, Some(passphrase))
+                    .map_err(|e| TokenError::from_ck("ignition (C_Login)", e))?;
+            }
             Err(e) => return Err(TokenError::from_ck("ignition (C_Login)", e)),
         }
         *guard = Some(session);
@@ -303,6 +327,11 @@ impl Token {
     }
 
     /// Logs out and closes idle sessions (seals the appliance).
+    ///
+    /// Ends the login even when this Token holds no login session of its
+    /// own, so a seal never leaves the process logged in. The login state
+    /// is forgotten even when C_Logout fails (a lost device): the next
+    /// ignition proves the passphrase again either way.
     pub fn logout(&self) -> Result<(), TokenError> {
         let session = lock(&self.login_session).take();
         {
@@ -311,16 +340,39 @@ impl Token {
             st.idle.clear();
         }
         match session {
-            Some(s) => match s.logout() {
-                Ok(()) => Ok(()),
-                Err(cryptoki::error::Error::Pkcs11(
-                    cryptoki::error::RvError::UserNotLoggedIn,
-                    _,
-                )) => Ok(()),
-                Err(e) => Err(TokenError::from_ck("sealing (C_Logout)", e)),
-            },
-            None => Ok(()),
+            Some(s) => end_login(&s),
+            None => {
+                let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+                let s = self
+                    .ctx
+                    .open_rw_session(self.slot())
+                    .ck("opening a session to log out")?;
+                end_login(&s)
+            }
         }
+    }
+
+    /// Changes the ignition passphrase (C_SetPIN) from inside a process that
+    /// may be logged in: on the login session when there is one (a user
+    /// session), else on a fresh read/write public session. Either way the
+    /// token checks `old` itself, and the process's login state is unchanged.
+    pub fn set_user_pin(&self, old: &SecretString, new: &SecretString) -> Result<(), TokenError> {
+        let guard = lock(&self.login_session);
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let fresh;
+        let session = match guard.as_ref() {
+            Some(s) => s,
+            None => {
+                fresh = self
+                    .ctx
+                    .open_rw_session(self.slot())
+                    .ck("opening a session")?;
+                &fresh
+            }
+        };
+        session
+            .set_pin(old, new)
+            .map_err(|e| TokenError::from_ck("changing the ignition passphrase (C_SetPIN)", e))
     }
 
     /// Whether this process holds a login on the token.
