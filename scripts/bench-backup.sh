@@ -37,7 +37,7 @@ SQL
 bytes=$(stat -c %s "$work/data/orgkey.db")
 
 /usr/bin/time -f "%e %M" -o "$work/backup.time" \
-  "$bin" backup state --out "$work/state.pgp" >/dev/null
+  "$bin" backup state --out "$work/state.pgp" --passphrase-file "$work/pin" >/dev/null
 read -r bsecs brss < "$work/backup.time"
 /usr/bin/time -f "%e %M" -o "$work/restore.time" \
   "$bin" backup restore-state --in "$work/state.pgp" --replace --passphrase-file "$work/pin" >/dev/null

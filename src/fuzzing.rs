@@ -86,7 +86,7 @@ pub fn state_backup(org_cert: &[u8], data: &[u8]) {
         curve: EcCurve::P256,
         point: [&[4u8][..], &[1u8; 64][..]].concat(),
     });
-    let _ = crate::openpgp::decrypt_with_org_key(&org, &dec, data, &mut std::io::sink());
+    let _ = crate::openpgp::decrypt_signed_by_org_key(&org, &dec, data, &mut std::io::sink());
 }
 
 /// HKP search strings and the JSON bodies of the small JSON routes.

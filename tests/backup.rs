@@ -205,12 +205,36 @@ async fn key_backup_restores_into_another_token_and_signs_there() {
     );
     assert_eq!(private_keys_in_token(&b), 4);
 
+    // Disaster recovery: A's state backup restores into B's fresh store
+    // (another audit history, but nothing in it to lose), and A's API
+    // clients work on B.
+    let gw_a = a.client("gateway-a", "sign");
+    let state_a = a.path("state-a.pgp");
+    a.ok(
+        &["backup", "state", "--out", state_a.to_str().unwrap()],
+        true,
+    );
+    let out = b.run(
+        &["backup", "restore-state", "--in", state_a.to_str().unwrap()],
+        true,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("signed by the org key") && said.contains("another history"),
+        "{said}"
+    );
+    assert!(b.ok(&["client", "list"], false).contains("gateway-a"));
+    assert!(b.ok(&["audit", "verify"], false).contains("intact"));
+
     // B signs; gpg verifies with A's certificate.
     let org_a = a.ok(&["org-key", "export"], false);
     let admin = b.client("admin", "admin");
     let signer = b.client("signer", "sign,issue");
     let s = b.serve(&[]);
     assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let r = post(&s, "/v1/sign", &gw_a, b"restored".to_vec()).await;
+    assert_eq!(r.status(), 200, "A's gateway client signs on B");
     let r = post(&s, "/v1/sign", &signer, b"restored".to_vec()).await;
     assert_eq!(r.status(), 200);
     let sig = r.bytes().await.unwrap();
@@ -327,31 +351,48 @@ async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_toke
     toml.push_str("\n[backup]\nrecipients = [\"recovery.asc\"]\n");
     std::fs::write(&a.config, toml).unwrap();
     let out = a.path("state.pgp");
-    a.ok(&["backup", "state", "--out", out.to_str().unwrap()], false);
+    // Signed in the token: the ignition passphrase is needed.
+    let o = a.run(&["backup", "state", "--out", out.to_str().unwrap()], false);
+    assert!(!o.status.success() && !out.exists(), "{}", stderr(&o));
+    a.ok(&["backup", "state", "--out", out.to_str().unwrap()], true);
+    // gpg decrypts with the recovery key and checks the org key's signature.
+    let org = a.ok(&["org-key", "export"], false);
+    recovery.import(org.as_bytes());
     let plain = recovery.run(
         &[
             "--pinentry-mode",
             "loopback",
             "--passphrase",
             "",
+            "--status-fd",
+            "2",
             "--decrypt",
             out.to_str().unwrap(),
         ],
         None,
     );
-    assert!(
-        plain.status.success(),
-        "{}",
-        String::from_utf8_lossy(&plain.stderr)
-    );
+    let status = String::from_utf8_lossy(&plain.stderr).into_owned();
+    assert!(plain.status.success(), "{status}");
     assert!(
         plain.stdout.starts_with(b"SQLite format 3"),
         "gpg decrypted a SQLite store"
     );
-    // gpg sees a message encrypted to the org encryption subkey.
-    let org = a.ok(&["org-key", "export"], false);
     let gpg = Gpg::new();
     gpg.import(org.as_bytes());
+    let listing = gpg.ok(&["--with-colons", "--list-keys"], None);
+    let signing_fpr = listing
+        .lines()
+        .skip_while(|l| !l.starts_with("sub:"))
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[0].split(':').nth(11).is_some_and(|c| c.contains('s')))
+        .and_then(|w| w[1].split(':').nth(9).map(str::to_string))
+        .expect("a signing subkey");
+    assert!(
+        status.contains("[GNUPG:] GOODSIG")
+            && status.contains(&format!("[GNUPG:] VALIDSIG {signing_fpr}")),
+        "gpg: a good signature by the org signing subkey: {status}"
+    );
     let listing = gpg.ok(&["--with-colons", "--list-keys"], None);
     let enc_keyid = listing
         .lines()
@@ -385,9 +426,25 @@ async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_toke
         "{}",
         stderr(&o)
     );
+    // The store moved on after the backup: restoring it is a rollback,
+    // refused unless asked for, and then recorded.
     a.ok(&["users", "remove", "grace@example.com"], false);
     let o = restore(&["--replace"]);
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("older than this store")
+            && stderr(&o).contains("--allow-rollback"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(a.ok(&["users", "list"], false).contains("removed"));
+    let o = restore(&["--replace", "--allow-rollback"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let audit = a.ok(&["audit", "list", "--last", "5"], false);
+    assert!(
+        audit.contains("state-restore\tok") && audit.contains("rollback allowed by the operator"),
+        "{audit}"
+    );
     let listed = a.ok(&["users", "list"], false);
     assert!(
         listed.contains("grace@example.com\tactive"),
@@ -399,7 +456,7 @@ async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_toke
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;
     std::fs::write(&out, &bytes).unwrap();
-    let o = restore(&["--replace"]);
+    let o = restore(&["--replace", "--allow-rollback"]);
     assert!(!o.status.success());
     assert!(
         a.ok(&["users", "list"], false)
@@ -502,12 +559,22 @@ async fn serve_writes_scheduled_state_backups_and_reports_them() {
     let mut toml = std::fs::read_to_string(&a.config).unwrap();
     toml.push_str("\n[backup]\ndir = \"scheduled\"\ninterval = \"1m\"\nkeep = 1\n");
     std::fs::write(&a.config, toml).unwrap();
+    let admin = a.client("admin", "admin");
     let s = a.serve(&[]);
-    // The first backup is written at start, sealed or not.
+    // Sealed, the org key cannot sign a backup: it waits for ignition.
     let mut status = serde_json::Value::Null;
     for _ in 0..100 {
         status = get_json(&s, "/v1/status").await;
         if !status["backup"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["backup"]["outcome"], "skipped", "{status}");
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    for _ in 0..200 {
+        status = get_json(&s, "/v1/status").await;
+        if status["backup"]["outcome"] != "skipped" {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -525,4 +592,85 @@ async fn serve_writes_scheduled_state_backups_and_reports_them() {
     assert!(text.contains(":pubkey enc packet:"), "{text}");
     s.stop();
     assert!(a.ok(&["audit", "list"], false).contains("state-backup"));
+}
+
+#[tokio::test]
+async fn state_backups_the_org_key_did_not_sign_are_refused_and_change_nothing() {
+    let a = Appliance::with_org_key("p256");
+    let admin = a.client("admin", "admin");
+    // The attacker's store: this appliance's own, plus a client with every
+    // scope and a token the attacker knows.
+    let evil = a.client("evil", "sign,certify,issue,revoke,admin");
+    let forged_db = a.path("forged.db");
+    let o = std::process::Command::new("sqlite3")
+        .arg(a.db())
+        .arg(format!(".backup {}", forged_db.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    a.ok(&["client", "remove", "evil"], false);
+    let before = a.ok(&["audit", "verify"], false);
+
+    // Anyone can encrypt to the public org key; an attacker can also sign.
+    let gpg = Gpg::new();
+    let org = a.ok(&["org-key", "export"], false);
+    gpg.import(org.as_bytes());
+    let org_fpr = a
+        .ok(&["org-key", "show"], false)
+        .lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.len() == 40)
+                .map(str::to_string)
+        })
+        .expect("the org key fingerprint");
+    let attacker = gpg.gen_key("Mallory <mallory@example.net>", "ed25519", "1y", &[]);
+    let unsigned = a.path("unsigned.pgp");
+    let foreign = a.path("foreign.pgp");
+    for (out, sign) in [(&unsigned, false), (&foreign, true)] {
+        let mut args = vec![
+            "--batch",
+            "--yes",
+            "--trust-model",
+            "always",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--recipient",
+            &org_fpr,
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        if sign {
+            args.extend(["--local-user", &attacker, "--sign"]);
+        }
+        args.extend(["--encrypt", forged_db.to_str().unwrap()]);
+        gpg.ok(&args, None);
+    }
+    for file in [&unsigned, &foreign] {
+        let o = a.run(
+            &[
+                "backup",
+                "restore-state",
+                "--in",
+                file.to_str().unwrap(),
+                "--replace",
+                "--allow-rollback",
+            ],
+            true,
+        );
+        assert!(
+            !o.status.success() && stderr(&o).contains("not a backup this org key made and signed"),
+            "{}: {}",
+            file.display(),
+            stderr(&o)
+        );
+    }
+    // Nothing changed: no injected client, the same audit chain.
+    assert!(!a.ok(&["client", "list"], false).contains("evil"));
+    assert_eq!(a.ok(&["audit", "verify"], false), before);
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &evil, PASSPHRASE).await.status(), 401);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
 }

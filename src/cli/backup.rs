@@ -3,8 +3,8 @@
 
 use super::{clock, load_config, runtime, secrets};
 use crate::service::{
-    ExportSecrets, backup_state, change_ignition, export_keys, inspect_key_backup, reset_ignition,
-    restore_keys, restore_state,
+    ExportSecrets, RestoreStateOptions, backup_state, change_ignition, export_keys,
+    inspect_key_backup, reset_ignition, restore_keys, restore_state,
 };
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -28,13 +28,24 @@ pub enum BackupCmd {
     /// Restore a key backup into this appliance's (fresh) token and prove
     /// every key against the certificates before recording it.
     RestoreKeys(RestoreArgs),
-    /// Write a state backup: a snapshot of the store encrypted to the org key.
+    /// Write a state backup: a snapshot of the store, signed by the org
+    /// signing subkey in the token and encrypted to the org key.
     State {
         /// Output file (must not exist).
         #[arg(long)]
         out: PathBuf,
+        /// Read the ignition passphrase from this file instead of prompting.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
     },
-    /// Restore a state backup (decrypted through the token). Stop `orgkey serve` first.
+    /// Restore a state backup (decrypted through the token; refused unless
+    /// the org key signed it). Stop `orgkey serve` first.
+    ///
+    /// The backup's audit chain must continue this store's: restoring an
+    /// older backup of this store (a rollback), or one with another history
+    /// over a store that has users, certificates or clients, needs
+    /// --allow-rollback, and the restore's audit row records what was
+    /// discarded.
     RestoreState {
         /// The state backup file.
         #[arg(long = "in")]
@@ -42,6 +53,10 @@ pub enum BackupCmd {
         /// Overwrite a store that already has users, certificates or clients.
         #[arg(long)]
         replace: bool,
+        /// Accept a backup whose audit chain lacks rows this store has
+        /// (an older backup: every change since it is lost).
+        #[arg(long)]
+        allow_rollback: bool,
         /// Read the ignition passphrase from this file instead of prompting.
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
@@ -202,29 +217,46 @@ pub fn run(config: &Path, cmd: BackupCmd) -> anyhow::Result<ExitCode> {
                 "restored org key {fpr}: every key signed (or decrypted) a challenge that verified against its certificate"
             );
         }
-        BackupCmd::State { out } => {
-            let size = rt.block_on(backup_state(&cfg, &out, &actor, clock()))?;
+        BackupCmd::State {
+            out,
+            passphrase_file,
+        } => {
+            let ignition =
+                secrets::obtain(passphrase_file.as_deref(), "ignition passphrase", false)?;
+            let size = rt.block_on(backup_state(&cfg, ignition, &out, &actor, clock()))?;
             println!(
-                "wrote {} ({size} bytes of store, encrypted to the org key)",
+                "wrote {} ({size} bytes of store, signed by the org key and encrypted to it)",
                 out.display()
             );
         }
         BackupCmd::RestoreState {
             input,
             replace,
+            allow_rollback,
             passphrase_file,
         } => {
             let ignition =
                 secrets::obtain(passphrase_file.as_deref(), "ignition passphrase", false)?;
-            let size = rt.block_on(restore_state(
+            let report = rt.block_on(restore_state(
                 &cfg,
                 ignition,
                 &input,
-                replace,
+                RestoreStateOptions {
+                    replace,
+                    allow_rollback,
+                },
                 &actor,
                 clock(),
             ))?;
-            println!("restored the store ({size} bytes) from {}", input.display());
+            println!(
+                "restored the store ({} bytes) from {}, signed by the org key on {}",
+                report.bytes,
+                input.display(),
+                humantime::format_rfc3339_seconds(report.signed_at)
+            );
+            if let Some(d) = report.discarded {
+                println!("{d}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -451,6 +451,10 @@ impl OrgKey {
         })
     }
 
+    pub(crate) fn cert(&self) -> &Cert {
+        &self.cert
+    }
+
     pub(crate) fn signing_key(&self) -> &Key<PublicParts, UnspecifiedRole> {
         &self.signing
     }

@@ -15,7 +15,10 @@ mod token_signer;
 mod users;
 
 pub use cert::{OrgKey, OrgKeyDraft, OrgKeyKeys, SubkeyInfo};
-pub use encrypt::{RecipientCert, decrypt_with_org_key, encrypt_to_org_key};
+pub use encrypt::{
+    RecipientCert, SignedPlaintext, decrypt_signed_by_org_key, decrypt_with_org_key,
+    encrypt_to_org_key, sign_and_encrypt_to_org_key,
+};
 pub use hkp::hkp_index;
 pub use sign::{PendingSignature, SignMode, SignatureOutput};
 pub use users::{

@@ -5,13 +5,17 @@
 
 use super::org_key::kinds;
 use super::{ServiceError, decode_id, open_store, open_token};
+use crate::api::SigningKey;
 use crate::backup::BackupError;
 use crate::backup::keyfile::{
     self, Body, Kdf, StoredKey, StoredOrgCert, StoredOrgKey, StoredPublic,
 };
 use crate::clock::{Clock, unix_secs};
 use crate::config::{Config, OrgKeyAlgorithm};
-use crate::openpgp::{OrgKey, RecipientCert, decrypt_with_org_key, encrypt_to_org_key};
+use crate::openpgp::{
+    OrgKey, RecipientCert, SignedPlaintext, decrypt_signed_by_org_key, decrypt_with_org_key,
+    encrypt_to_org_key, sign_and_encrypt_to_org_key,
+};
 use crate::signer::{EcCurve, PublicKey, rsa_bits};
 use crate::store::{AuditEvent, OrgCertRecord, OrgKeyRecord, Store};
 use crate::token::{KeyKind, KeyUsage, Token, UnwrapSpec};
@@ -559,12 +563,17 @@ fn extra_recipients(cfg: &Config) -> Result<Vec<RecipientCert>, ServiceError> {
         .collect()
 }
 
-/// Removes a plaintext snapshot whatever happens.
+/// Removes a plaintext snapshot (and any SQLite side files) whatever happens.
 struct TempFile(PathBuf);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut side = self.0.clone().into_os_string();
+            side.push(suffix);
+            let _ = std::fs::remove_file(side);
+        }
     }
 }
 
@@ -575,26 +584,76 @@ fn temp_path(dir: &Path, what: &str) -> PathBuf {
     ))
 }
 
-/// Writes a state backup of `store` to `out` (which must not exist):
-/// a consistent snapshot streamed through encryption to the org key.
-/// Returns the plaintext size.
+/// Writes a state backup of `store` to `out` (which must not exist): a
+/// consistent snapshot, signed by the org signing subkey in the token (`key`,
+/// ignited) and encrypted to the org key, streamed. Returns the plaintext
+/// size.
+///
+/// The backup's audit row is appended before the snapshot is taken, so the
+/// backup holds its own row: restoring the newest backup over the store it
+/// came from discards nothing (the restore's chain check sees no rollback).
+/// A backup that fails afterwards gets a `failed` row.
 pub(crate) async fn write_state_backup(
     cfg: &Config,
     store: &Store,
     out: &Path,
     actor: &str,
+    key: &SigningKey,
 ) -> Result<u64, ServiceError> {
     let rec = store
         .active_org_key()
         .await?
         .ok_or_else(|| ServiceError::Refused("no org key to encrypt the backup to".into()))?;
+    if rec.fingerprint != key.org.fingerprint() {
+        return Err(ServiceError::Refused(
+            "the org key changed since ignition; ignite again before backing up".into(),
+        ));
+    }
+    if out.exists() {
+        return Err(ServiceError::Refused(format!(
+            "{} exists already; state backups never overwrite a file",
+            out.display()
+        )));
+    }
+    // The stored certificate is the newest (renewed) one of the same keys.
     let org = OrgKey::parse(rec.cert.as_bytes())?;
     let extra = extra_recipients(cfg)?;
-    let snapshot = TempFile(temp_path(&cfg.data_dir, "snapshot"));
+    store
+        .append_audit(&[AuditEvent::new(actor, "state-backup", "snapshot")
+            .key(rec.fingerprint.clone())
+            .detail(format!(
+                "to {}, signed by {}",
+                out.display(),
+                key.org.signing_subkey().fingerprint
+            ))])
+        .await?;
+    let written = write_signed_snapshot(store, out, org, extra, key, &cfg.data_dir).await;
+    if let Err(e) = &written {
+        // `out` is created by the last step only: nothing to remove.
+        let _ = store
+            .append_audit(&[AuditEvent::new(actor, "state-backup", "failed")
+                .key(rec.fingerprint.clone())
+                .detail(e.to_string())])
+            .await;
+    }
+    written
+}
+
+async fn write_signed_snapshot(
+    store: &Store,
+    out: &Path,
+    org: OrgKey,
+    extra: Vec<RecipientCert>,
+    key: &SigningKey,
+    scratch: &Path,
+) -> Result<u64, ServiceError> {
+    let snapshot = TempFile(temp_path(scratch, "snapshot"));
     store.snapshot_to(&snapshot.0).await?;
     let out_tmp = TempFile(temp_path(out.parent().unwrap_or(Path::new(".")), "backup"));
     let snap = snapshot.0.clone();
     let tmp = out_tmp.0.clone();
+    let signer = Arc::clone(&key.signer);
+    let now = store.clock().now_secs();
     let size = tokio::task::spawn_blocking(move || -> Result<u64, ServiceError> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut input = std::io::BufReader::new(
@@ -607,7 +666,14 @@ pub(crate) async fn write_state_backup(
             .open(&tmp)
             .map_err(ServiceError::io(format!("creating {}", tmp.display())))?;
         let mut writer = std::io::BufWriter::new(file);
-        let n = encrypt_to_org_key(&org, &extra, &mut input, &mut writer)?;
+        let n = sign_and_encrypt_to_org_key(
+            &org,
+            signer.as_ref(),
+            &extra,
+            &mut input,
+            &mut writer,
+            now,
+        )?;
         let file = writer
             .into_inner()
             .map_err(|e| ServiceError::Refused(format!("writing the backup: {e}")))?;
@@ -619,64 +685,164 @@ pub(crate) async fn write_state_backup(
     .map_err(|e| ServiceError::Refused(format!("backup task failed: {e}")))??;
     std::fs::hard_link(&out_tmp.0, out)
         .map_err(ServiceError::io(format!("writing {}", out.display())))?;
-    if let Err(e) = store
-        .append_audit(&[AuditEvent::new(actor, "state-backup", "ok")
-            .key(rec.fingerprint.clone())
-            .detail(format!("{} bytes of store to {}", size, out.display()))])
-        .await
-    {
-        let _ = std::fs::remove_file(out);
-        return Err(e.into());
-    }
     Ok(size)
 }
 
-/// `orgkey backup state`.
+/// `orgkey backup state`: logs in with the ignition passphrase (the backup
+/// is signed by the org signing subkey in the token).
 pub async fn backup_state(
     cfg: &Config,
+    ignition: SecretString,
     out: &Path,
     actor: &str,
     clock: Arc<dyn Clock>,
 ) -> Result<u64, ServiceError> {
     let store = open_store(cfg, clock).await?;
-    let r = write_state_backup(cfg, &store, out, actor).await;
+    let result = async {
+        let rec = store.active_org_key().await?.ok_or_else(|| {
+            ServiceError::Refused("no org key: generate or restore one first".into())
+        })?;
+        let cfg2 = cfg.clone();
+        let (token, key) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
+            let token = Arc::new(open_token(&cfg2)?);
+            token.login(&ignition)?;
+            match super::load_signing_key(&token, &rec) {
+                Ok(key) => Ok((token, key)),
+                Err(e) => {
+                    let _ = token.logout();
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))??;
+        let r = write_state_backup(cfg, &store, out, actor, &key).await;
+        drop(key);
+        let _ = tokio::task::spawn_blocking(move || token.logout()).await;
+        r
+    }
+    .await;
     store.close().await;
-    r
+    result
 }
 
-/// `orgkey backup restore-state`: decrypts through the token and replaces
-/// the store (the server must be stopped). Returns the restored size.
+/// How a backup's audit chain relates to the chain of the store it replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ChainRelation {
+    /// The backup's chain contains every row of the current one (or the
+    /// current store has no rows): nothing recorded is lost.
+    Extends,
+    /// The backup's chain is an older part of the current one: rows
+    /// `from..=to` of the current chain would be lost (a rollback).
+    Older { from: i64, to: i64, tip: String },
+    /// The chains do not share their history.
+    Unrelated { rows: i64, tip: String },
+}
+
+async fn chain_relation(current: &Store, restored: &Store) -> Result<ChainRelation, ServiceError> {
+    let Some((c_seq, c_hash)) = current.audit_tip().await? else {
+        return Ok(ChainRelation::Extends);
+    };
+    if restored.audit_hash_at(c_seq).await?.as_deref() == Some(c_hash.as_str()) {
+        return Ok(ChainRelation::Extends);
+    }
+    let b_tip = restored.audit_tip().await?;
+    if let Some((b_seq, b_hash)) = &b_tip
+        && current.audit_hash_at(*b_seq).await?.as_deref() == Some(b_hash.as_str())
+    {
+        return Ok(ChainRelation::Older {
+            from: b_seq + 1,
+            to: c_seq,
+            tip: c_hash,
+        });
+    }
+    Ok(ChainRelation::Unrelated {
+        rows: c_seq,
+        tip: c_hash,
+    })
+}
+
+/// How `backup restore-state` may replace the store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreStateOptions {
+    /// Replace a store that holds users, certificates or clients.
+    pub replace: bool,
+    /// Accept a backup whose audit chain does not contain every row of the
+    /// store it replaces (an older backup of this store, or a store with
+    /// another history): those rows are discarded, and the restore's audit
+    /// row records the discarded chain's last row.
+    pub allow_rollback: bool,
+}
+
+/// What `backup restore-state` did.
+#[derive(Debug, Clone)]
+pub struct RestoreStateReport {
+    /// Plaintext bytes restored.
+    pub bytes: u64,
+    /// When the org key signed the backup.
+    pub signed_at: std::time::SystemTime,
+    /// Audit rows of the current store that the restore discarded (a
+    /// rollback the operator allowed, or a fresh store's setup rows).
+    pub discarded: Option<String>,
+}
+
+/// `orgkey backup restore-state`: decrypts through the token, accepts the
+/// backup only if the org signing subkey signed it, checks its audit chain
+/// against the store's, and replaces the store (the server must be
+/// stopped).
 pub async fn restore_state(
     cfg: &Config,
     ignition: SecretString,
     input: &Path,
-    replace: bool,
+    options: RestoreStateOptions,
     actor: &str,
     clock: Arc<dyn Clock>,
-) -> Result<u64, ServiceError> {
-    let store = open_store(cfg, Arc::clone(&clock)).await?;
-    let rec = store.active_org_key().await?.ok_or_else(|| {
+) -> Result<RestoreStateReport, ServiceError> {
+    let current = open_store(cfg, Arc::clone(&clock)).await?;
+    let result = restore_state_over(cfg, &current, ignition, input, options, actor, &clock).await;
+    current.close().await;
+    let (plain, report) = result?;
+    // Nothing was replaced until here; now in one rename.
+    let db = &cfg.store.sqlite;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::rename(&plain.0, db)
+        .map_err(ServiceError::io(format!("replacing {}", db.display())))?;
+    Ok(report)
+}
+
+async fn restore_state_over(
+    cfg: &Config,
+    current: &Store,
+    ignition: SecretString,
+    input: &Path,
+    options: RestoreStateOptions,
+    actor: &str,
+    clock: &Arc<dyn Clock>,
+) -> Result<(TempFile, RestoreStateReport), ServiceError> {
+    let rec = current.active_org_key().await?.ok_or_else(|| {
         ServiceError::Refused(
             "this appliance has no org key to decrypt with: restore the key backup first \
              (orgkey backup restore-keys)"
                 .into(),
         )
     })?;
-    if store.has_state().await? && !replace {
+    let has_state = current.has_state().await?;
+    if has_state && !options.replace {
         return Err(ServiceError::Refused(
             "the store already holds users, certificates or clients; pass --replace to \
              overwrite it with the backup"
                 .into(),
         ));
     }
-    store.close().await;
     let org = OrgKey::parse(rec.cert.as_bytes())?;
     let plain = TempFile(temp_path(&cfg.data_dir, "restore"));
     let cfg2 = cfg.clone();
     let input2 = input.to_path_buf();
     let dest = plain.0.clone();
     let enc_id = decode_id(&rec.encryption_id)?;
-    let size = tokio::task::spawn_blocking(move || -> Result<u64, ServiceError> {
+    let signed = tokio::task::spawn_blocking(move || -> Result<SignedPlaintext, ServiceError> {
         use std::os::unix::fs::OpenOptionsExt;
         let token = Arc::new(open_token(&cfg2)?);
         token.login(&ignition)?;
@@ -694,48 +860,99 @@ pub async fn restore_state(
                 .open(&dest)
                 .map_err(ServiceError::io("creating the restored store"))?;
             let mut writer = std::io::BufWriter::new(file);
-            let n = decrypt_with_org_key(&org, &decrypter, reader, &mut writer)?;
+            let signed =
+                decrypt_signed_by_org_key(&org, &decrypter, reader, &mut writer).map_err(|e| {
+                    ServiceError::Refused(format!(
+                        "the state backup is not a backup this org key made and signed: {e}"
+                    ))
+                })?;
             let file = writer
                 .into_inner()
                 .map_err(|e| ServiceError::Refused(format!("writing the restored store: {e}")))?;
             file.sync_all()
                 .map_err(ServiceError::io("syncing the restored store"))?;
-            Ok(n)
+            Ok(signed)
         })();
         let _ = token.logout();
         result
     })
     .await
     .map_err(|e| ServiceError::Refused(format!("restore task failed: {e}")))??;
-    // The decrypted file must be an intact orgkey store for this org key.
-    let restored = Store::open(&plain.0, false, Arc::clone(&clock)).await?;
-    let check = restored.verify_audit().await?;
-    let restored_key = restored.active_org_key().await?;
+    // From here on the bytes are the org key's own: open them as a store.
+    let restored = Store::open(&plain.0, false, Arc::clone(clock)).await?;
+    let checked = async {
+        let check = restored.verify_audit().await?;
+        if let Some((seq, why)) = check.first_broken {
+            return Err(ServiceError::Refused(format!(
+                "the backup's audit chain is broken at row {seq}: {why}"
+            )));
+        }
+        let restored_key = restored.active_org_key().await?;
+        if restored_key.map(|k| k.fingerprint) != Some(rec.fingerprint.clone()) {
+            return Err(ServiceError::Refused(
+                "the backup is of a store with another org key".into(),
+            ));
+        }
+        let relation = chain_relation(current, &restored).await?;
+        let discarded = match &relation {
+            ChainRelation::Extends => None,
+            ChainRelation::Older { from, to, tip } => {
+                if !options.allow_rollback {
+                    return Err(ServiceError::Refused(format!(
+                        "the backup is older than this store: restoring it would discard audit \
+                         rows {from} to {to} and everything they record. Pass --allow-rollback \
+                         to do that anyway (the restore's audit row records what was discarded)"
+                    )));
+                }
+                Some(format!(
+                    "rollback allowed by the operator: rows {from}..{to} discarded (last hash {tip})"
+                ))
+            }
+            ChainRelation::Unrelated { rows, tip } => {
+                if has_state && !options.allow_rollback {
+                    return Err(ServiceError::Refused(format!(
+                        "the backup's audit chain does not continue this store's ({rows} rows, \
+                         which hold users, certificates or clients). Pass --allow-rollback to \
+                         discard this store's history anyway (recorded in the audit)"
+                    )));
+                }
+                Some(format!(
+                    "replaced a store with another history: {rows} rows discarded (last hash {tip})"
+                ))
+            }
+        };
+        let mut detail = format!(
+            "{} bytes from {}, signed {}",
+            signed.bytes,
+            input.display(),
+            humantime::format_rfc3339_seconds(signed.signed_at)
+        );
+        if let Some(d) = &discarded {
+            detail.push_str("; ");
+            detail.push_str(d);
+        }
+        // The restore's own row goes into the restored chain before it
+        // replaces anything.
+        restored
+            .append_audit(&[AuditEvent::new(actor, "state-restore", "ok")
+                .key(rec.fingerprint.clone())
+                .detail(detail)])
+            .await?;
+        Ok(RestoreStateReport {
+            bytes: signed.bytes,
+            signed_at: signed.signed_at,
+            discarded,
+        })
+    }
+    .await;
+    let checkpointed = match &checked {
+        Ok(_) => restored.checkpoint().await.map_err(ServiceError::from),
+        Err(_) => Ok(()),
+    };
     restored.close().await;
-    if let Some((seq, why)) = check.first_broken {
-        return Err(ServiceError::Refused(format!(
-            "the backup's audit chain is broken at row {seq}: {why}"
-        )));
-    }
-    if restored_key.map(|k| k.fingerprint) != Some(rec.fingerprint.clone()) {
-        return Err(ServiceError::Refused(
-            "the backup is of a store with another org key".into(),
-        ));
-    }
-    let db = &cfg.store.sqlite;
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    std::fs::rename(&plain.0, db)
-        .map_err(ServiceError::io(format!("replacing {}", db.display())))?;
-    let store = open_store(cfg, clock).await?;
-    store
-        .append_audit(&[AuditEvent::new(actor, "state-restore", "ok")
-            .key(rec.fingerprint)
-            .detail(format!("{size} bytes from {}", input.display()))])
-        .await?;
-    store.close().await;
-    Ok(size)
+    let report = checked?;
+    checkpointed?;
+    Ok((plain, report))
 }
 
 /// Runs a PIN operation on the token and audits it as `operation`, whether
@@ -791,9 +1008,14 @@ pub async fn reset_ignition(
     .await
 }
 
-/// Scheduled state backups inside `orgkey serve`: one at start, then every
-/// interval; keeps the newest `keep` files. Needs no token (it encrypts to
-/// the org key's public certificate), so it runs sealed too.
+/// While sealed, a due scheduled backup is retried this often (it needs the
+/// org signing subkey, which only an ignited appliance can use).
+const SEALED_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Scheduled state backups inside `orgkey serve`: one as soon as the
+/// appliance is ignited with an org key, then every interval; keeps the
+/// newest `keep` files. Backups are signed in the token, so while sealed a
+/// due backup waits (reported as skipped) until ignition.
 pub(super) async fn schedule_state_backups(
     cfg: Config,
     state: Arc<crate::api::ApiState>,
@@ -806,16 +1028,18 @@ pub(super) async fn schedule_state_backups(
         if *stop.borrow() {
             break;
         }
-        let has_key = matches!(state.store.active_org_key().await, Ok(Some(_)));
-        let result = if has_key {
-            Some(scheduled_backup(&cfg, &state.store).await)
-        } else {
-            None
+        let key = match state.seal_state() {
+            crate::api::SealState::Ignited(Some(k)) if !state.is_token_down() => Some(k),
+            _ => None,
+        };
+        let result = match &key {
+            Some(k) => Some(scheduled_backup(&cfg, &state.store, k).await),
+            None => None,
         };
         let report = match result {
             None => serde_json::json!({
                 "outcome": "skipped",
-                "reason": "no org key to encrypt to yet",
+                "reason": "waiting for an ignited org key (state backups are signed in the token)",
                 "at": unix_secs(state.clock.now()),
             }),
             Some(Ok((path, size))) => {
@@ -829,11 +1053,6 @@ pub(super) async fn schedule_state_backups(
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "scheduled state backup FAILED");
-                let _ = state
-                    .store
-                    .append_audit(&[AuditEvent::new("appliance", "state-backup", "failed")
-                        .detail(e.to_string())])
-                    .await;
                 serde_json::json!({
                     "outcome": "failed",
                     "error": e.to_string(),
@@ -842,14 +1061,23 @@ pub(super) async fn schedule_state_backups(
             }
         };
         state.set_backup_report(report);
+        let wait = if key.is_some() {
+            interval
+        } else {
+            SEALED_RETRY
+        };
         tokio::select! {
             _ = stop.changed() => {}
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }
 
-async fn scheduled_backup(cfg: &Config, store: &Store) -> Result<(PathBuf, u64), ServiceError> {
+async fn scheduled_backup(
+    cfg: &Config,
+    store: &Store,
+    key: &SigningKey,
+) -> Result<(PathBuf, u64), ServiceError> {
     let dir = &cfg.backup.dir;
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -863,7 +1091,7 @@ async fn scheduled_backup(cfg: &Config, store: &Store) -> Result<(PathBuf, u64),
         .to_string()
         .replace([':', '-'], "");
     let path = dir.join(format!("orgkey-state-{stamp}.pgp"));
-    let size = write_state_backup(cfg, store, &path, "appliance").await?;
+    let size = write_state_backup(cfg, store, &path, "appliance", key).await?;
     // Keep the newest `keep` scheduled backups (names sort by time).
     let mut ours: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(ServiceError::io(format!("listing {}", dir.display())))?

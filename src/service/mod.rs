@@ -12,8 +12,8 @@ mod serve;
 mod users;
 
 pub use backup::{
-    ExportReport, ExportSecrets, backup_state, change_ignition, export_keys, inspect_key_backup,
-    reset_ignition, restore_keys, restore_state,
+    ExportReport, ExportSecrets, RestoreStateOptions, RestoreStateReport, backup_state,
+    change_ignition, export_keys, inspect_key_backup, reset_ignition, restore_keys, restore_state,
 };
 pub(crate) use init::write_private;
 pub use init::{InitRequest, InitResult, init_appliance};

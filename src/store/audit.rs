@@ -189,6 +189,24 @@ impl Store {
         Ok(seq.unwrap_or(0))
     }
 
+    /// The last row's sequence number and hash (`None` when empty).
+    pub async fn audit_tip(&self) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::db("reading the audit chain head"))?;
+        Ok(row.map(|r| (r.get("seq"), r.get("hash"))))
+    }
+
+    /// The hash of row `seq`, if the chain has that row.
+    pub async fn audit_hash_at(&self, seq: i64) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::db("reading the audit chain"))
+    }
+
     /// Rows with `seq > after`, oldest first, at most `limit`.
     pub async fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
         let rows = sqlx::query(

@@ -236,6 +236,22 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Moves everything in the write-ahead log into the main file and
+    /// empties the log, so the main file alone holds the whole store (before
+    /// it is moved into place).
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::db("checkpointing the store"))?;
+        if busy != 0 {
+            return Err(StoreError::Corrupt(
+                "the store could not be checkpointed: another connection is busy".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Closes the connection pool (checkpoints the WAL).
     pub async fn close(&self) {
         self.pool.close().await;
