@@ -6,8 +6,8 @@
 //! Private key material never leaves the token in the clear.
 //!
 //! Layering (see `shared/ARCHITECTURE.md`): `cli -> service -> {api,
-//! maintenance} -> {openpgp, store} -> signer <- token`; `config` and `clock`
-//! are leaves.
+//! maintenance} -> {ca, backup, reserved} -> {openpgp, x509, store} -> signer
+//! <- token`; `config` and `clock` are leaves.
 //! Only `token` uses cryptoki, only `openpgp` uses sequoia, only `api` uses the
 //! HTTP stack.
 
@@ -24,6 +24,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod maintenance;
 pub mod openpgp;
+pub mod reserved;
 pub mod service;
 pub mod signer;
 pub mod store;

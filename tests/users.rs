@@ -376,3 +376,403 @@ async fn requests_do_not_grow_the_openpgp_verification_cache() {
     );
     assert!(cache(&get_json(&s, "/v1/status").await) > before);
 }
+
+/// `(key fingerprint, validity, user ID)` of every user ID gpg lists for
+/// `search` (an exact `<address>` search or a substring) that contains the
+/// search text, case-insensitively (gpg lists every user ID of a key that
+/// matches); empty if gpg finds nothing.
+fn uid_lines(gpg: &Gpg, search: &str) -> Vec<(String, String, String)> {
+    let out = gpg.run(&["--with-colons", "--list-keys", search], None);
+    let mut key = String::new();
+    let mut in_primary = false;
+    let mut lines = Vec::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = l.split(':').collect();
+        match f[0] {
+            "pub" => in_primary = true,
+            "sub" => in_primary = false,
+            "fpr" if in_primary => {
+                key = f[9].to_string();
+                in_primary = false;
+            }
+            "uid" if f[9].to_lowercase().contains(&search.to_lowercase()) => {
+                lines.push((key.clone(), f[1].to_string(), f[9].to_string()))
+            }
+            _ => {}
+        }
+    }
+    lines
+}
+
+/// The org key certificate and fingerprint, from the server.
+async fn org_key_of(s: &Server) -> (Vec<u8>, String) {
+    let cert = get(s, "/v1/org-key").await.bytes().await.unwrap().to_vec();
+    let fpr = get_json(s, "/v1/status").await["org_key"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (cert, fpr)
+}
+
+/// A relying party that trusts the org key (and nothing else) and holds `keys`.
+fn relying_party(org_cert: &[u8], org_fpr: &str, keys: &[&[u8]]) -> Gpg {
+    let rp = Gpg::new();
+    rp.import(org_cert);
+    rp.trust_ultimately(org_fpr);
+    for k in keys {
+        rp.import(k);
+    }
+    rp
+}
+
+/// Asserts gpg finds user IDs for `search` and holds none of them valid
+/// except those of the org key `org_fpr` itself, if given.
+fn none_valid_but_org(rp: &Gpg, search: &str, org_fpr: Option<&str>) {
+    let lines = uid_lines(rp, search);
+    assert!(!lines.is_empty(), "gpg found nothing for {search}");
+    for (key, validity, uid) in &lines {
+        if Some(key.as_str()) == org_fpr {
+            assert_eq!(validity, "u", "the org key's own user ID");
+        } else {
+            assert!(
+                validity != "f" && validity != "u",
+                "{search}: gpg holds {uid:?} on {key} valid ({validity}): {lines:?}"
+            );
+        }
+    }
+}
+
+/// Issue 15, item 3: sequoia and gpg read different addresses in
+/// non-canonical user IDs, so certifying them made the CEO's address fully
+/// valid on Mallory's key for a relying party that trusts the org key.
+#[tokio::test]
+async fn user_ids_that_gpg_reads_as_another_address_are_refused_and_never_valid() {
+    let (_a, s, _admin, gw) = ignited().await;
+    let (org_cert, org_fpr) = org_key_of(&s).await;
+    let tricks = [
+        "Mallory (<ceo@example.com>) <mallory4@example.com>",
+        "ceo@example.com <mallory2@example.com>",
+    ];
+    let mallory = Gpg::new();
+    let fpr = mallory.gen_key(tricks[0], "ed25519", "1y", &[]);
+    let pass = ["--passphrase", "", "--pinentry-mode", "loopback"];
+    let add_uid = |uid: &str| {
+        let mut args = pass.to_vec();
+        args.extend_from_slice(&["--quick-add-uid", &fpr, uid]);
+        mallory.ok(&args, None);
+    };
+    add_uid(tricks[1]);
+
+    // Nothing to certify: each user ID is refused with what is wrong.
+    let r = post(&s, "/v1/certify", &gw, mallory.export(&fpr)).await;
+    assert_eq!(r.status(), 422);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "no_managed_user_id", "{e}");
+    let msg = e["error"].as_str().unwrap();
+    for (uid, why) in [
+        (tricks[0], "more than one '<'"),
+        (tricks[1], "'@' outside the angle brackets"),
+    ] {
+        let entry = format!("{uid:?}: the user ID is not in canonical form");
+        assert!(msg.contains(&entry), "{entry} in {msg}");
+        assert!(msg.contains(why), "{why} in {msg}");
+    }
+
+    // With a canonical managed user ID as well, only that one is certified.
+    add_uid("Mallory <mallory@example.com>");
+    let r = post(&s, "/v1/certify", &gw, mallory.export(&fpr)).await;
+    assert_eq!(r.status(), 200);
+    let certified = r.bytes().await.unwrap();
+    let rp = relying_party(&org_cert, &org_fpr, &[&certified]);
+    assert_eq!(rp.uid_validity("mallory@example.com", &[]), "f");
+    // gpg's own address lookup finds Mallory's key, and does not hold the
+    // CEO's address valid on it; neither does any user ID showing it.
+    let exact = uid_lines(&rp, "<ceo@example.com>");
+    assert_eq!(exact.len(), 1, "{exact:?}");
+    none_valid_but_org(&rp, "<ceo@example.com>", None);
+    none_valid_but_org(&rp, "ceo@example.com", None);
+    assert_eq!(uid_lines(&rp, "ceo@example.com").len(), 2);
+    let org_keyid = &org_fpr[24..];
+    for uid in tricks {
+        let sigs = rp.ok(&["--with-colons", "--check-sigs", &fpr], None);
+        let mut under = false;
+        for l in sigs.lines() {
+            if l.starts_with("uid:") {
+                under = l.contains(uid);
+            } else if under && l.starts_with("sig:") {
+                assert!(!l.contains(org_keyid), "org certification on {uid}: {l}");
+            }
+        }
+    }
+    // Nothing is stored or served under the addresses of the refused ones.
+    for email in ["mallory4%40example.com", "mallory2%40example.com"] {
+        let r = get(&s, &format!("/pks/lookup?op=get&search={email}")).await;
+        assert_eq!(r.status(), 404, "{email}");
+    }
+    assert_eq!(
+        get(&s, "/pks/lookup?op=get&search=mallory%40example.com")
+            .await
+            .status(),
+        200
+    );
+
+    // Control, invisible and bidirectional characters: refused, and the
+    // reasons name them by code point instead of echoing them.
+    let uids = [
+        "Eve\0 <eve@example.com>",
+        "Eve\n<eve2@example.com>",
+        "Eve \u{202E}moc.elpmaxe@oec\u{202C} <eve3@example.com>",
+        "\u{202E}eve4@example.com",
+    ];
+    let mut b = sequoia_openpgp::cert::CertBuilder::general_purpose(None::<&str>);
+    for u in uids {
+        b = b.add_userid(u);
+    }
+    let (eve, _) = b.generate().unwrap();
+    let eve = {
+        use sequoia_openpgp::serialize::SerializeInto;
+        eve.strip_secret_key_material().armored().to_vec().unwrap()
+    };
+    let r = post(&s, "/v1/certify", &gw, eve).await;
+    assert_eq!(r.status(), 422);
+    let body = r.text().await.unwrap();
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["code"], "no_managed_user_id", "{e}");
+    let msg = e["error"].as_str().unwrap();
+    for part in [
+        "control character (U+0000)",
+        "control character (U+000A)",
+        "bidirectional formatting character (U+202E)",
+    ] {
+        assert!(msg.contains(part), "{part} in {msg}");
+    }
+    assert_eq!(msg.matches("not in canonical form").count(), 4, "{msg}");
+    assert!(
+        !msg.chars()
+            .any(|c| c.is_control() || c == '\u{202E}' || c == '\u{202C}'),
+        "raw special characters in {msg:?}"
+    );
+    assert!(!body.contains('\u{202E}'), "{body:?}");
+}
+
+/// Issue 15, item 4: a user key with the org key's own user ID was
+/// certified, and the keyserver then served two keys for the org key's
+/// address. The addresses of every org key, current and replaced, are the
+/// organization's.
+#[tokio::test]
+async fn addresses_of_current_and_replaced_org_keys_are_never_certified_on_user_keys() {
+    let (a, s, admin, gw) = ignited().await;
+    let (org_cert, org_fpr) = org_key_of(&s).await;
+    let org_uid = "Example Org Key <orgkey@example.com>";
+    let mallory = Gpg::new();
+    let fpr = mallory.gen_key(org_uid, "ed25519", "1y", &[]);
+    let r = post(&s, "/v1/certify", &gw, mallory.export(&fpr)).await;
+    assert_eq!(r.status(), 422);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "no_managed_user_id", "{e}");
+    let msg = e["error"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "{org_uid:?}: the org key ({org_fpr}) uses this address; it cannot be certified on another key"
+        )),
+        "{msg}"
+    );
+    // Also refused (rather than certified) case-insensitively.
+    let fpr2 = mallory.gen_key("Org <OrgKey@Example.COM>", "ed25519", "1y", &[]);
+    let r = post(&s, "/v1/certify", &gw, mallory.export(&fpr2)).await;
+    assert_eq!(r.status(), 422);
+
+    // With another, ordinary user ID the key is certified for that one only.
+    mallory.ok(
+        &[
+            "--passphrase",
+            "",
+            "--pinentry-mode",
+            "loopback",
+            "--quick-add-uid",
+            &fpr,
+            "Mallory <mallory@example.com>",
+        ],
+        None,
+    );
+    let r = post(&s, "/v1/certify", &gw, mallory.export(&fpr)).await;
+    assert_eq!(r.status(), 200);
+    let certified = r.bytes().await.unwrap();
+    let rp = relying_party(&org_cert, &org_fpr, &[&certified]);
+    assert_eq!(rp.uid_validity("mallory@example.com", &[]), "f");
+    assert_eq!(uid_lines(&rp, "<orgkey@example.com>").len(), 2);
+    none_valid_but_org(&rp, "<orgkey@example.com>", Some(&org_fpr));
+    // The keyserver has one key for the org key's address: the org key.
+    let idx = get(
+        &s,
+        "/pks/lookup?op=index&options=mr&search=orgkey%40example.com",
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(idx.starts_with("info:1:1\n"), "{idx}");
+    assert!(idx.contains(&format!("pub:{org_fpr}:")), "{idx}");
+
+    // Replaced org keys keep their addresses: relying parties may still trust them.
+    drop(s);
+    a.ok(
+        &[
+            "org-key",
+            "generate",
+            "--uid",
+            "Example Org Key 2 <pgp@example.com>",
+            "--replace",
+            "--yes",
+        ],
+        true,
+    );
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let (_, new_fpr) = org_key_of(&s).await;
+    assert_ne!(new_fpr, org_fpr);
+    for (uid, whose) in [
+        (org_uid, format!("a replaced org key ({org_fpr})")),
+        (
+            "Example Org Key 2 <pgp@example.com>",
+            format!("the org key ({new_fpr})"),
+        ),
+    ] {
+        let user = Gpg::new();
+        let f = user.gen_key(uid, "ed25519", "1y", &[]);
+        let r = post(&s, "/v1/certify", &gw, user.export(&f)).await;
+        assert_eq!(r.status(), 422, "{uid}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        let msg = e["error"].as_str().unwrap();
+        assert!(msg.contains(&whose), "{whose} in {msg}");
+    }
+}
+
+/// A store written before these rules may hold users whose user ID is not
+/// canonical or whose address is an org key's (certified back then, filed
+/// under sequoia's reading). Maintenance does not renew them (it counts
+/// and logs them), the keyserver and the S/MIME bridge do not serve them.
+#[tokio::test]
+async fn stored_users_from_before_the_rules_are_neither_renewed_nor_served() {
+    use orgkey::store::{AuditEvent, SaveUserKey, Store};
+    let a = Appliance::with_org_key("p256");
+    let admin = a.client("admin", "admin");
+    let issuer = a.client("issuer", "issue");
+    a.ok(
+        &[
+            "org-cert",
+            "self-sign",
+            "--subject",
+            "CN=Example Org CA,O=Example",
+        ],
+        true,
+    );
+    let mallory = Gpg::new();
+    let tricky = mallory.gen_key(
+        "ceo@example.com <mallory2@example.com>",
+        "nistp256",
+        "1y",
+        &[],
+    );
+    let org_uid = "Example Org Key <orgkey@example.com>";
+    let twin = mallory.gen_key(org_uid, "nistp256", "1y", &[]);
+    let store = Store::open(
+        &a.db(),
+        false,
+        std::sync::Arc::new(orgkey::clock::SystemClock),
+    )
+    .await
+    .unwrap();
+    for (fpr, email, uid) in [
+        (
+            &tricky,
+            "mallory2@example.com",
+            "ceo@example.com <mallory2@example.com>",
+        ),
+        (&twin, "orgkey@example.com", org_uid),
+    ] {
+        let save = SaveUserKey {
+            fingerprint: fpr.clone(),
+            keyid: fpr[24..].to_string(),
+            cert: String::from_utf8(mallory.export(fpr)).unwrap(),
+            certified_by: None,
+            cert_expires: None,
+            expected_version: None,
+            emails: vec![(email.to_string(), uid.to_string())],
+            touch: true,
+        };
+        store
+            .save_user_key(&save, &AuditEvent::new("old-version", "certify", "ok"))
+            .await
+            .unwrap();
+    }
+    store.close().await;
+
+    // Maintenance skips both (an earlier version would certify them again).
+    let out = a.ok(&["maintenance", "run", "--quiet"], true);
+    assert!(out.contains("2 keys due, 0 renewed"), "{out}");
+    assert!(
+        out.contains("2 stored user(s) no longer certified"),
+        "{out}"
+    );
+    let log = a.run(&["maintenance", "run", "--quiet"], true);
+    let stderr = String::from_utf8_lossy(&log.stderr);
+    assert!(
+        stderr.contains("stored user no longer certified")
+            && stderr.contains("mallory2@example.com"),
+        "{stderr}"
+    );
+
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let (org_cert, org_fpr) = org_key_of(&s).await;
+    // The stored keys carry no org certification: gpg holds neither address valid.
+    let store = Store::open(
+        &a.db(),
+        false,
+        std::sync::Arc::new(orgkey::clock::SystemClock),
+    )
+    .await
+    .unwrap();
+    let mut keys = Vec::new();
+    for fpr in [&tricky, &twin] {
+        keys.push(
+            store
+                .user_key(fpr)
+                .await
+                .unwrap()
+                .unwrap()
+                .cert
+                .into_bytes(),
+        );
+    }
+    store.close().await;
+    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    let rp = relying_party(&org_cert, &org_fpr, &refs);
+    none_valid_but_org(&rp, "ceo@example.com", None);
+    none_valid_but_org(&rp, "<orgkey@example.com>", Some(&org_fpr));
+
+    // Not served by email: the keyserver and the S/MIME bridge.
+    let r = get(&s, "/pks/lookup?op=get&search=mallory2%40example.com").await;
+    assert_eq!(r.status(), 404);
+    let idx = get(
+        &s,
+        "/pks/lookup?op=index&options=mr&search=orgkey%40example.com",
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(idx.starts_with("info:1:1\n"), "only the org key: {idx}");
+    for email in ["mallory2@example.com", "orgkey@example.com"] {
+        let r = http()
+            .post(s.url("/v1/x509/issue-from-openpgp"))
+            .bearer_auth(&issuer)
+            .json(&serde_json::json!({ "email": email }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{email}");
+        assert_eq!(error_code(r).await, "unknown_user");
+    }
+}

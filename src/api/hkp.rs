@@ -8,7 +8,7 @@
 //! counts as activity of the user it looks up.
 
 use super::auth::{Scope, authenticate};
-use super::routes::{AppState, internal, load_org_key};
+use super::routes::{AppState, internal, load_org_key, servable_user};
 use super::users::normalize_email;
 use super::{ApiError, ApiState};
 use crate::openpgp::{OrgKey, UserKey, hkp_index};
@@ -74,10 +74,7 @@ async fn find(
         match search {
             Search::Fingerprint(f) => *f == fpr,
             Search::KeyId(k) => fpr.ends_with(k.as_str()),
-            Search::Email(e) => o
-                .user_ids()
-                .iter()
-                .any(|u| normalize_email(u.rsplit('<').next().unwrap_or(u)).as_deref() == Some(e)),
+            Search::Email(e) => o.emails().contains(e),
         }
     });
     let records = match search {
@@ -87,6 +84,9 @@ async fn find(
             .await
             .map_err(internal("reading a user failed"))?
         {
+            // A row whose user ID is not canonical (stored before that was
+            // required) or whose address is reserved is not served.
+            Some(u) if u.state == UserState::Active && !servable_user(st, &u).await? => Vec::new(),
             Some(u) if u.state == UserState::Active => {
                 if certify_client {
                     st.store

@@ -3,8 +3,9 @@
 use super::auth::{Client, Scope, authenticate};
 use super::{ApiError, ApiState, IgniteError, SealState, SigningKey};
 use crate::openpgp::{PendingSignature, PgpError, SignMode};
+use crate::reserved::ReservedEmails;
 use crate::signer::SignerError;
-use crate::store::AuditEvent;
+use crate::store::{AuditEvent, UserRecord};
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -163,6 +164,42 @@ pub(super) async fn load_org_key(
             .map_err(internal("stored org key certificate is unreadable"))
     })
     .transpose()
+}
+
+/// The organization's own addresses (every org key's, the org cert's).
+pub(super) async fn reserved_emails(st: &ApiState) -> Result<ReservedEmails, ApiError> {
+    ReservedEmails::load(&st.store)
+        .await
+        .map_err(internal("reading the organization's addresses failed"))
+}
+
+/// Whether a stored user may be served by email (keyserver, S/MIME
+/// bridge): its user ID is in canonical form and names the row's address,
+/// and the address is not the organization's. Rows stored before user IDs
+/// had to be canonical, or for an address reserved since, are not served.
+pub(super) async fn servable_user(st: &ApiState, user: &UserRecord) -> Result<bool, ApiError> {
+    let canonical = matches!(
+        crate::openpgp::parse_user_id(user.user_id.as_bytes()),
+        Ok(Some(c)) if c.email == user.email
+    );
+    if !canonical {
+        tracing::warn!(
+            email = ?user.email,
+            key = %user.fingerprint,
+            "stored user ID is not in canonical form; the user is not served by email"
+        );
+        return Ok(false);
+    }
+    if let Some(why) = reserved_emails(st).await?.reason(&user.email) {
+        tracing::warn!(
+            email = ?user.email,
+            key = %user.fingerprint,
+            reason = why,
+            "stored user has a reserved address; not served"
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 async fn org_key(State(st): AppState) -> Result<Response, ApiError> {

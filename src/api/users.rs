@@ -119,6 +119,7 @@ pub(super) async fn certify(
             .org_key_fingerprints()
             .await
             .map_err(store_err("reading org keys failed"))?;
+        let reserved = super::routes::reserved_emails(&st).await?;
         let k = Arc::clone(&key);
         let validity = st.users.certification_validity;
         let task = tokio::task::spawn_blocking(move || {
@@ -135,6 +136,7 @@ pub(super) async fn certify(
                     now,
                     validity,
                     select: &select,
+                    reserved: reserved.as_map(),
                     org_fingerprints: &org_fprs,
                 },
             )
@@ -144,6 +146,14 @@ pub(super) async fn certify(
             .map_err(|e| pgp_error(&st, e, &client.name))?;
         if outcome.certified.is_empty() {
             return Err(no_managed_user_id(&outcome));
+        }
+        if !outcome.refused.is_empty() {
+            tracing::info!(
+                client = %client.name,
+                key = %outcome.key.fingerprint(),
+                refused = outcome.refused.len(),
+                "some user IDs were not certified"
+            );
         }
         crate::failpoint("certify-after-sign");
         match save(
@@ -181,24 +191,14 @@ pub(super) async fn certify(
 }
 
 /// For every email on the key: `None` = certify, `Some(reason)` = do not.
-/// Emails outside the managed domains are absent.
+/// Emails outside the managed domains are absent. The organization's own
+/// addresses (org keys, org cert) are refused by `certify` itself.
 async fn selection(
     st: &ApiState,
     key: &UserKey,
     now: SystemTime,
 ) -> Result<HashMap<String, Option<String>>, ApiError> {
     let mut out = HashMap::new();
-    let org_cert_emails = match st
-        .store
-        .active_org_cert()
-        .await
-        .map_err(store_err("reading the org cert failed"))?
-    {
-        Some(rec) => crate::x509::X509Cert::parse(rec.cert.as_bytes())
-            .map(|c| c.emails())
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
     for info in key.user_ids(now) {
         let Some(email) = info.email else { continue };
         if managed_domain_of(&st.users.domains, &email).is_none() {
@@ -210,9 +210,6 @@ async fn selection(
             .await
             .map_err(store_err("reading a user failed"))?;
         let verdict = match user {
-            _ if org_cert_emails.contains(&email) => {
-                Some("the org cert uses this address; it cannot be a user's".to_string())
-            }
             Some(u) if u.state == UserState::Removed => Some(
                 "the user was removed by an administrator (orgkey users restore to certify again)"
                     .to_string(),
@@ -267,13 +264,20 @@ async fn save(
         touch: true,
     };
     let emails: Vec<&str> = outcome.certified.iter().map(|c| c.email.as_str()).collect();
+    let mut detail = format!(
+        "certified {} until {} by org key {org_fpr}",
+        emails.join(", "),
+        earliest.map(rfc3339).unwrap_or_default()
+    );
+    if outcome.withdrawn > 0 {
+        detail.push_str(&format!(
+            "; withdrew {} org certification(s) from user IDs that must not carry one",
+            outcome.withdrawn
+        ));
+    }
     let event = AuditEvent::new(&client.name, "certify", "ok")
         .key(outcome.key.fingerprint())
-        .detail(format!(
-            "certified {} until {} by org key {org_fpr}",
-            emails.join(", "),
-            earliest.map(rfc3339).unwrap_or_default()
-        ));
+        .detail(detail);
     st.store.save_user_key(&save, &event).await
 }
 

@@ -221,6 +221,14 @@ pub(super) async fn issue_from_openpgp(
                 "no active user with that email (certify their OpenPGP key first)",
             )
         })?;
+    // Not a row stored before user IDs had to be canonical, nor a reserved address.
+    if !super::routes::servable_user(&st, &user).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_user",
+            "no active user with that email (certify their OpenPGP key first)",
+        ));
+    }
     let rec = st
         .store
         .user_key(&user.fingerprint)

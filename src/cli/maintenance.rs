@@ -74,6 +74,14 @@ pub fn run(config: &Path, cmd: MaintenanceCmd) -> anyhow::Result<ExitCode> {
                 report.concurrent,
                 report.inactive_users
             );
+            if report.skipped_user_ids > 0 {
+                println!(
+                    "{} stored user(s) no longer certified: user ID not in canonical form or a \
+                     reserved address (see the log; remove them or have the users submit a key \
+                     with a canonical user ID)",
+                    report.skipped_user_ids
+                );
+            }
             println!(
                 "{} user certificates renewed ({} failed), {} CRLs renewed, {} stale issuances abandoned",
                 report.user_certs_renewed,

@@ -10,7 +10,8 @@
 
 use crate::clock::{Clock, unix_secs};
 use crate::config::MaintenanceConfig;
-use crate::openpgp::{CertifyRequest, OrgKey, PgpError, UserKey, certify};
+use crate::openpgp::{CertifyRequest, OrgKey, PgpError, RefusalKind, UserKey, certify};
+use crate::reserved::{ReservedEmails, ReservedError};
 use crate::signer::Signer;
 use crate::store::{AuditEvent, DueQuery, SaveUserKey, Store, StoreError};
 use std::collections::HashSet;
@@ -33,6 +34,10 @@ pub enum MaintenanceError {
     /// A worker task died.
     #[error("maintenance task failed: {0}")]
     Task(String),
+    /// The organization's own addresses could not be read (nothing is
+    /// certified without them).
+    #[error(transparent)]
+    Reserved(#[from] ReservedError),
 }
 
 /// What one run did.
@@ -53,6 +58,10 @@ pub struct Report {
     /// Keys changed by a concurrent certify call during the run (it
     /// certified them itself).
     pub concurrent: u64,
+    /// Stored users (email of a due key) no longer certified because their
+    /// user ID is not in canonical form or their address is reserved for
+    /// the organization (stored before that was refused); each is logged.
+    pub skipped_user_ids: u64,
     /// Active users skipped because they were inactive too long.
     pub inactive_users: u64,
     /// S/MIME user certificates issued anew before the old one expired.
@@ -103,6 +112,10 @@ enum Outcome {
     Renewed(SaveUserKey, u64),
     Refused(String, String),
 }
+
+/// A stored user of a due key that is not certified any more: (key,
+/// email, why).
+struct Skipped(String, String, String);
 
 impl Maintenance {
     /// Runs once as `actor`. Returns the report and, if the org key was
@@ -214,6 +227,7 @@ impl Maintenance {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         report.inactive_users = self.store.count_inactive_users(secs(active_since)).await? as u64;
         let org_fprs = Arc::new(self.store.org_key_fingerprints().await?);
+        let reserved = Arc::new(ReservedEmails::load(&self.store).await?);
         let mut after = String::new();
         let template = DueQuery {
             after: "",
@@ -249,15 +263,28 @@ impl Maintenance {
                     .map_err(|e| MaintenanceError::Task(e.to_string()))?;
                 let k = Arc::clone(&shared);
                 let org_fprs = Arc::clone(&org_fprs);
+                let reserved = Arc::clone(&reserved);
                 let validity = self.certification_validity;
                 tasks.spawn_blocking(move || {
                     let _permit = permit;
-                    renew_one(&k, due, now, validity, &org_fprs)
+                    renew_one(&k, due, now, validity, &org_fprs, &reserved)
                 });
             }
             let mut saves = Vec::new();
             while let Some(res) = tasks.join_next().await {
-                match res.map_err(|e| MaintenanceError::Task(e.to_string()))? {
+                let res = res.map_err(|e| MaintenanceError::Task(e.to_string()))?;
+                if let Ok((_, skipped)) = &res {
+                    for Skipped(fpr, email, why) in skipped {
+                        tracing::warn!(
+                            key = %fpr,
+                            email = ?email,
+                            reason = %why,
+                            "stored user no longer certified (remove it, or have the user submit a key with a canonical user ID)"
+                        );
+                    }
+                    report.skipped_user_ids += skipped.len() as u64;
+                }
+                match res.map(|(outcome, _)| outcome) {
                     Ok(Outcome::Renewed(save, certs)) => {
                         report.certifications += certs;
                         saves.push(save);
@@ -386,17 +413,25 @@ impl Maintenance {
     }
 }
 
+/// Certifies one due key again. Its stored users whose user ID is not in
+/// canonical form or whose address is reserved are skipped (and returned):
+/// they may have been certified before that was refused, and must not be
+/// renewed.
 fn renew_one(
     key: &OrgSigner,
     due: crate::store::DueUserKey,
     now: SystemTime,
     validity: Duration,
     org_fprs: &[String],
-) -> Result<Outcome, PgpError> {
+    reserved: &ReservedEmails,
+) -> Result<(Outcome, Vec<Skipped>), PgpError> {
     let fpr = due.key.fingerprint.clone();
     let user = match UserKey::parse(due.key.cert.as_bytes()) {
         Ok(u) => u,
-        Err(e) => return Ok(Outcome::Refused(fpr, format!("stored key unreadable: {e}"))),
+        Err(e) => {
+            let why = format!("stored key unreadable: {e}");
+            return Ok((Outcome::Refused(fpr, why), Vec::new()));
+        }
     };
     let emails: HashSet<String> = due.emails.into_iter().collect();
     let select = |email: &str| {
@@ -410,15 +445,29 @@ fn renew_one(
         now,
         validity,
         select: &select,
+        reserved: reserved.as_map(),
         org_fingerprints: org_fprs,
     };
     let outcome = match certify(&key.org, key.certifier.as_ref(), user, &req) {
         Ok(o) => o,
         Err(PgpError::Unacceptable(why) | PgpError::Invalid(why)) => {
-            return Ok(Outcome::Refused(fpr, why));
+            return Ok((Outcome::Refused(fpr, why), Vec::new()));
         }
         Err(e) => return Err(e),
     };
+    let skipped: Vec<Skipped> = outcome
+        .refused
+        .iter()
+        .filter(|r| matches!(r.kind, RefusalKind::NonCanonical | RefusalKind::Reserved))
+        .filter_map(|r| {
+            let email = r.email.as_ref().filter(|e| emails.contains(*e))?;
+            Some(Skipped(
+                fpr.clone(),
+                email.clone(),
+                format!("{:?}: {}", r.user_id, r.reason),
+            ))
+        })
+        .collect();
     if outcome.certified.is_empty() {
         let why = outcome
             .refused
@@ -426,7 +475,7 @@ fn renew_one(
             .map(|r| format!("{:?}: {}", r.user_id, r.reason))
             .collect::<Vec<_>>()
             .join("; ");
-        return Ok(Outcome::Refused(fpr, why));
+        return Ok((Outcome::Refused(fpr, why), skipped));
     }
     let earliest = outcome.certified.iter().map(|c| c.expires).min();
     let save = SaveUserKey {
@@ -439,5 +488,8 @@ fn renew_one(
         emails: Vec::new(),
         touch: false,
     };
-    Ok(Outcome::Renewed(save, outcome.certified.len() as u64))
+    Ok((
+        Outcome::Renewed(save, outcome.certified.len() as u64),
+        skipped,
+    ))
 }

@@ -257,6 +257,21 @@ impl OrgKey {
             .collect()
     }
 
+    /// Every address an OpenPGP implementation may read in the user IDs
+    /// (canonical, GnuPG's and sequoia's readings), lower-case: the
+    /// addresses that belong to this org key and to no user.
+    pub fn emails(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for ua in self.cert.userids() {
+            for e in super::users::user_id_readings(ua.userid()) {
+                if !out.contains(&e) {
+                    out.push(e);
+                }
+            }
+        }
+        out
+    }
+
     /// Expiry of the primary key as of `now` (None: never expires).
     pub fn expires(&self, now: SystemTime) -> Result<Option<SystemTime>, PgpError> {
         let policy = StandardPolicy::new();

@@ -22,7 +22,8 @@ pub use encrypt::{
 pub use hkp::hkp_index;
 pub use sign::{PendingSignature, SignMode, SignatureOutput};
 pub use users::{
-    Certification, CertifyOutcome, CertifyRequest, Refusal, UserIdInfo, UserKey, certify,
+    CanonicalUserId, Certification, CertifyOutcome, CertifyRequest, Refusal, RefusalKind,
+    UserIdInfo, UserKey, certify, parse_user_id,
 };
 
 use crate::signer::SignerError;

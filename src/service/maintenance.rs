@@ -145,6 +145,7 @@ pub(super) async fn schedule(
                         due = report.due,
                         renewed = report.renewed,
                         refused = report.refused,
+                        skipped_user_ids = report.skipped_user_ids,
                         inactive = report.inactive_users,
                         org_key_renewed = report.org_key_renewed_until.is_some(),
                         "maintenance run done"

@@ -93,6 +93,17 @@ pub struct OrgKeyRecord {
     pub generated_at: i64,
 }
 
+/// An org key's public certificate: the active one or one it replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgKeyCert {
+    /// Upper-case hex fingerprint.
+    pub fingerprint: String,
+    /// Whether it is the active org key (else superseded).
+    pub active: bool,
+    /// Armored public certificate (as last stored).
+    pub cert: String,
+}
+
 /// A registered API client (the secret itself is never stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientRecord {
@@ -281,6 +292,27 @@ impl Store {
             exportable: r.get("exportable"),
             generated_at: r.get("generated_at"),
         }))
+    }
+
+    /// Certificates of every org key ever generated, active first, then
+    /// superseded ones newest first: relying parties may still trust
+    /// replaced org keys, so their addresses stay the organization's.
+    pub async fn org_key_certs(&self) -> Result<Vec<OrgKeyCert>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT fingerprint, state, cert FROM org_keys \
+             ORDER BY CASE state WHEN 'active' THEN 0 ELSE 1 END, generated_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::db("reading org key certificates"))?;
+        Ok(rows
+            .iter()
+            .map(|r| OrgKeyCert {
+                fingerprint: r.get("fingerprint"),
+                active: r.get::<&str, _>("state") == "active",
+                cert: r.get("cert"),
+            })
+            .collect())
     }
 
     /// Records a new active org key and its audit row in one transaction.
