@@ -673,3 +673,34 @@ async fn every_ignition_is_proven_by_the_token_even_while_it_is_logged_in() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn serve_holding_the_passphrase_never_writes_a_core_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let a = Appliance::with_org_key("p256");
+    let admin = a.client("admin", "admin");
+    let mut s = a.serve_with_core_dumps_allowed();
+    // Ignited: the passphrase is held for relogin.
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let pid = s.child.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+    Command::new("kill")
+        .args(["-ABRT", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = s.child.wait().unwrap();
+    assert_eq!(status.signal(), Some(6), "{status:?}");
+    assert!(!status.core_dumped(), "the crash wrote a core dump");
+    let cores: Vec<_> = std::fs::read_dir(a.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("core"))
+        .collect();
+    assert!(cores.is_empty(), "{cores:?}");
+}

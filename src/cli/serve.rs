@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Run the HTTP API.
+///
+/// The process turns core dumps off and marks itself not dumpable before it
+/// reads any secret: it holds the ignition passphrase for relogin.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Unattended start: ignite with the passphrase in this file (logged as a warning).
@@ -21,6 +24,8 @@ pub struct ServeArgs {
 }
 
 pub fn run(config: &Path, a: ServeArgs) -> anyhow::Result<ExitCode> {
+    // First of all, before a passphrase file is read.
+    crate::service::disable_core_dumps()?;
     let cfg = load_config(config)?;
     let pass = match &a.ignition_passphrase_file {
         Some(p) => Some(secrets::from_file(p, "ignition passphrase")?),

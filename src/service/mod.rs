@@ -4,6 +4,7 @@
 //! parses arguments or prompts.
 
 mod backup;
+mod harden;
 mod init;
 mod maintenance;
 mod org_cert;
@@ -15,6 +16,7 @@ pub use backup::{
     ExportReport, ExportSecrets, RestoreStateOptions, RestoreStateReport, backup_state,
     change_ignition, export_keys, inspect_key_backup, reset_ignition, restore_keys, restore_state,
 };
+pub use harden::disable_core_dumps;
 pub(crate) use init::write_private;
 pub use init::{InitRequest, InitResult, init_appliance};
 pub use maintenance::run_maintenance;
@@ -140,7 +142,7 @@ pub struct TokenIgniter {
     /// Keep the ignition passphrase (zeroized on drop) for relogin after
     /// device or link loss.
     relogin: bool,
-    held: std::sync::Mutex<Option<SecretString>>,
+    held: std::sync::Mutex<Option<harden::HeldPassphrase>>,
 }
 
 impl TokenIgniter {
@@ -160,7 +162,7 @@ impl TokenIgniter {
         }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, Option<SecretString>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<harden::HeldPassphrase>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -217,7 +219,7 @@ impl Igniter for TokenIgniter {
         if loaded.is_err() {
             let _ = self.token.logout();
         } else if self.relogin {
-            *self.held() = Some(passphrase.clone());
+            *self.held() = Some(harden::HeldPassphrase::new(passphrase.clone()));
         }
         loaded
     }
@@ -233,7 +235,7 @@ impl Igniter for TokenIgniter {
         self.token.set_user_pin(old, new).map_err(login_error)?;
         let mut held = self.held();
         if held.is_some() {
-            *held = Some(new.clone());
+            *held = Some(harden::HeldPassphrase::new(new.clone()));
         }
         Ok(())
     }
@@ -243,7 +245,7 @@ impl Igniter for TokenIgniter {
     }
 
     fn recover(&self) -> Result<Option<Arc<SigningKey>>, IgniteError> {
-        let Some(pass) = self.held().clone() else {
+        let Some(pass) = self.held().as_ref().map(|h| h.secret().clone()) else {
             return Err(IgniteError::Unavailable(
                 "no ignition passphrase is held (relogin is off or the appliance was sealed)"
                     .into(),

@@ -49,6 +49,9 @@ pub async fn serve(
     opts: ServeOptions,
     clock: Arc<dyn Clock>,
 ) -> Result<(), ServiceError> {
+    // Before any secret is read: nothing of this process may reach a core
+    // file or another process's debugger.
+    super::harden::disable_core_dumps()?;
     let addr = opts.listen.unwrap_or(cfg.server.listen);
     if cfg.server.tls.is_none() && !addr.ip().is_loopback() && !opts.insecure_plaintext {
         return Err(ServiceError::Refused(format!(

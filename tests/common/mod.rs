@@ -210,6 +210,20 @@ impl Appliance {
         self.start_server(c, &[], &[])
     }
 
+    /// Like `serve`, started with core dumps allowed (`ulimit -c unlimited`)
+    /// and the appliance's temp dir as working directory, where a core file
+    /// would land.
+    pub fn serve_with_core_dumps_allowed(&self) -> Server {
+        let mut c = Command::new("bash");
+        c.args([
+            "-c",
+            "ulimit -c unlimited 2>/dev/null; exec \"$0\" \"$@\"",
+            bin(),
+        ])
+        .current_dir(self.dir.path());
+        self.start_server(c, &[], &[])
+    }
+
     fn start_server(&self, mut c: Command, extra: &[&str], env: &[(&str, &str)]) -> Server {
         // The log goes to a file: a pipe nobody reads would block the
         // server once it fills (a token outage logs a line per request).
