@@ -2,7 +2,8 @@
 //! self-signed org cert issuing from CSRs (verify -purpose smimesign, cms
 //! sign/verify, CRLs with -crl_check), an org cert issued by an external CA
 //! from our CSR, an imported PKCS#12 / encrypted PKCS#8 root CA, the
-//! OpenPGP bridge, and the refusals.
+//! OpenPGP bridge, and the refusals: email addresses are plain mailboxes or
+//! refused.
 
 mod common;
 use common::*;
@@ -1063,4 +1064,120 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             "{method} {path}: {e}"
         );
     }
+}
+
+/// Runs sqlite3 on the appliance's store.
+fn sql(a: &Appliance, q: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(a.db())
+        .arg(q)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sqlite3 {q}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A DER subjectAltName of rfc822Names, as hex for `-addext subjectAltName=DER:`.
+fn san_der(emails: &[&[u8]]) -> String {
+    let mut inner = Vec::new();
+    for e in emails {
+        inner.push(0x81);
+        inner.push(u8::try_from(e.len()).unwrap());
+        inner.extend_from_slice(e);
+    }
+    let mut der = vec![0x30, u8::try_from(inner.len()).unwrap()];
+    der.extend(inner);
+    hex::encode(der)
+}
+
+#[tokio::test]
+async fn addresses_in_csrs_are_parsed_strictly() {
+    let ca = ca_with(self_signed).await;
+    let dir = ca.a.dir.path();
+    let der = |e: &[u8]| format!("DER:{}", san_der(&[e]));
+    // (subject, subjectAltName) of CSRs whose addresses are all in example.com.
+    let cases: Vec<(&str, String)> = vec![
+        ("/CN=Victim", "email:victim@bank.com@example.com".into()),
+        ("/CN=Nul", der(b"alice\0@example.com")),
+        (
+            "/CN=Newline",
+            der(b"eve\n42\t2026-01-01T00:00:00Z\tadmin\tsign\tok\t-\tforged@example.com"),
+        ),
+        ("/CN=Tab", der(b"eve\tx@example.com")),
+        ("/CN=Quote", der(b"\"eve\"@example.com")),
+        ("/CN=Bracket", der(b"<eve>@example.com")),
+        ("/CN=Comma", der(b"eve,alice@example.com")),
+        ("/CN=Dot", "email:eve@example.com.".into()),
+        ("/CN=Host", der(b"eve@exa_mple.com")),
+        // One good address does not carry a bad one.
+        (
+            "/CN=Mixed",
+            format!(
+                "DER:{}",
+                san_der(&[b"alice@example.com", b"eve@example.com\n"])
+            ),
+        ),
+        ("/emailAddress=eve x@example.com", String::new()),
+    ];
+    for (n, (subj, san)) in cases.iter().enumerate() {
+        let body = csr(
+            dir,
+            &format!("bad{n}"),
+            P256,
+            subj,
+            (!san.is_empty()).then_some(san.as_str()),
+        );
+        let r = issue(&ca, "/v1/x509/issue", body).await;
+        assert_eq!(r.status(), 400, "{subj} {san}");
+        let e = json(r).await;
+        assert_eq!(e["code"], "bad_request", "{e}");
+        let msg = e["error"].as_str().unwrap();
+        assert!(msg.contains("not a valid email address"), "{msg}");
+        assert!(!msg.chars().any(char::is_control), "{msg:?}");
+    }
+    // Plain addresses still pass, in the subject and the SAN alike.
+    let good = csr(
+        dir,
+        "good",
+        P256,
+        "/emailAddress=Alice.O'Neil\\+smime@example.com",
+        Some("email:alice.o'neil+smime@example.com,email:a-l_i.c~e@example.com"),
+    );
+    let r = issue(&ca, "/v1/x509/issue", good).await;
+    assert_eq!(r.status(), 201);
+    std::fs::write(dir.join("good.pem"), r.text().await.unwrap()).unwrap();
+    std::fs::write(dir.join("org.pem"), get_bytes(&ca, "/v1/org-cert").await).unwrap();
+    openssl_ok(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "org.pem",
+            "-purpose",
+            "smimesign",
+            "good.pem",
+        ],
+    );
+    let text = openssl_ok(
+        dir,
+        &[
+            "x509",
+            "-in",
+            "good.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(text.contains("email:a-l_i.c~e@example.com"), "{text}");
+    // Only that one was issued, and every audit line is one row.
+    let audit = ca.a.ok(&["audit", "list", "--last", "100"], false);
+    assert_eq!(audit.matches("x509-issue").count(), 1, "{audit}");
+    for line in audit.lines() {
+        assert!(
+            line.split('\t').next().unwrap().parse::<u64>().is_ok(),
+            "{line:?}"
+        );
+    }
+    assert_eq!(sql(&ca.a, "SELECT COUNT(*) FROM user_certs"), "1");
 }
