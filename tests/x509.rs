@@ -3,7 +3,7 @@
 //! sign/verify, CRLs with -crl_check), an org cert issued by an external CA
 //! from our CSR, an imported PKCS#12 / encrypted PKCS#8 root CA, the
 //! OpenPGP bridge, and the refusals: email addresses are plain mailboxes or
-//! refused.
+//! refused, and `audit list` shows every field escaped.
 
 mod common;
 use common::*;
@@ -1180,4 +1180,55 @@ async fn addresses_in_csrs_are_parsed_strictly() {
         );
     }
     assert_eq!(sql(&ca.a, "SELECT COUNT(*) FROM user_certs"), "1");
+}
+
+#[tokio::test]
+async fn audit_list_shows_control_characters_escaped_in_every_field() {
+    use orgkey::store::{AuditEvent, Store};
+    let a = Appliance::new();
+    let store = Store::open(
+        &a.db(),
+        false,
+        std::sync::Arc::new(orgkey::clock::SystemClock),
+    )
+    .await
+    .unwrap();
+    let forged = "\n99\t2026-01-01T00:00:00Z\tadmin\tsign\tok\t-\tforged";
+    store
+        .append_audit(&[AuditEvent {
+            actor: format!("gw{forged}"),
+            operation: "sign\r".into(),
+            outcome: "ok\u{1b}[2K".into(),
+            key_fingerprint: Some("\u{202e}FEDCBA\u{2066}".into()),
+            data_digest: Some("ab\0cd".into()),
+            detail: Some(format!("x\\ny{forged}\u{2028}\u{85}\u{200f}")),
+        }])
+        .await
+        .unwrap();
+    store.close().await;
+    let out = a.ok(&["audit", "list", "--last", "1"], false);
+    assert_eq!(out.lines().count(), 1, "one row, one line: {out:?}");
+    let line = out.trim_end_matches('\n');
+    assert_eq!(line.matches('\t').count(), 6, "seven columns: {line:?}");
+    let hidden = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{200f}')
+    };
+    assert!(!line.chars().any(hidden), "{line:?}");
+    let cols: Vec<&str> = line.split('\t').collect();
+    assert_eq!(
+        cols[2],
+        "gw\\n99\\t2026-01-01T00:00:00Z\\tadmin\\tsign\\tok\\t-\\tforged"
+    );
+    assert_eq!(cols[3], "sign\\r");
+    assert_eq!(cols[4], "ok\\u{1b}[2K");
+    assert_eq!(cols[5], "\\u{202e}FEDCBA\\u{2066}");
+    assert!(
+        cols[6].starts_with("x\\\\ny\\n99\\t")
+            && cols[6].ends_with("forged\\u{2028}\\u{85}\\u{200f}"),
+        "{:?}",
+        cols[6]
+    );
+    // Escaping is for display: the stored row and the chain are untouched.
+    assert!(a.ok(&["audit", "verify"], false).contains("intact"));
 }
