@@ -3,7 +3,8 @@
 //! sign/verify, CRLs with -crl_check), an org cert issued by an external CA
 //! from our CSR, an imported PKCS#12 / encrypted PKCS#8 root CA, the
 //! OpenPGP bridge, and the refusals: email addresses are plain mailboxes or
-//! refused, and `audit list` shows every field escaped.
+//! refused, `audit list` shows every field escaped, and fetching a CRL never
+//! makes the token sign (every CRL has its audit row).
 
 mod common;
 use common::*;
@@ -1231,4 +1232,129 @@ async fn audit_list_shows_control_characters_escaped_in_every_field() {
     );
     // Escaping is for display: the stored row and the chain are untouched.
     assert!(a.ok(&["audit", "verify"], false).contains("intact"));
+}
+
+#[tokio::test]
+async fn fetching_a_crl_never_signs_and_every_crl_is_audited() {
+    use sha2::Digest;
+    let ca = ca_with(self_signed).await;
+    let dir = ca.a.dir.path();
+    let crls = || sql(&ca.a, "SELECT COUNT(*) FROM crls");
+    // No certificate yet: no CRL, and asking for one does not make one.
+    let r = get(&ca.s, "/v1/x509/crl").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "no_crl");
+    assert_eq!(crls(), "0");
+
+    // The first certificate comes with the CRL its distribution point names.
+    let body = csr(dir, "alice", P256, "/emailAddress=alice@example.com", None);
+    let r = issue(&ca, "/v1/x509/issue", body).await;
+    assert_eq!(r.status(), 201);
+    let serial = r.headers()["orgkey-serial"].to_str().unwrap().to_string();
+    std::fs::write(dir.join("alice.pem"), r.text().await.unwrap()).unwrap();
+    assert_eq!(crls(), "1");
+    let fpr = sql(
+        &ca.a,
+        "SELECT fingerprint FROM org_certs WHERE state = 'active'",
+    );
+
+    // Unauthenticated clients hammer the CRL, fresh and then past its
+    // nextUpdate: they get the stored CRL, the token signs nothing.
+    let hammer = |n: usize| {
+        let paths: Vec<String> = (0..n)
+            .map(|i| match i % 3 {
+                0 => ca.s.url("/v1/x509/crl"),
+                1 => ca.s.url(&format!("/v1/x509/crl/{}", &fpr[..16])),
+                _ => ca.s.url("/v1/x509/crl?format=pem"),
+            })
+            .collect();
+        async move {
+            let mut tasks = Vec::new();
+            for p in paths {
+                tasks.push(tokio::spawn(async move {
+                    let r = http().get(p).send().await.unwrap();
+                    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+                }));
+            }
+            let mut ders = Vec::new();
+            for t in tasks {
+                let (status, body) = t.await.unwrap();
+                assert_eq!(status, 200);
+                if !body.starts_with(b"-----") {
+                    ders.push(body);
+                }
+            }
+            ders
+        }
+    };
+    let first = hammer(30).await;
+    assert!(first.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(crls(), "1");
+    sql(&ca.a, "UPDATE crls SET next_update = 1");
+    let stale = hammer(30).await;
+    assert_eq!(stale[0], first[0], "the stored CRL, stale as it is");
+    assert_eq!(crls(), "1", "an unauthenticated GET made the token sign");
+
+    // A revocation makes the next CRL, under the revoker's name.
+    let r = http()
+        .post(ca.s.url("/v1/x509/revoke"))
+        .bearer_auth(&ca.revoker)
+        .json(&serde_json::json!({"serial": serial}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(crls(), "2");
+    std::fs::write(dir.join("org.pem"), get_bytes(&ca, "/v1/org-cert").await).unwrap();
+    std::fs::write(
+        dir.join("now.crl"),
+        get_bytes(&ca, "/v1/x509/crl?format=pem").await,
+    )
+    .unwrap();
+    let (ok, out) = openssl_in(
+        dir,
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "org.pem",
+            "-CRLfile",
+            "now.crl",
+            "alice.pem",
+        ],
+    );
+    assert!(!ok && out.contains("revoked"), "{out}");
+    ca.s.stop();
+
+    // Every CRL signature has exactly one audit row, naming its digest.
+    let stored = sql(&ca.a, "SELECT crl FROM crls ORDER BY number");
+    let audited = sql(
+        &ca.a,
+        "SELECT actor || ' ' || outcome || ' ' || data_digest FROM audit_log \
+         WHERE operation = 'x509-crl' ORDER BY seq",
+    );
+    let audited: Vec<&str> = audited.lines().collect();
+    assert_eq!(audited.len(), stored.lines().count(), "{audited:?}");
+    for (i, (hex_der, row)) in stored.lines().zip(&audited).enumerate() {
+        let der = hex::decode(hex_der).unwrap();
+        let digest = hex::encode(sha2::Sha256::digest(&der));
+        let actor = if i == 0 { "issuer" } else { "revoker" };
+        assert_eq!(*row, format!("{actor} ok {digest}"));
+        std::fs::write(dir.join(format!("{i}.crl")), &der).unwrap();
+        let out = openssl_ok(
+            dir,
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                &format!("{i}.crl"),
+                "-CAfile",
+                "org.pem",
+                "-noout",
+            ],
+        );
+        assert!(out.contains("verify OK"), "{out}");
+    }
+    assert!(ca.a.ok(&["audit", "verify"], false).contains("intact"));
 }
