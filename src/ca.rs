@@ -7,7 +7,13 @@
 //! certificate; sign in the token; verify the signature against the org
 //! cert's key; mark it issued with its audit row. A crash before the last
 //! step leaves a pending row whose serial is never reused, and no signed
-//! certificate that the store does not know.
+//! certificate that the store does not know. A token that fails or does
+//! not answer within the deadline leaves the serial abandoned.
+//!
+//! Every CRL the org cert key signs is stored together with its audit row
+//! (one transaction), or audited as discarded when a concurrent writer took
+//! its number, or as failed when the token failed or missed the deadline. CRLs are made by revocation, by the first issuance under an
+//! org cert, and by maintenance; fetching a CRL never signs (decision 0016).
 
 use crate::clock::unix_secs;
 use crate::config::X509Config;
@@ -20,8 +26,10 @@ use crate::x509::{
     IssueParams, RevocationReason, RevokedEntry, UserCertDraft, UserCertRequest, X509Cert,
     X509Error, build_crl, random_serial,
 };
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 /// CA errors.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +57,59 @@ pub enum CaError {
     /// Encoding trouble.
     #[error("{0}")]
     Encoding(String),
+}
+
+/// The token did not answer within the deadline (the source of a
+/// [`SignerError::Unavailable`]: a hung token is a token in trouble).
+#[derive(Debug, thiserror::Error)]
+#[error("the token did not answer within {deadline:?} ({what})")]
+pub struct DeadlinePassed {
+    /// What was waited for.
+    pub what: &'static str,
+    /// The deadline.
+    pub deadline: Duration,
+}
+
+/// Runs blocking token work and waits for it until `until` at the latest
+/// (`None`: as long as it takes). After the deadline the work is left to
+/// finish or fail on its own; its result is dropped.
+async fn on_token<T, F>(
+    what: &'static str,
+    until: Option<(Instant, Duration)>,
+    work: F,
+) -> Result<T, CaError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let task = tokio::task::spawn_blocking(work);
+    let joined = match until {
+        Some((at, deadline)) => tokio::time::timeout_at(at, task).await.map_err(|_| {
+            CaError::Signer(SignerError::Unavailable(Box::new(DeadlinePassed {
+                what,
+                deadline,
+            })))
+        })?,
+        None => task.await,
+    };
+    joined.map_err(|e| CaError::Encoding(format!("{what}: task failed: {e}")))
+}
+
+/// An error and its causes, for an audit detail.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The deadline of a request that starts now.
+fn deadline_from_now(deadline: Option<Duration>) -> Option<(Instant, Duration)> {
+    deadline.map(|d| (Instant::now() + d, d))
 }
 
 impl From<X509Error> for CaError {
@@ -171,7 +232,7 @@ pub struct Issue<'a> {
     pub renew: bool,
     /// "now".
     pub now: SystemTime,
-    /// Longest wait for the token's signature.
+    /// Longest wait for the token, all token work of the issuance together.
     pub deadline: Duration,
 }
 
@@ -185,6 +246,7 @@ pub async fn issue(
     domains: &[String],
     req: Issue<'_>,
 ) -> Result<(UserCertRecord, bool), CaError> {
+    let until = deadline_from_now(Some(req.deadline));
     let emails = req.request.emails.join(",");
     let key_id = req.request.key_id();
     let now = secs(req.now);
@@ -192,6 +254,10 @@ pub async fn issue(
         && let Some(existing) = store.current_user_cert(&key_id, &emails, now).await?
     {
         return Ok((existing, false));
+    }
+    // The CRL a certificate points at exists before the certificate does.
+    if store.latest_crl(&ca.record.fingerprint).await?.is_none() {
+        make_crl(store, ca, cfg, req.now, req.actor, until).await?;
     }
     let url = crl_url(cfg, ca);
     let mut reserved = None;
@@ -234,14 +300,22 @@ pub async fn issue(
     let ca2 = Arc::clone(ca);
     // `sign` verifies the token's signature against the key, which
     // ignition checked is the org cert's key.
-    let signed = tokio::task::spawn_blocking(move || draft.sign(ca2.signer.as_ref()))
-        .await
-        .map_err(|e| CaError::Encoding(format!("signing task failed: {e}")))?;
+    let signed = on_token("signing a user certificate", until, move || {
+        draft.sign(ca2.signer.as_ref())
+    })
+    .await;
+    // A failed, broken or late signature burns the serial: the row is
+    // abandoned (never issued, never reused), and a signature that arrives
+    // after the deadline is dropped with the task.
     let cert = match signed {
-        Ok(c) => c,
-        Err(e) => {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             store.abandon_user_cert(&serial).await?;
             return Err(e.into());
+        }
+        Err(e) => {
+            store.abandon_user_cert(&serial).await?;
+            return Err(e);
         }
     };
     crate::failpoint("issue-after-sign");
@@ -263,7 +337,8 @@ pub async fn issue(
     Ok((rec, true))
 }
 
-/// Revokes an issued certificate and makes a fresh CRL for its org cert.
+/// Revokes an issued certificate and makes a fresh CRL for its org cert,
+/// waiting for the token as long as it takes (the CLI).
 pub async fn revoke(
     store: &Store,
     cas: &CaSet,
@@ -273,7 +348,47 @@ pub async fn revoke(
     actor: &str,
     now: SystemTime,
 ) -> Result<RevokeOutcome, CaError> {
-    let serial = serial.trim().trim_start_matches("0x").to_ascii_lowercase();
+    let r = Revocation {
+        serial,
+        reason,
+        actor,
+        now,
+        deadline: None,
+    };
+    revoke_within(store, cas, cfg, &r).await
+}
+
+/// A revocation request.
+#[derive(Debug, Clone)]
+pub struct Revocation<'a> {
+    /// Hex serial (a `0x` prefix and surrounding space are ignored).
+    pub serial: &'a str,
+    /// Why.
+    pub reason: RevocationReason,
+    /// Audit actor.
+    pub actor: &'a str,
+    /// "now".
+    pub now: SystemTime,
+    /// Longest wait for the token's CRL signature (`None`: no limit). The
+    /// revocation itself is committed before the token is asked: after a
+    /// timeout, a retry answers "already revoked" and makes the CRL.
+    pub deadline: Option<Duration>,
+}
+
+/// Revokes an issued certificate and makes a fresh CRL for its org cert.
+pub async fn revoke_within(
+    store: &Store,
+    cas: &CaSet,
+    cfg: &X509Config,
+    r: &Revocation<'_>,
+) -> Result<RevokeOutcome, CaError> {
+    let until = deadline_from_now(r.deadline);
+    let (reason, actor, now) = (r.reason, r.actor, r.now);
+    let serial = r
+        .serial
+        .trim()
+        .trim_start_matches("0x")
+        .to_ascii_lowercase();
     if serial.is_empty() || serial.len() > 40 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(CaError::Invalid(format!(
             "serial {serial:?} is not a hex serial number"
@@ -288,22 +403,38 @@ pub async fn revoke(
         RevokeOutcome::Unknown => return Err(CaError::UnknownSerial(serial)),
         RevokeOutcome::Revoked(org_cert) | RevokeOutcome::AlreadyRevoked(org_cert) => {
             if let Some(ca) = cas.by_fingerprint(org_cert) {
-                refresh_crl(store, ca, cfg, now).await?;
+                make_crl(store, ca, cfg, now, actor, until).await?;
             }
         }
     }
     Ok(outcome)
 }
 
-/// Makes and stores a new CRL for `ca`.
+/// Makes a new CRL for `ca` in the token and stores it with its audit row
+/// (as `actor`), waiting for the token `deadline` at most (`None`: as long
+/// as it takes).
 pub async fn refresh_crl(
     store: &Store,
     ca: &Arc<LoadedCa>,
     cfg: &X509Config,
     now: SystemTime,
+    actor: &str,
+    deadline: Option<Duration>,
 ) -> Result<CrlRecord, CaError> {
+    make_crl(store, ca, cfg, now, actor, deadline_from_now(deadline)).await
+}
+
+async fn make_crl(
+    store: &Store,
+    ca: &Arc<LoadedCa>,
+    cfg: &X509Config,
+    now: SystemTime,
+    actor: &str,
+    until: Option<(Instant, Duration)>,
+) -> Result<CrlRecord, CaError> {
+    let fpr = &ca.record.fingerprint;
     let revoked: Vec<RevokedEntry> = store
-        .revoked_user_certs(&ca.record.fingerprint)
+        .revoked_user_certs(fpr)
         .await?
         .into_iter()
         .map(|(serial, at, reason)| RevokedEntry {
@@ -313,15 +444,12 @@ pub async fn refresh_crl(
         })
         .collect();
     for _ in 0..3 {
-        let number = store
-            .latest_crl(&ca.record.fingerprint)
-            .await?
-            .map_or(1, |c| c.number + 1);
+        let number = store.latest_crl(fpr).await?.map_or(1, |c| c.number + 1);
         let this_update = UNIX_EPOCH + Duration::from_secs(unix_secs(now));
         let next_update = this_update + cfg.crl_validity;
         let ca2 = Arc::clone(ca);
         let entries = revoked.clone();
-        let der = tokio::task::spawn_blocking(move || {
+        let signed = on_token("signing a CRL", until, move || {
             build_crl(
                 &ca2.cert,
                 ca2.signer.as_ref(),
@@ -332,17 +460,46 @@ pub async fn refresh_crl(
             )
         })
         .await
-        .map_err(|e| CaError::Encoding(format!("CRL task failed: {e}")))??;
+        .and_then(|r| r.map_err(CaError::from));
+        let der = match signed {
+            Ok(der) => der,
+            Err(e) => {
+                // The token may have signed (late or wrongly) without the CRL
+                // being kept: the attempt is on record too.
+                let failed = AuditEvent::new(actor, "x509-crl", "failed")
+                    .key(fpr.clone())
+                    .detail(format!("CRL {number}: {}", with_sources(&e)));
+                if let Err(audit) = store.append_audit(&[failed]).await {
+                    tracing::error!(error = %audit, "recording a failed CRL signature failed");
+                }
+                return Err(e);
+            }
+        };
         let rec = CrlRecord {
             number,
             der,
             this_update: secs(this_update),
             next_update: secs(next_update),
         };
-        match store.save_crl(&ca.record.fingerprint, &rec).await {
+        let event = |outcome: &str| {
+            AuditEvent::new(actor, "x509-crl", outcome)
+                .key(fpr.clone())
+                .digest(hex::encode(Sha256::digest(&rec.der)))
+                .detail(format!(
+                    "CRL {number}: {} revoked, next update {}",
+                    revoked.len(),
+                    humantime::format_rfc3339_seconds(next_update)
+                ))
+        };
+        match store.save_crl(fpr, &rec, &event("ok")).await {
             Ok(()) => return Ok(rec),
-            // Another writer took the number: make the next one.
-            Err(StoreError::Conflict(_)) => continue,
+            // Another writer took the number: this signature is recorded as
+            // discarded (it never leaves the process), and the next number
+            // is made with the revocations as they are now.
+            Err(StoreError::Conflict(_)) => {
+                store.append_audit(&[event("discarded")]).await?;
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -351,21 +508,23 @@ pub async fn refresh_crl(
     ))
 }
 
-/// The current CRL of `ca`, made anew when there is none or its nextUpdate
-/// is less than `margin` away.
+/// The current CRL of `ca`, made anew (as `actor`, see [`refresh_crl`])
+/// when there is none or its nextUpdate is less than `margin` away.
 pub async fn current_crl(
     store: &Store,
     ca: &Arc<LoadedCa>,
     cfg: &X509Config,
     now: SystemTime,
     margin: Duration,
+    actor: &str,
+    deadline: Option<Duration>,
 ) -> Result<CrlRecord, CaError> {
     if let Some(c) = store.latest_crl(&ca.record.fingerprint).await?
         && from_secs(c.next_update) > now + margin
     {
         return Ok(c);
     }
-    refresh_crl(store, ca, cfg, now).await
+    refresh_crl(store, ca, cfg, now, actor, deadline).await
 }
 
 #[cfg(test)]
@@ -378,6 +537,13 @@ mod tests {
     const T0: u64 = 1_800_000_000;
 
     async fn setup(corrupt: bool) -> (tempfile::TempDir, Store, Arc<LoadedCa>, X509Config) {
+        setup_with(Arc::new(SoftP256::new(1, corrupt))).await
+    }
+
+    /// The org cert of key 1 with `signer` as its key in the "token".
+    async fn setup_with(
+        signer: Arc<dyn Signer>,
+    ) -> (tempfile::TempDir, Store, Arc<LoadedCa>, X509Config) {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0)));
         let store = Store::open(&dir.path().join("s.db"), true, clock)
@@ -411,9 +577,48 @@ mod tests {
             record,
             cert,
             chain: Vec::new(),
-            signer: Arc::new(SoftP256::new(1, corrupt)),
+            signer,
         });
         (dir, store, ca, X509Config::default())
+    }
+
+    /// The same org cert with a working key.
+    fn working(ca: &LoadedCa) -> Arc<LoadedCa> {
+        Arc::new(LoadedCa {
+            record: ca.record.clone(),
+            cert: ca.cert.clone(),
+            chain: Vec::new(),
+            signer: Arc::new(SoftP256::new(1, false)),
+        })
+    }
+
+    /// A token key that runs `hook` before each signature (to hang, or to
+    /// let a concurrent writer in).
+    struct Hooked {
+        inner: SoftP256,
+        hook: Box<dyn Fn() + Send + Sync>,
+    }
+
+    impl Signer for Hooked {
+        fn public_key(&self) -> &crate::signer::PublicKey {
+            self.inner.public_key()
+        }
+
+        fn sign_digest(
+            &self,
+            alg: crate::signer::DigestAlgorithm,
+            digest: &[u8],
+        ) -> Result<Vec<u8>, SignerError> {
+            (self.hook)();
+            self.inner.sign_digest(alg, digest)
+        }
+    }
+
+    async fn count(store: &Store, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
     }
 
     fn request() -> UserCertRequest {
@@ -436,6 +641,25 @@ mod tests {
         let (_d, store, ca, cfg) = setup(true).await;
         let domains = vec!["example.com".to_string()];
         let req = request();
+        // No CRL: the broken key fails on the first CRL, before any serial
+        // (and the failed CRL signature is on record).
+        let e = issue(&store, &ca, &cfg, &domains, issue_req(&req, false))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CaError::Signer(_)), "{e}");
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM user_certs").await, 0);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM crls").await, 0);
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM audit_log WHERE operation = 'x509-crl' AND outcome = 'failed'"
+            )
+            .await,
+            1
+        );
+        refresh_crl(&store, &working(&ca), &cfg, from_secs(T0 as i64), "t", None)
+            .await
+            .unwrap();
         let e = issue(&store, &ca, &cfg, &domains, issue_req(&req, false))
             .await
             .unwrap_err();
@@ -446,8 +670,8 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(rows, vec![("abandoned".to_string(), None)]);
-        // Only the org cert's audit row: nothing was issued.
-        assert_eq!(store.verify_audit().await.unwrap().rows, 1);
+        // The org cert's and the two CRL rows: nothing was issued.
+        assert_eq!(store.verify_audit().await.unwrap().rows, 3);
     }
 
     #[tokio::test]
@@ -500,5 +724,158 @@ mod tests {
                 .await,
             Err(StoreError::Conflict(_))
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_token_that_misses_the_deadline_burns_the_serial_and_counts_as_unavailable() {
+        // The "token" answers only when the test ends.
+        let (release, hang) = std::sync::mpsc::channel::<()>();
+        let hang = std::sync::Mutex::new(hang);
+        let hung: Arc<dyn Signer> = Arc::new(Hooked {
+            inner: SoftP256::new(1, false),
+            hook: Box::new(move || {
+                let _ = hang.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            }),
+        });
+        let (_d, store, ca, cfg) = setup_with(hung).await;
+        refresh_crl(&store, &working(&ca), &cfg, from_secs(T0 as i64), "t", None)
+            .await
+            .unwrap();
+        let domains = vec!["example.com".to_string()];
+        let req = request();
+        let mut late = issue_req(&req, false);
+        late.deadline = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let e = issue(&store, &ca, &cfg, &domains, late).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        match &e {
+            CaError::Signer(SignerError::Unavailable(why)) => {
+                assert!(why.to_string().contains("did not answer"), "{why}")
+            }
+            other => panic!("expected the token to count as unavailable: {other:?}"),
+        }
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT state, cert FROM user_certs")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(rows, vec![("abandoned".to_string(), None)]);
+        // The CRL signature of a revocation waits no longer either.
+        let e = refresh_crl(
+            &store,
+            &ca,
+            &cfg,
+            from_secs(T0 as i64 + 60),
+            "t",
+            Some(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e, CaError::Signer(SignerError::Unavailable(_))),
+            "{e}"
+        );
+        // The attempt is on record: the token may still sign it late.
+        let failed: Vec<String> = sqlx::query_scalar(
+            "SELECT detail FROM audit_log WHERE operation = 'x509-crl' AND outcome = 'failed'",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(failed.len(), 1);
+        assert!(
+            failed[0].contains("did not answer within 200ms"),
+            "{failed:?}"
+        );
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM crls").await, 1);
+        drop(release);
+        // A late signature changes nothing: the serial stays burnt.
+        let serial: String = sqlx::query_scalar("SELECT serial FROM user_certs")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .mark_user_cert_issued(&serial, "pem", &AuditEvent::new("t", "x", "ok"))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn every_crl_signature_has_exactly_one_audit_row() {
+        // While the token signs CRL 2, a concurrent writer stores its own
+        // CRL 2: ours is discarded (and audited so), then CRL 3 is made.
+        let (_d, store, ca, cfg) = setup(false).await;
+        let other = working(&ca);
+        refresh_crl(&store, &other, &cfg, from_secs(T0 as i64), "t", None)
+            .await
+            .unwrap();
+        let rt = tokio::runtime::Handle::current();
+        let (store2, other2) = (store.clone(), Arc::clone(&other));
+        let cfg2 = cfg.clone();
+        let raced = std::sync::atomic::AtomicBool::new(false);
+        let racing: Arc<dyn Signer> = Arc::new(Hooked {
+            inner: SoftP256::new(1, false),
+            hook: Box::new(move || {
+                if !raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    rt.block_on(refresh_crl(
+                        &store2,
+                        &other2,
+                        &cfg2,
+                        from_secs(T0 as i64),
+                        "concurrent",
+                        None,
+                    ))
+                    .unwrap();
+                }
+            }),
+        });
+        let racer = Arc::new(LoadedCa {
+            record: ca.record.clone(),
+            cert: ca.cert.clone(),
+            chain: Vec::new(),
+            signer: racing,
+        });
+        let crl = refresh_crl(&store, &racer, &cfg, from_secs(T0 as i64 + 60), "t", None)
+            .await
+            .unwrap();
+        assert_eq!(crl.number, 3);
+        // Four signatures (CRL 1, the concurrent 2, our discarded 2, our 3):
+        // three stored with an "ok" row each, one audited as discarded.
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM crls").await, 3);
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT actor, outcome, data_digest FROM audit_log WHERE operation = 'x509-crl' ORDER BY seq",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let outcomes: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|(a, o, _)| (a.as_str(), o.as_str()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("t", "ok"),
+                ("concurrent", "ok"),
+                ("t", "discarded"),
+                ("t", "ok")
+            ]
+        );
+        // Each stored CRL is named by the digest of exactly one "ok" row.
+        let stored: Vec<String> = sqlx::query_scalar("SELECT crl FROM crls ORDER BY number")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        for hex_der in stored {
+            let digest = hex::encode(Sha256::digest(hex::decode(hex_der).unwrap()));
+            let n = rows
+                .iter()
+                .filter(|(_, o, d)| o == "ok" && *d == digest)
+                .count();
+            assert_eq!(n, 1);
+        }
+        assert!(store.verify_audit().await.unwrap().first_broken.is_none());
     }
 }

@@ -3,7 +3,10 @@
 //! in its own process group, the appliance on the p11-kit client module.
 //! kill -9 during a 32-client load: requests fail with 503 only (no 500, no
 //! hang), /v1/ready turns 503, and the appliance recovers on its own once the
-//! server is back (relogin with the held passphrase).
+//! server is back (relogin with the held passphrase). A hung HSM (SIGSTOP):
+//! signing, issuance, revocation and certification answer 503 at
+//! `[token] deadline`, the token counts as down until it answers again, and a
+//! late issuance leaves its serial abandoned.
 
 mod common;
 use common::*;
@@ -302,4 +305,255 @@ async fn without_relogin_a_lost_token_seals_the_appliance() {
     }
     let r = post(&s, "/v1/sign", &gw, b"x".to_vec()).await;
     assert_eq!(error_code(r).await, "sealed");
+}
+
+/// A P-256 CSR for `email` made by openssl in the appliance's directory.
+fn user_csr(a: &Appliance, name: &str, email: &str) -> Vec<u8> {
+    let dir = a.dir.path();
+    openssl_ok(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/emailAddress={email}"),
+        ],
+    );
+    std::fs::read(dir.join(format!("{name}.csr"))).unwrap()
+}
+
+fn sql(a: &Appliance, q: &str) -> String {
+    let out = Command::new("sqlite3").arg(a.db()).arg(q).output().unwrap();
+    assert!(out.status.success(), "sqlite3 {q}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_hsm_fails_issuance_revocation_and_certification_at_the_deadline_and_recovers() {
+    let (a, socket) = behind_p11kit("");
+    let toml = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        toml.replacen("[token]\n", "[token]\ndeadline = \"1s\"\n", 1),
+    )
+    .unwrap();
+    let hsm = HsmServer::start(&a, &socket);
+    a.ok(&["org-cert", "self-sign", "--subject", "CN=Hung CA"], true);
+    let admin = a.client("admin", "admin");
+    let issuer = a.client("issuer", "issue");
+    let revoker = a.client("revoker", "revoke");
+    let gw = a.client("gateway", "certify");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let r = post(
+        &s,
+        "/v1/x509/issue",
+        &issuer,
+        user_csr(&a, "alice", "alice@example.com"),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let alice = r.headers()["orgkey-serial"].to_str().unwrap().to_string();
+    let bob_csr = user_csr(&a, "bob", "bob@example.com");
+    let users = Gpg::new();
+    let carol = users.gen_key("Carol <carol@example.com>", "ed25519", "1y", &[]);
+    let carol_key = users.export(&carol);
+
+    // The HSM hangs while an issuance and a revocation wait for it.
+    hsm.signal("-STOP");
+    let started = Instant::now();
+    let issuing = {
+        let (url, issuer, body) = (s.url("/v1/x509/issue"), issuer.clone(), bob_csr.clone());
+        tokio::spawn(async move {
+            let r = http()
+                .post(url)
+                .bearer_auth(issuer)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), started.elapsed(), error_code(r).await)
+        })
+    };
+    let revoking = {
+        let (url, revoker, serial) = (s.url("/v1/x509/revoke"), revoker.clone(), alice.clone());
+        tokio::spawn(async move {
+            let r = http()
+                .post(url)
+                .bearer_auth(revoker)
+                .json(&serde_json::json!({ "serial": serial }))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), started.elapsed(), error_code(r).await)
+        })
+    };
+    let certifying = {
+        let (url, gw, body) = (s.url("/v1/certify"), gw.clone(), carol_key.clone());
+        tokio::spawn(async move {
+            let r = http()
+                .post(url)
+                .bearer_auth(gw)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), started.elapsed(), error_code(r).await)
+        })
+    };
+    for (what, task) in [
+        ("issue", issuing),
+        ("revoke", revoking),
+        ("certify", certifying),
+    ] {
+        let (status, took, code) = tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .unwrap_or_else(|_| panic!("{what} never answered"))
+            .unwrap();
+        assert_eq!(
+            (status, code.as_str()),
+            (503, "token_unavailable"),
+            "{what}"
+        );
+        assert!(
+            took < Duration::from_secs(4),
+            "{what} took {took:?} with a 1 s deadline"
+        );
+    }
+    // The missed deadline counts as a token in trouble.
+    let r = get(&s, "/v1/ready").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_code(r).await, "token_unavailable");
+    assert!(get_json(&s, "/v1/status").await["token_down"] == true);
+    // The late issuance's serial is burnt, never issued.
+    assert_eq!(
+        sql(
+            &a,
+            "SELECT state || ' ' || email FROM user_certs WHERE email = 'bob@example.com'"
+        ),
+        "abandoned bob@example.com"
+    );
+
+    // The HSM comes back: the appliance recovers on its own and issues again.
+    hsm.signal("-CONT");
+    let back = Instant::now();
+    let bob = loop {
+        let r = post(&s, "/v1/x509/issue", &issuer, bob_csr.clone()).await;
+        if r.status() == 201 {
+            let serial = r.headers()["orgkey-serial"].to_str().unwrap().to_string();
+            std::fs::write(a.dir.path().join("bob.pem"), r.text().await.unwrap()).unwrap();
+            break serial;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "issuance did not return after SIGCONT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(get(&s, "/v1/ready").await.status(), 200);
+    assert_eq!(post(&s, "/v1/certify", &gw, carol_key).await.status(), 200);
+    // The revocation was recorded before the token was asked for the CRL:
+    // the retry makes the CRL.
+    let r = http()
+        .post(s.url("/v1/x509/revoke"))
+        .bearer_auth(&revoker)
+        .json(&serde_json::json!({ "serial": alice }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["already_revoked"],
+        true
+    );
+    let dir = a.dir.path();
+    std::fs::write(
+        dir.join("org.pem"),
+        get(&s, "/v1/org-cert").await.bytes().await.unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("crl.pem"),
+        get(&s, "/v1/x509/crl?format=pem")
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let text = openssl_ok(
+        dir,
+        &[
+            "crl", "-in", "crl.pem", "-CAfile", "org.pem", "-noout", "-text",
+        ],
+    );
+    assert!(text.contains("verify OK"), "{text}");
+    assert!(
+        text.to_uppercase().contains(&alice.to_uppercase()),
+        "{text}"
+    );
+    openssl_ok(
+        dir,
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "org.pem",
+            "-CRLfile",
+            "crl.pem",
+            "-purpose",
+            "smimesign",
+            "bob.pem",
+        ],
+    );
+    s.stop();
+    drop(hsm);
+
+    assert!(a.ok(&["audit", "verify"], false).contains("intact"));
+    let states = sql(
+        &a,
+        "SELECT state, COUNT(*) FROM user_certs GROUP BY state ORDER BY state",
+    );
+    assert_eq!(states, "abandoned|1\nissued|1\nrevoked|1");
+    assert_ne!(
+        sql(
+            &a,
+            "SELECT serial FROM user_certs WHERE state = 'abandoned'"
+        ),
+        bob,
+        "a new serial"
+    );
+    assert_eq!(
+        sql(
+            &a,
+            "SELECT COUNT(*) FROM audit_log WHERE operation = 'x509-issue'"
+        ),
+        "2"
+    );
+    // Every CRL is on record; so is the one the hung token was asked for.
+    assert_eq!(
+        sql(
+            &a,
+            "SELECT COUNT(*) FROM audit_log WHERE operation = 'x509-crl' AND outcome = 'ok'"
+        ),
+        sql(&a, "SELECT COUNT(*) FROM crls")
+    );
+    let failed = sql(
+        &a,
+        "SELECT actor || ' ' || detail FROM audit_log WHERE operation = 'x509-crl' AND outcome = 'failed'",
+    );
+    assert!(
+        failed.starts_with("revoker CRL ") && failed.contains("did not answer within 1s"),
+        "{failed}"
+    );
 }

@@ -2,7 +2,9 @@
 //! self-signed org cert issuing from CSRs (verify -purpose smimesign, cms
 //! sign/verify, CRLs with -crl_check), an org cert issued by an external CA
 //! from our CSR, an imported PKCS#12 / encrypted PKCS#8 root CA, the
-//! OpenPGP bridge, and the refusals.
+//! OpenPGP bridge, and the refusals: email addresses are plain mailboxes or
+//! refused, `audit list` shows every field escaped, and fetching a CRL never
+//! makes the token sign (every CRL has its audit row).
 
 mod common;
 use common::*;
@@ -1063,4 +1065,296 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             "{method} {path}: {e}"
         );
     }
+}
+
+/// Runs sqlite3 on the appliance's store.
+fn sql(a: &Appliance, q: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(a.db())
+        .arg(q)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sqlite3 {q}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A DER subjectAltName of rfc822Names, as hex for `-addext subjectAltName=DER:`.
+fn san_der(emails: &[&[u8]]) -> String {
+    let mut inner = Vec::new();
+    for e in emails {
+        inner.push(0x81);
+        inner.push(u8::try_from(e.len()).unwrap());
+        inner.extend_from_slice(e);
+    }
+    let mut der = vec![0x30, u8::try_from(inner.len()).unwrap()];
+    der.extend(inner);
+    hex::encode(der)
+}
+
+#[tokio::test]
+async fn addresses_in_csrs_are_parsed_strictly() {
+    let ca = ca_with(self_signed).await;
+    let dir = ca.a.dir.path();
+    let der = |e: &[u8]| format!("DER:{}", san_der(&[e]));
+    // (subject, subjectAltName) of CSRs whose addresses are all in example.com.
+    let cases: Vec<(&str, String)> = vec![
+        ("/CN=Victim", "email:victim@bank.com@example.com".into()),
+        ("/CN=Nul", der(b"alice\0@example.com")),
+        (
+            "/CN=Newline",
+            der(b"eve\n42\t2026-01-01T00:00:00Z\tadmin\tsign\tok\t-\tforged@example.com"),
+        ),
+        ("/CN=Tab", der(b"eve\tx@example.com")),
+        ("/CN=Quote", der(b"\"eve\"@example.com")),
+        ("/CN=Bracket", der(b"<eve>@example.com")),
+        ("/CN=Comma", der(b"eve,alice@example.com")),
+        ("/CN=Dot", "email:eve@example.com.".into()),
+        ("/CN=Host", der(b"eve@exa_mple.com")),
+        // One good address does not carry a bad one.
+        (
+            "/CN=Mixed",
+            format!(
+                "DER:{}",
+                san_der(&[b"alice@example.com", b"eve@example.com\n"])
+            ),
+        ),
+        ("/emailAddress=eve x@example.com", String::new()),
+    ];
+    for (n, (subj, san)) in cases.iter().enumerate() {
+        let body = csr(
+            dir,
+            &format!("bad{n}"),
+            P256,
+            subj,
+            (!san.is_empty()).then_some(san.as_str()),
+        );
+        let r = issue(&ca, "/v1/x509/issue", body).await;
+        assert_eq!(r.status(), 400, "{subj} {san}");
+        let e = json(r).await;
+        assert_eq!(e["code"], "bad_request", "{e}");
+        let msg = e["error"].as_str().unwrap();
+        assert!(msg.contains("not a valid email address"), "{msg}");
+        assert!(!msg.chars().any(char::is_control), "{msg:?}");
+    }
+    // Plain addresses still pass, in the subject and the SAN alike.
+    let good = csr(
+        dir,
+        "good",
+        P256,
+        "/emailAddress=Alice.O'Neil\\+smime@example.com",
+        Some("email:alice.o'neil+smime@example.com,email:a-l_i.c~e@example.com"),
+    );
+    let r = issue(&ca, "/v1/x509/issue", good).await;
+    assert_eq!(r.status(), 201);
+    std::fs::write(dir.join("good.pem"), r.text().await.unwrap()).unwrap();
+    std::fs::write(dir.join("org.pem"), get_bytes(&ca, "/v1/org-cert").await).unwrap();
+    openssl_ok(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "org.pem",
+            "-purpose",
+            "smimesign",
+            "good.pem",
+        ],
+    );
+    let text = openssl_ok(
+        dir,
+        &[
+            "x509",
+            "-in",
+            "good.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(text.contains("email:a-l_i.c~e@example.com"), "{text}");
+    // Only that one was issued, and every audit line is one row.
+    let audit = ca.a.ok(&["audit", "list", "--last", "100"], false);
+    assert_eq!(audit.matches("x509-issue").count(), 1, "{audit}");
+    for line in audit.lines() {
+        assert!(
+            line.split('\t').next().unwrap().parse::<u64>().is_ok(),
+            "{line:?}"
+        );
+    }
+    assert_eq!(sql(&ca.a, "SELECT COUNT(*) FROM user_certs"), "1");
+}
+
+#[tokio::test]
+async fn audit_list_shows_control_characters_escaped_in_every_field() {
+    use orgkey::store::{AuditEvent, Store};
+    let a = Appliance::new();
+    let store = Store::open(
+        &a.db(),
+        false,
+        std::sync::Arc::new(orgkey::clock::SystemClock),
+    )
+    .await
+    .unwrap();
+    let forged = "\n99\t2026-01-01T00:00:00Z\tadmin\tsign\tok\t-\tforged";
+    store
+        .append_audit(&[AuditEvent {
+            actor: format!("gw{forged}"),
+            operation: "sign\r".into(),
+            outcome: "ok\u{1b}[2K".into(),
+            key_fingerprint: Some("\u{202e}FEDCBA\u{2066}".into()),
+            data_digest: Some("ab\0cd".into()),
+            detail: Some(format!("x\\ny{forged}\u{2028}\u{85}\u{200f}")),
+        }])
+        .await
+        .unwrap();
+    store.close().await;
+    let out = a.ok(&["audit", "list", "--last", "1"], false);
+    assert_eq!(out.lines().count(), 1, "one row, one line: {out:?}");
+    let line = out.trim_end_matches('\n');
+    assert_eq!(line.matches('\t').count(), 6, "seven columns: {line:?}");
+    let hidden = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{200f}')
+    };
+    assert!(!line.chars().any(hidden), "{line:?}");
+    let cols: Vec<&str> = line.split('\t').collect();
+    assert_eq!(
+        cols[2],
+        "gw\\n99\\t2026-01-01T00:00:00Z\\tadmin\\tsign\\tok\\t-\\tforged"
+    );
+    assert_eq!(cols[3], "sign\\r");
+    assert_eq!(cols[4], "ok\\u{1b}[2K");
+    assert_eq!(cols[5], "\\u{202e}FEDCBA\\u{2066}");
+    assert!(
+        cols[6].starts_with("x\\\\ny\\n99\\t")
+            && cols[6].ends_with("forged\\u{2028}\\u{85}\\u{200f}"),
+        "{:?}",
+        cols[6]
+    );
+    // Escaping is for display: the stored row and the chain are untouched.
+    assert!(a.ok(&["audit", "verify"], false).contains("intact"));
+}
+
+#[tokio::test]
+async fn fetching_a_crl_never_signs_and_every_crl_is_audited() {
+    use sha2::Digest;
+    let ca = ca_with(self_signed).await;
+    let dir = ca.a.dir.path();
+    let crls = || sql(&ca.a, "SELECT COUNT(*) FROM crls");
+    // No certificate yet: no CRL, and asking for one does not make one.
+    let r = get(&ca.s, "/v1/x509/crl").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "no_crl");
+    assert_eq!(crls(), "0");
+
+    // The first certificate comes with the CRL its distribution point names.
+    let body = csr(dir, "alice", P256, "/emailAddress=alice@example.com", None);
+    let r = issue(&ca, "/v1/x509/issue", body).await;
+    assert_eq!(r.status(), 201);
+    let serial = r.headers()["orgkey-serial"].to_str().unwrap().to_string();
+    std::fs::write(dir.join("alice.pem"), r.text().await.unwrap()).unwrap();
+    assert_eq!(crls(), "1");
+    let fpr = sql(
+        &ca.a,
+        "SELECT fingerprint FROM org_certs WHERE state = 'active'",
+    );
+
+    // Unauthenticated clients hammer the CRL, fresh and then past its
+    // nextUpdate: they get the stored CRL, the token signs nothing.
+    let hammer = |n: usize| {
+        let paths: Vec<String> = (0..n)
+            .map(|i| match i % 3 {
+                0 => ca.s.url("/v1/x509/crl"),
+                1 => ca.s.url(&format!("/v1/x509/crl/{}", &fpr[..16])),
+                _ => ca.s.url("/v1/x509/crl?format=pem"),
+            })
+            .collect();
+        async move {
+            let mut tasks = Vec::new();
+            for p in paths {
+                tasks.push(tokio::spawn(async move {
+                    let r = http().get(p).send().await.unwrap();
+                    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+                }));
+            }
+            let mut ders = Vec::new();
+            for t in tasks {
+                let (status, body) = t.await.unwrap();
+                assert_eq!(status, 200);
+                if !body.starts_with(b"-----") {
+                    ders.push(body);
+                }
+            }
+            ders
+        }
+    };
+    let first = hammer(30).await;
+    assert!(first.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(crls(), "1");
+    sql(&ca.a, "UPDATE crls SET next_update = 1");
+    let stale = hammer(30).await;
+    assert_eq!(stale[0], first[0], "the stored CRL, stale as it is");
+    assert_eq!(crls(), "1", "an unauthenticated GET made the token sign");
+
+    // A revocation makes the next CRL, under the revoker's name.
+    let r = http()
+        .post(ca.s.url("/v1/x509/revoke"))
+        .bearer_auth(&ca.revoker)
+        .json(&serde_json::json!({"serial": serial}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(crls(), "2");
+    std::fs::write(dir.join("org.pem"), get_bytes(&ca, "/v1/org-cert").await).unwrap();
+    std::fs::write(
+        dir.join("now.crl"),
+        get_bytes(&ca, "/v1/x509/crl?format=pem").await,
+    )
+    .unwrap();
+    let (ok, out) = openssl_in(
+        dir,
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "org.pem",
+            "-CRLfile",
+            "now.crl",
+            "alice.pem",
+        ],
+    );
+    assert!(!ok && out.contains("revoked"), "{out}");
+    ca.s.stop();
+
+    // Every CRL signature has exactly one audit row, naming its digest.
+    let stored = sql(&ca.a, "SELECT crl FROM crls ORDER BY number");
+    let audited = sql(
+        &ca.a,
+        "SELECT actor || ' ' || outcome || ' ' || data_digest FROM audit_log \
+         WHERE operation = 'x509-crl' ORDER BY seq",
+    );
+    let audited: Vec<&str> = audited.lines().collect();
+    assert_eq!(audited.len(), stored.lines().count(), "{audited:?}");
+    for (i, (hex_der, row)) in stored.lines().zip(&audited).enumerate() {
+        let der = hex::decode(hex_der).unwrap();
+        let digest = hex::encode(sha2::Sha256::digest(&der));
+        let actor = if i == 0 { "issuer" } else { "revoker" };
+        assert_eq!(*row, format!("{actor} ok {digest}"));
+        std::fs::write(dir.join(format!("{i}.crl")), &der).unwrap();
+        let out = openssl_ok(
+            dir,
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                &format!("{i}.crl"),
+                "-CAfile",
+                "org.pem",
+                "-noout",
+            ],
+        );
+        assert!(out.contains("verify OK"), "{out}");
+    }
+    assert!(ca.a.ok(&["audit", "verify"], false).contains("intact"));
 }

@@ -168,6 +168,27 @@ async fn user_certificates_and_crls_are_renewed_for_active_users() {
         ],
     );
     assert!(out.contains("verify OK"), "{out}");
+    // Each CRL was signed under audit: the first with the first certificate,
+    // the others by maintenance.
+    let sql = |q: &str| {
+        let out = std::process::Command::new("sqlite3")
+            .arg(&cfg.store.sqlite)
+            .arg(q)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let crls: usize = sql("SELECT COUNT(*) FROM crls").parse().unwrap();
+    let actors = sql(
+        "SELECT actor FROM audit_log WHERE operation = 'x509-crl' AND outcome = 'ok' ORDER BY seq",
+    );
+    let actors: Vec<&str> = actors.lines().collect();
+    assert_eq!(actors.len(), crls, "{actors:?}");
+    assert_eq!(actors[0], "issuer");
+    assert!(
+        actors[1..].iter().all(|a| *a == "maintenance"),
+        "{actors:?}"
+    );
 }
 
 /// The newest certificate for a key other than `not`.

@@ -31,7 +31,8 @@ pub(super) fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(
 
 /// Waits for token work up to the configured deadline: a hung token gets
 /// the request a 503, never a hang (the work itself finishes or fails later,
-/// and its result is dropped).
+/// and its result is dropped). A missed deadline counts as the token being
+/// in trouble, like an error: it is marked down, which starts recovery.
 pub(super) async fn within_deadline<T>(
     st: &ApiState,
     what: &'static str,
@@ -42,6 +43,7 @@ pub(super) async fn within_deadline<T>(
         Ok(Err(e)) => Err(internal(what)(e)),
         Err(_) => {
             tracing::error!(deadline = ?st.deadline, "{what}: the token did not answer in time");
+            st.mark_token_down();
             Err(ApiError::token_unavailable())
         }
     }
@@ -298,6 +300,7 @@ async fn sign(
         Ok(joined) => joined.map_err(internal("signing task failed"))?,
         Err(_) => {
             tracing::error!(client = %client.name, deadline = ?st.deadline, "the token did not answer in time");
+            st.mark_token_down();
             return Err(ApiError::token_unavailable());
         }
     };

@@ -295,20 +295,18 @@ pub(super) async fn revoke(
     // Make sure the keys of a newly made org cert are loaded.
     let _ = active_ca(&st, &key).await;
     let key = signing_key(&st)?;
-    let revoking = ca::revoke(
-        &st.store,
-        &key.cas,
-        &st.x509,
-        &req.serial,
+    // The revocation is recorded before the CRL is signed: after a timeout
+    // (503, the token counts as down) a retry answers already_revoked and
+    // makes the CRL again.
+    let revocation = ca::Revocation {
+        serial: &req.serial,
         reason,
-        &client.name,
-        st.now(),
-    );
-    // The revocation is recorded before the CRL is signed: after a timeout a
-    // retry answers already_revoked and makes the CRL again.
-    let outcome = tokio::time::timeout(st.deadline, revoking)
+        actor: &client.name,
+        now: st.now(),
+        deadline: Some(st.deadline),
+    };
+    let outcome = ca::revoke_within(&st.store, &key.cas, &st.x509, &revocation)
         .await
-        .map_err(|_| ApiError::token_unavailable())?
         .map_err(|e| ca_error(&st, e, &client.name))?;
     let already = matches!(outcome, RevokeOutcome::AlreadyRevoked(_));
     Ok(Json(serde_json::json!({
@@ -411,32 +409,23 @@ async fn serve_crl(st: &ApiState, id: Option<&str>, q: FormatQuery) -> Result<Re
                 )
             })?,
     };
-    // Ignited: make sure the CRL is current. Sealed: serve the last one made.
-    let loaded = match st.seal_state() {
-        super::SealState::Ignited(Some(k)) => k.cas.by_fingerprint(&wanted.fingerprint).cloned(),
-        _ => None,
-    };
-    let crl = match loaded {
-        Some(ca) => {
-            let fresh =
-                ca::current_crl(&st.store, &ca, &st.x509, st.now(), st.x509.crl_validity / 2);
-            match tokio::time::timeout(st.deadline, fresh).await {
-                Ok(r) => Some(r.map_err(|e| ca_error(st, e, "crl"))?),
-                // A hung token: the last CRL made is still the best answer.
-                Err(_) => st
-                    .store
-                    .latest_crl(&wanted.fingerprint)
-                    .await
-                    .map_err(internal("reading the CRL failed"))?,
-            }
-        }
-        None => st
-            .store
-            .latest_crl(&wanted.fingerprint)
-            .await
-            .map_err(internal("reading the CRL failed"))?,
-    };
-    let crl = crl.ok_or_else(ApiError::sealed)?;
+    // Never the token: an unauthenticated fetch serves the newest CRL made
+    // (past its nextUpdate if maintenance could not renew it; relying
+    // parties judge that), and cannot make the org cert key sign
+    // (decision 0016).
+    let crl = st
+        .store
+        .latest_crl(&wanted.fingerprint)
+        .await
+        .map_err(internal("reading the CRL failed"))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_crl",
+                "no CRL has been made for this org cert yet (the first is made with its first \
+                 certificate, or by maintenance)",
+            )
+        })?;
     match fmt {
         Format::Der => {
             Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], crl.der).into_response())

@@ -1,5 +1,6 @@
 //! `orgkey audit verify|list`
 
+use super::escape::field;
 use super::{clock, load_config, runtime};
 use crate::service::open_store;
 use clap::Subcommand;
@@ -34,7 +35,8 @@ pub fn run(config: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     }
                     Some((seq, why)) => {
                         println!(
-                            "audit chain BROKEN at row {seq}: {why} ({} rows before it are intact)",
+                            "audit chain BROKEN at row {seq}: {} ({} rows before it are intact)",
+                            field(&why),
                             r.rows
                         );
                         ExitCode::FAILURE
@@ -47,14 +49,16 @@ pub fn run(config: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     let at = humantime::format_rfc3339_seconds(
                         std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.at.max(0) as u64),
                     );
+                    // Every field may hold outside text: escaped, so no
+                    // row can forge another row or column.
                     println!(
                         "{}\t{at}\t{}\t{}\t{}\t{}\t{}",
                         r.seq,
-                        r.event.actor,
-                        r.event.operation,
-                        r.event.outcome,
-                        r.event.key_fingerprint.as_deref().unwrap_or("-"),
-                        r.event.detail.as_deref().unwrap_or("")
+                        field(&r.event.actor),
+                        field(&r.event.operation),
+                        field(&r.event.outcome),
+                        field(r.event.key_fingerprint.as_deref().unwrap_or("-")),
+                        field(r.event.detail.as_deref().unwrap_or(""))
                     );
                 }
                 ExitCode::SUCCESS

@@ -5,6 +5,7 @@
 mod audit;
 mod backup;
 mod client;
+mod escape;
 mod ignite;
 mod init;
 mod maintenance;
@@ -98,12 +99,31 @@ pub enum Command {
 }
 
 fn init_logging(filter: &str) {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = log_subscriber(filter, std::io::stderr, None).try_init();
+}
+
+/// The log format: tracing's fmt layer with every field value and message
+/// escaped (`escape::EscapedFields`), so request-supplied text cannot forge
+/// log lines. `ansi` overrides the colour default (tests).
+fn log_subscriber<W>(
+    filter: &str,
+    writer: W,
+    ansi: Option<bool>,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(writer)
+        .fmt_fields(escape::EscapedFields);
+    match ansi {
+        Some(a) => builder.with_ansi(a).finish(),
+        None => builder.finish(),
+    }
 }
 
 /// Loads the config and prepares the module environment. Must run before

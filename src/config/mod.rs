@@ -742,6 +742,16 @@ impl Config {
         }
         let maintenance = maintenance_config(raw.maintenance, certification_validity)?;
         let x509 = x509_config(raw.x509)?;
+        // Only revocations and maintenance renew CRLs (fetching one never
+        // signs): a CRL must outlive the gap between two runs.
+        if x509.crl_validity <= maintenance.interval {
+            return Err(ConfigError::Invalid(format!(
+                "[x509] crl_validity ({}) must be longer than [maintenance] interval ({}), or \
+                 the CRL would lapse between two maintenance runs",
+                humantime::format_duration(x509.crl_validity),
+                humantime::format_duration(maintenance.interval)
+            )));
+        }
         let backup = BackupConfig {
             dir: data_dir.join(raw.backup.dir.unwrap_or_else(|| "backups".into())),
             interval: match raw.backup.interval.as_deref() {
@@ -902,6 +912,17 @@ mod tests {
         assert!(load("[token]\nlabel = \"x\"\n[maintenance]\nbatch_size = 0\n").is_err());
         assert!(load("[token]\nlabel = \"x\"\n[maintenance]\nintervall = \"1h\"\n").is_err());
         assert!(load("certification_validity = \"10m\"\n[token]\nlabel = \"x\"\n").is_err());
+        // Only maintenance renews a CRL between revocations: it must outlive a run's gap.
+        let e = load("[token]\nlabel = \"x\"\n[x509]\ncrl_validity = \"12h\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("lapse between two maintenance runs"),
+            "{e}"
+        );
+        let c = load(
+            "[token]\nlabel = \"x\"\n[maintenance]\ninterval = \"1h\"\n[x509]\ncrl_validity = \"2h\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.x509.crl_validity, Duration::from_secs(7200));
     }
 
     #[test]

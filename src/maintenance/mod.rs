@@ -19,6 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::task::JoinSet;
 
+/// Longest a scheduled job waits for one X.509 signature (a user
+/// certificate or a CRL) before it counts the token as unavailable.
+const TOKEN_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Maintenance errors (a run that fails is retried by the next one).
 #[derive(Debug, thiserror::Error)]
 pub enum MaintenanceError {
@@ -361,12 +365,21 @@ impl Maintenance {
             // Renewed when it would lapse before the next run.
             let margin = self.config.interval;
             let before = self.store.latest_crl(&ca.record.fingerprint).await?;
-            let crl = crate::ca::current_crl(&self.store, ca, &self.x509, now, margin)
-                .await
-                .map_err(|e| match e {
-                    crate::ca::CaError::Store(s) => MaintenanceError::Store(s),
-                    other => MaintenanceError::Task(format!("CRL: {other}")),
-                })?;
+            let crl = crate::ca::current_crl(
+                &self.store,
+                ca,
+                &self.x509,
+                now,
+                margin,
+                "maintenance",
+                Some(TOKEN_DEADLINE),
+            )
+            .await
+            .map_err(|e| match e {
+                crate::ca::CaError::Store(s) => MaintenanceError::Store(s),
+                crate::ca::CaError::Signer(e) => MaintenanceError::Token(PgpError::Signer(e)),
+                other => MaintenanceError::Task(format!("CRL: {other}")),
+            })?;
             if before.map(|b| b.number) != Some(crl.number) {
                 report.crls_refreshed += 1;
             }
@@ -405,7 +418,7 @@ impl Maintenance {
                 actor: "maintenance",
                 renew: true,
                 now,
-                deadline: Duration::from_secs(60),
+                deadline: TOKEN_DEADLINE,
             },
         )
         .await

@@ -556,8 +556,16 @@ impl Store {
         .transpose()
     }
 
-    /// Stores a CRL; its number must be above every stored one.
-    pub async fn save_crl(&self, org_cert: &str, crl: &CrlRecord) -> Result<(), StoreError> {
+    /// Stores a CRL with the audit row of its signature, in one
+    /// transaction; its number must be above every stored one (a taken
+    /// number is a [`StoreError::Conflict`] and writes nothing).
+    pub async fn save_crl(
+        &self,
+        org_cert: &str,
+        crl: &CrlRecord,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "INSERT INTO crls (org_cert, number, crl, this_update, next_update) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -566,18 +574,24 @@ impl Store {
         .bind(hex::encode(&crl.der))
         .bind(crl.this_update)
         .bind(crl.next_update)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match res {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
-                format!("CRL number {} exists", crl.number),
-            )),
-            Err(e) => Err(StoreError::Db {
-                context: "storing a CRL",
-                source: e,
-            }),
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "CRL number {} exists",
+                    crl.number
+                )));
+            }
+            Err(e) => {
+                return Err(StoreError::Db {
+                    context: "storing a CRL",
+                    source: e,
+                });
+            }
         }
+        self.commit_audited(tx, audit, "committing a CRL").await
     }
 
     /// Whether any user (active or removed) has this email.

@@ -8,9 +8,11 @@
 
 mod keyfile;
 mod keys;
+mod mailbox;
 mod profiles;
 
 pub use keyfile::{CaKeypairFile, read_ca_keypair};
+pub use mailbox::check_mailbox;
 
 use crate::signer::{PublicKey, Signer, SignerError};
 use der::asn1::Ia5String;
@@ -352,14 +354,23 @@ pub fn parse_user_csr(bytes: &[u8]) -> Result<UserCertRequest, X509Error> {
     )
     .map_err(|e| X509Error::Invalid(format!("the CSR's own signature is bad: {e}")))?;
     let mut emails: Vec<String> = Vec::new();
-    let mut add = |e: &str| {
-        let e = e.trim().to_lowercase();
-        if !e.is_empty() && !emails.contains(&e) {
+    // Strict: an address is taken as it is (no trimming) or refused.
+    let mut add = |e: &str| -> Result<(), X509Error> {
+        check_mailbox(e).map_err(|m| X509Error::Invalid(format!("in the CSR: {m}")))?;
+        let e = e.to_ascii_lowercase();
+        if !emails.contains(&e) {
             emails.push(e);
         }
+        Ok(())
     };
-    if let Ok(Some(e)) = req.info.subject.email_address() {
-        add(e.as_str());
+    match req.info.subject.email_address() {
+        Ok(Some(e)) => add(e.as_str())?,
+        Ok(None) => {}
+        Err(e) => {
+            return Err(X509Error::Invalid(format!(
+                "the CSR's subject emailAddress is not an IA5String: {e}"
+            )));
+        }
     }
     for attr in req.info.attributes.iter() {
         if attr.oid != profiles::EXTENSION_REQUEST {
@@ -375,7 +386,7 @@ pub fn parse_user_csr(bytes: &[u8]) -> Result<UserCertRequest, X509Error> {
                         .map_err(|e| X509Error::Invalid(format!("bad subjectAltName: {e}")))?;
                     for n in san.0 {
                         if let GeneralName::Rfc822Name(e) = n {
-                            add(e.as_str());
+                            add(e.as_str())?;
                         }
                     }
                 }
@@ -467,7 +478,11 @@ impl UserCertDraft {
         req: &UserCertRequest,
         p: &IssueParams<'_>,
     ) -> Result<UserCertDraft, X509Error> {
+        if req.emails.is_empty() {
+            return Err(X509Error::Refused("no email address to certify".into()));
+        }
         for e in &req.emails {
+            check_mailbox(e).map_err(X509Error::Refused)?;
             if crate::config::managed_domain_of(p.domains, e).is_none() {
                 return Err(X509Error::Refused(format!(
                     "{e} is not in a managed domain"

@@ -3,6 +3,7 @@
 //! signed, and CRLs.
 
 use super::keys::{CaKey, UserKeyKind};
+use super::mailbox::check_mailbox;
 use super::{X509Cert, X509Error, enc, ia5};
 use der::asn1::{ObjectIdentifier, Utf8StringRef};
 use der::referenced::OwnedToRef;
@@ -210,7 +211,8 @@ impl BuilderProfile for UserCertProfile {
 }
 
 /// The profile check before signing: validity inside the org cert's, EKU
-/// emailProtection, not a CA, every SAN email in a managed domain.
+/// emailProtection, not a CA, every email (subject emailAddress and SAN) a
+/// plain mailbox in a managed domain.
 pub(super) fn check_user_tbs(
     tbs_der: &[u8],
     org: &X509Cert,
@@ -236,19 +238,23 @@ pub(super) fn check_user_tbs(
         Ok(Some((_, san))) => san,
         _ => return fail("no subjectAltName"),
     };
+    let managed_mailbox = |e: &str| {
+        check_mailbox(e).is_ok() && crate::config::managed_domain_of(domains, e).is_some()
+    };
     let mut any = false;
     for n in san.0 {
         match n {
-            GeneralName::Rfc822Name(e)
-                if crate::config::managed_domain_of(domains, e.as_str()).is_some() =>
-            {
-                any = true;
-            }
-            _ => return fail("a subjectAltName outside the managed domains"),
+            GeneralName::Rfc822Name(e) if managed_mailbox(e.as_str()) => any = true,
+            _ => return fail("a subjectAltName that is not a mailbox in a managed domain"),
         }
     }
     if !any {
         return fail("no email address");
+    }
+    match tbs.subject().email_address() {
+        Ok(Some(e)) if managed_mailbox(e.as_str()) => {}
+        Ok(None) => {}
+        _ => return fail("a subject emailAddress that is not a mailbox in a managed domain"),
     }
     Ok(())
 }

@@ -129,3 +129,46 @@ fn garbage_csrs_are_refused() {
         Err(X509Error::Invalid(_))
     ));
 }
+
+#[test]
+fn only_plain_mailboxes_reach_a_certificate_whatever_the_request_path() {
+    // The OpenPGP bridge and maintenance renewals build requests without a
+    // CSR: the draft refuses what a CSR could not carry either.
+    let ca = SoftP256::new(1, false);
+    let org = self_signed_org_cert(&ca, "CN=Example Org CA", t(0), t(30)).unwrap();
+    let user_key = SoftP256::new(3, false);
+    let params = IssueParams {
+        serial: random_serial(),
+        not_before: t(1),
+        not_after: t(15),
+        crl_url: None,
+        domains: &domains(),
+    };
+    for bad in [
+        "victim@bank.com@example.com",
+        "a\0b@example.com",
+        "eve\nforged@example.com",
+        "eve\t@example.com",
+        "\"a b\"@example.com",
+        "a,b@example.com",
+    ] {
+        let req = user_request_for_key(user_key.public_key(), bad, None).unwrap();
+        match UserCertDraft::new(&org, &ca, &req, &params) {
+            Err(X509Error::Refused(m)) => assert!(m.contains("not a valid email"), "{m}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    let mut none = user_request_for_key(user_key.public_key(), "a@example.com", None).unwrap();
+    none.emails.clear();
+    assert!(matches!(
+        UserCertDraft::new(&org, &ca, &none, &params),
+        Err(X509Error::Refused(_))
+    ));
+    // A good one passes the profile check, which re-reads every address.
+    let good = user_request_for_key(user_key.public_key(), "a.b+c@example.com", None).unwrap();
+    let cert = UserCertDraft::new(&org, &ca, &good, &params)
+        .unwrap()
+        .sign(&ca)
+        .unwrap();
+    assert_eq!(cert.emails(), ["a.b+c@example.com"]);
+}
