@@ -13,7 +13,7 @@
 //! Every CRL the org cert key signs is stored together with its audit row
 //! (one transaction), or audited as discarded when a concurrent writer took
 //! its number, or as failed when the token failed or missed the deadline. CRLs are made by revocation, by the first issuance under an
-//! org cert, and by maintenance; fetching a CRL never signs (decision 0016).
+//! org cert, and by maintenance; fetching a CRL never signs (decision 0017).
 
 use crate::clock::unix_secs;
 use crate::config::X509Config;

@@ -412,7 +412,7 @@ async fn serve_crl(st: &ApiState, id: Option<&str>, q: FormatQuery) -> Result<Re
     // Never the token: an unauthenticated fetch serves the newest CRL made
     // (past its nextUpdate if maintenance could not renew it; relying
     // parties judge that), and cannot make the org cert key sign
-    // (decision 0016).
+    // (decision 0017).
     let crl = st
         .store
         .latest_crl(&wanted.fingerprint)
