@@ -776,3 +776,30 @@ async fn stored_users_from_before_the_rules_are_neither_renewed_nor_served() {
         assert_eq!(error_code(r).await, "unknown_user");
     }
 }
+
+#[tokio::test]
+async fn users_show_prints_key_contents_escaped() {
+    let (a, s, _admin, gw) = ignited().await;
+    let alice = Gpg::new();
+    let fpr = alice.gen_key("Alice <alice@example.com>", "ed25519", "1y", &[]);
+    // A second user ID (not certifiable, but stored with the key) that
+    // would reorder what the operator's terminal shows.
+    alice.ok(
+        &[
+            "--passphrase",
+            "",
+            "--pinentry-mode",
+            "loopback",
+            "--quick-add-uid",
+            &fpr,
+            "Admin \u{202e}moc.elpmaxe",
+        ],
+        None,
+    );
+    let r = post(&s, "/v1/certify", &gw, alice.export(&fpr)).await;
+    assert_eq!(r.status(), 200);
+    s.stop();
+    let shown = a.ok(&["users", "show", "alice@example.com"], false);
+    assert!(!shown.contains('\u{202e}'), "{shown:?}");
+    assert!(shown.contains("Admin \\u{202e}moc.elpmaxe"), "{shown}");
+}

@@ -867,7 +867,7 @@ async fn users_openpgp_keys_get_smime_certificates_through_the_bridge() {
 }
 
 #[tokio::test]
-async fn the_org_cert_address_cannot_become_a_users() {
+async fn the_organizations_addresses_cannot_become_a_users() {
     let ca = ca_with(|a| {
         a.ok(
             &[
@@ -886,6 +886,18 @@ async fn the_org_cert_address_cannot_become_a_users() {
     assert_eq!(r.status(), 422);
     let e = json(r).await;
     assert!(e["error"].as_str().unwrap().contains("org cert"), "{e}");
+    // Nor can the organization's addresses get an S/MIME certificate: the
+    // org cert's, and the org key's own.
+    let dir = ca.a.dir.path();
+    for (name, addr) in [("pki", "pki@example.com"), ("org", "orgkey@example.com")] {
+        let body = csr(dir, name, P256, &format!("/emailAddress={addr}"), None);
+        let r = issue(&ca, "/v1/x509/issue", body).await;
+        assert_eq!(r.status(), 422, "{addr}");
+        let e = json(r).await;
+        assert!(e["error"].as_str().unwrap().contains(addr), "{e}");
+    }
+    let body = csr(dir, "user", P256, "/emailAddress=user@example.com", None);
+    assert_eq!(issue(&ca, "/v1/x509/issue", body).await.status(), 201);
     let _ = &ca.revoker;
 }
 

@@ -2,7 +2,7 @@
 //! managed user's OpenPGP key, revocation, CRLs and certificate status.
 
 use super::auth::{Scope, authenticate};
-use super::routes::{AppState, internal, signer_error, signing_key};
+use super::routes::{AppState, internal, reserved_emails, signer_error, signing_key};
 use super::users::normalize_email;
 use super::{ApiError, ApiState, SigningKey};
 use crate::ca::{self, CaError, Issue, LoadedCa, Source};
@@ -104,6 +104,21 @@ async fn issue_and_respond(
     client: &str,
     renew: bool,
 ) -> Result<Response, ApiError> {
+    // The organization's own addresses (every org key's, the org cert's) are
+    // never a user's, here as in certification.
+    let reserved = reserved_emails(st).await?;
+    if let Some((email, why)) = request
+        .emails
+        .iter()
+        .find_map(|e| reserved.reason(e).map(|why| (e, why)))
+    {
+        tracing::warn!(client, email = ?email, "issuance refused for a reserved address");
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "refused",
+            format!("{email}: {why}"),
+        ));
+    }
     let (rec, fresh) = ca::issue(
         &st.store,
         ca,

@@ -54,7 +54,7 @@ pub fn run(config: &Path, cmd: UsersCmd) -> anyhow::Result<ExitCode> {
             for u in &users {
                 println!(
                     "{}\t{}\t{}\tlast activity {}",
-                    u.email,
+                    super::escape::field(&u.email),
                     u.state.as_str(),
                     u.fingerprint,
                     fmt_secs(u.last_activity)
@@ -63,18 +63,19 @@ pub fn run(config: &Path, cmd: UsersCmd) -> anyhow::Result<ExitCode> {
             if users.len() as i64 == limit
                 && let Some(last) = users.last()
             {
-                eprintln!("(more: --after {})", last.email);
+                eprintln!("(more: --after {})", super::escape::field(&last.email));
             }
         }
         UsersCmd::Show { email } => {
             let Some(d) = rt.block_on(user_details(&cfg, &email, clock()))? else {
                 bail!("no user {email:?}");
             };
-            println!("email:          {}", d.user.email);
+            // Key contents come from outside: shown escaped.
+            println!("email:          {}", super::escape::field(&d.user.email));
             println!("state:          {}", d.user.state.as_str());
             println!("key:            {}", d.user.fingerprint);
             for uid in &d.user_ids {
-                println!("user ID:        {uid}");
+                println!("user ID:        {}", super::escape::field(uid));
             }
             println!(
                 "certified until: {}",
