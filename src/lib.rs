@@ -28,6 +28,7 @@ pub mod reserved;
 pub mod service;
 pub mod signer;
 pub mod store;
+pub mod text;
 pub mod token;
 pub mod x509;
 

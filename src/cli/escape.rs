@@ -12,22 +12,11 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
 
-/// Whether `c` must not reach a terminal or log line as it is.
-fn is_hidden(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            // Bidi marks, embeddings, overrides and isolates.
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-            // Line and paragraph separators.
-            | '\u{2028}' | '\u{2029}'
-            // Zero-width and invisible format characters.
-            | '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{2064}' | '\u{feff}'
-        )
-}
-
 fn escape(s: &str, backslash: bool) -> Cow<'_, str> {
-    if !s.chars().any(|c| is_hidden(c) || (backslash && c == '\\')) {
+    if !s
+        .chars()
+        .any(|c| crate::text::is_hidden(c) || (backslash && c == '\\'))
+    {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -37,7 +26,7 @@ fn escape(s: &str, backslash: bool) -> Cow<'_, str> {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\\' if backslash => out.push_str("\\\\"),
-            c if is_hidden(c) => {
+            c if crate::text::is_hidden(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),

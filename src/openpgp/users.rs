@@ -37,27 +37,6 @@ const MAX_DOMAIN: usize = 253;
 /// Longest domain label (RFC 1035).
 const MAX_LABEL: usize = 63;
 
-/// Characters a reader does not see, or that reorder what it sees:
-/// bidirectional embeddings, overrides, isolates and marks, zero-width
-/// space, word joiner and invisible operators, the byte order mark, line
-/// and paragraph separators, and interlinear annotation marks. ZWJ and
-/// ZWNJ stay allowed: scripts and emoji need them in names.
-fn is_hidden_or_bidi(c: char) -> bool {
-    matches!(
-        c,
-        '\u{061C}'
-            | '\u{180E}'
-            | '\u{200B}'
-            | '\u{200E}'
-            | '\u{200F}'
-            | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}'
-            | '\u{FFF9}'..='\u{FFFB}'
-    )
-}
-
 /// Characters whose Unicode compatibility or canonical decomposition
 /// contains `@`, `<` or `>` (fullwidth and small forms, not-less-than and
 /// not-greater-than): a name holding them shows a look-alike address.
@@ -213,7 +192,7 @@ pub fn parse_user_id(uid: &[u8]) -> Result<Option<CanonicalUserId>, String> {
     if let Some(c) = s.chars().find(|c| c.is_control()) {
         return Err(format!("it has a control character ({})", code_point(c)));
     }
-    if let Some(c) = s.chars().find(|&c| is_hidden_or_bidi(c)) {
+    if let Some(c) = s.chars().find(|&c| crate::text::is_invisible_format(c)) {
         return Err(format!(
             "it has an invisible or bidirectional formatting character ({})",
             code_point(c)
@@ -1137,7 +1116,7 @@ mod canonical_form_tests {
                     assert!(why.contains(part), "{shown:?}: {why}");
                     assert!(
                         !why.chars().any(|c| c.is_control()
-                            || is_hidden_or_bidi(c)
+                            || crate::text::is_invisible_format(c)
                             || looks_like_address_syntax(c)),
                         "{shown:?}: the reason must not carry raw special characters: {why:?}"
                     );

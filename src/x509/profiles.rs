@@ -107,9 +107,11 @@ impl UserCertProfile {
             Ok(())
         };
         if let Some(cn) = &req.common_name {
-            if cn.is_empty() || cn.len() > 64 || cn.chars().any(char::is_control) {
+            if cn.is_empty() || cn.len() > 64 || cn.chars().any(crate::text::is_hidden) {
                 return Err(X509Error::Refused(
-                    "the common name must be 1-64 printable characters".into(),
+                    "the common name must be 1-64 printable characters, without control or \
+                     invisible formatting (bidi) characters"
+                        .into(),
                 ));
             }
             let v = Utf8StringRef::new(cn).map_err(enc("common name"))?;

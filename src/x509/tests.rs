@@ -89,6 +89,20 @@ fn user_certs_are_capped_checked_and_signed_by_the_org_cert() {
         UserCertDraft::new(&org, &ca, &req, &late),
         Err(X509Error::Refused(_))
     ));
+    // A common name that would reorder what a mail client shows (or break
+    // a line) never reaches a certificate.
+    for cn in ["Alice\u{202e}ecilA", "Alice\nBob", "Al\u{2066}ice"] {
+        let spoof =
+            user_request_for_key(user_key.public_key(), "alice@example.com", Some(cn.into()))
+                .unwrap();
+        assert!(
+            matches!(
+                UserCertDraft::new(&org, &ca, &spoof, &params),
+                Err(X509Error::Refused(_))
+            ),
+            "{cn:?}"
+        );
+    }
 }
 
 #[test]
