@@ -305,6 +305,12 @@ async fn without_relogin_a_lost_token_seals_the_appliance() {
     }
     let r = post(&s, "/v1/sign", &gw, b"x".to_vec()).await;
     assert_eq!(error_code(r).await, "sealed");
+    // The link is back, but the module still fails until it is initialized
+    // again: ignition does that, and still proves the passphrase.
+    let r = ignite(&s, &admin, "totally-wrong-passphrase").await;
+    assert_eq!(error_code(r).await, "bad_passphrase");
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    assert_eq!(post(&s, "/v1/sign", &gw, b"y".to_vec()).await.status(), 200);
 }
 
 /// A P-256 CSR for `email` made by openssl in the appliance's directory.

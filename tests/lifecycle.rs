@@ -704,3 +704,106 @@ async fn serve_holding_the_passphrase_never_writes_a_core_file() {
         .collect();
     assert!(cores.is_empty(), "{cores:?}");
 }
+
+/// Every route with the scopes that may use it (`None`: public).
+const ROUTES: &[(&str, &str, Option<&[&str]>)] = &[
+    ("GET", "/v1/health", None),
+    ("GET", "/v1/ready", None),
+    ("GET", "/v1/status", None),
+    ("GET", "/v1/org-key", None),
+    ("GET", "/pks/lookup?op=get&search=alice%40example.com", None),
+    ("GET", "/v1/org-cert", None),
+    ("GET", "/v1/x509/crl", None),
+    ("GET", "/v1/x509/crl/1", None),
+    ("POST", "/v1/sign", Some(&["sign"])),
+    ("POST", "/v1/ignition", Some(&["admin"])),
+    ("DELETE", "/v1/ignition", Some(&["admin"])),
+    ("POST", "/v1/ignition/passphrase", Some(&["admin"])),
+    ("POST", "/v1/certify", Some(&["certify"])),
+    (
+        "GET",
+        "/v1/users/alice@example.com",
+        Some(&["certify", "admin"]),
+    ),
+    ("DELETE", "/v1/users/alice@example.com", Some(&["admin"])),
+    (
+        "POST",
+        "/v1/users/alice@example.com/activity",
+        Some(&["certify"]),
+    ),
+    ("POST", "/v1/x509/issue", Some(&["issue"])),
+    ("POST", "/v1/x509/issue-from-openpgp", Some(&["issue"])),
+    ("POST", "/v1/x509/revoke", Some(&["revoke"])),
+    (
+        "GET",
+        "/v1/x509/certs/01",
+        Some(&["issue", "revoke", "admin"]),
+    ),
+];
+
+#[tokio::test]
+async fn every_route_needs_exactly_its_scopes() {
+    // The table covers every route the router has.
+    let router = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/routes.rs"),
+    )
+    .unwrap();
+    let mut routed: Vec<&str> = router
+        .split(".route(")
+        .skip(1)
+        .filter_map(|r| r.trim_start().strip_prefix('"')?.split('"').next())
+        .collect();
+    routed.sort_unstable();
+    routed.dedup();
+    let shape = |p: &str| {
+        p.split('?')
+            .next()
+            .unwrap()
+            .replace("alice@example.com", "{email}")
+            .replace("/crl/1", "/crl/{id}")
+            .replace("/certs/01", "/certs/{serial}")
+    };
+    let mut tabled: Vec<String> = ROUTES.iter().map(|(_, p, _)| shape(p)).collect();
+    tabled.sort_unstable();
+    tabled.dedup();
+    assert_eq!(routed, tabled, "a route is missing from this table");
+
+    let a = Appliance::with_org_key("p256");
+    let scopes = ["sign", "certify", "issue", "revoke", "admin"];
+    let tokens: Vec<(&str, String)> = scopes
+        .iter()
+        .map(|s| (*s, a.client(&format!("only-{s}"), s)))
+        .collect();
+    let s = a.serve(&["--ignition-passphrase-file", a.pin_file.to_str().unwrap()]);
+    let send = |method: &str, path: &str, token: Option<&str>| {
+        let mut r = http().request(method.parse().unwrap(), s.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if method == "POST" {
+            r = r.header("content-type", "application/json").body("{}");
+        }
+        r.send()
+    };
+    for (method, path, allowed) in ROUTES {
+        let anonymous = send(method, path, None).await.unwrap().status();
+        match allowed {
+            None => assert!(
+                anonymous != 401 && anonymous != 403,
+                "{method} {path} is public: {anonymous}"
+            ),
+            Some(allowed) => {
+                assert_eq!(anonymous, 401, "{method} {path} without a token");
+                for (scope, token) in &tokens {
+                    if allowed.contains(scope) {
+                        continue;
+                    }
+                    let r = send(method, path, Some(token)).await.unwrap();
+                    assert_eq!(r.status(), 403, "{method} {path} with only {scope}");
+                }
+            }
+        }
+    }
+    // The wrong-scope requests changed nothing: still ignited.
+    assert_eq!(get_json(&s, "/v1/status").await["state"], "ignited");
+}
