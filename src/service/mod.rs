@@ -5,6 +5,7 @@
 
 mod backup;
 mod harden;
+mod ignition;
 mod init;
 mod maintenance;
 mod org_cert;
@@ -14,9 +15,10 @@ mod users;
 
 pub use backup::{
     ExportReport, ExportSecrets, RestoreStateOptions, RestoreStateReport, backup_state,
-    change_ignition, export_keys, inspect_key_backup, reset_ignition, restore_keys, restore_state,
+    export_keys, inspect_key_backup, restore_keys, restore_state,
 };
 pub use harden::disable_core_dumps;
+pub use ignition::{change_ignition, reset_ignition};
 pub(crate) use init::write_private;
 pub use init::{InitRequest, InitResult, init_appliance};
 pub use maintenance::run_maintenance;
