@@ -103,12 +103,23 @@ async fn self_signed_org_cert_issues_smime_certificates_that_openssl_accepts() {
     std::fs::write(dir.join("org.der"), der).unwrap();
     openssl_ok(dir, &["x509", "-inform", "DER", "-in", "org.der", "-noout"]);
 
-    // Alice's CSR: P-256, email in the subject and the SAN.
+    // Alice's OpenPGP key is certified as "Alice Example": that is the only
+    // name her certificate may carry, whatever her CSR asks for.
+    let alice = Gpg::new();
+    let afpr = alice.gen_key("Alice Example <alice@example.com>", "ed25519", "1y", &[]);
+    assert_eq!(
+        post(&ca.s, "/v1/certify", &ca.gw, alice.export(&afpr))
+            .await
+            .status(),
+        200
+    );
+    // Alice's CSR: P-256, email in the subject and the SAN, and a name
+    // nobody checked.
     let body = csr(
         dir,
         "alice",
         P256,
-        "/CN=Alice Example/emailAddress=alice@example.com",
+        "/CN=Mallory The CEO/emailAddress=alice@example.com",
         Some("email:alice@example.com"),
     );
     let r = issue(&ca, "/v1/x509/issue", body.clone()).await;
@@ -147,6 +158,23 @@ async fn self_signed_org_cert_issues_smime_certificates_that_openssl_accepts() {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
+    assert!(
+        !text.contains("Mallory"),
+        "the CSR's name was copied:\n{text}"
+    );
+    // Bob has no certified OpenPGP key: his certificate names no one.
+    let bob_csr = csr(
+        dir,
+        "bob",
+        P256,
+        "/CN=Bob The Admin/emailAddress=bob@example.com",
+        None,
+    );
+    let r = issue(&ca, "/v1/x509/issue", bob_csr).await;
+    assert_eq!(r.status(), 201);
+    std::fs::write(dir.join("bob.pem"), r.text().await.unwrap()).unwrap();
+    let subject = openssl_ok(dir, &["x509", "-in", "bob.pem", "-noout", "-subject"]);
+    assert_eq!(subject.trim(), "subject=emailAddress = bob@example.com");
     let dates = openssl_ok(
         dir,
         &[
@@ -334,7 +362,11 @@ async fn self_signed_org_cert_issues_smime_certificates_that_openssl_accepts() {
 
     // The audit log has each issuance and the revocation.
     let audit = ca.a.ok(&["audit", "list", "--last", "50"], false);
-    assert_eq!(audit.matches("x509-issue").count(), 2, "{audit}");
+    assert_eq!(
+        audit.matches("x509-issue").count(),
+        3,
+        "alice twice, bob: {audit}"
+    );
     assert!(audit.contains("x509-revoke"), "{audit}");
     assert!(ca.a.ok(&["audit", "verify"], false).contains("intact"));
 }

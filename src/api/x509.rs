@@ -183,7 +183,18 @@ pub(super) async fn issue(
         Err(_) => return Err(ApiError::bad_request("could not read the request body")),
     };
     let key = signing_key(&st)?;
-    let req = parse_user_csr(&bytes).map_err(|e| ca_error(&st, e.into(), &client.name))?;
+    let mut req = parse_user_csr(&bytes).map_err(|e| ca_error(&st, e.into(), &client.name))?;
+    // The only name a certificate carries is one the org key certified.
+    req.common_name = match st
+        .store
+        .user(&req.emails[0])
+        .await
+        .map_err(internal("reading a user failed"))?
+        .filter(|u| u.state == UserState::Active)
+    {
+        Some(user) if super::routes::servable_user(&st, &user).await? => certified_name(&user),
+        _ => None,
+    };
     let ca = active_ca(&st, &key).await?;
     issue_and_respond(
         &st,
@@ -194,6 +205,16 @@ pub(super) async fn issue(
         q.renew.unwrap_or(false),
     )
     .await
+}
+
+/// The name of a stored user's canonical (certified) user ID, if it has one
+/// that fits a common name.
+fn certified_name(user: &crate::store::UserRecord) -> Option<String> {
+    crate::openpgp::parse_user_id(user.user_id.as_bytes())
+        .ok()
+        .flatten()
+        .and_then(|c| c.name)
+        .filter(|n| n.len() <= 64)
 }
 
 pub(super) fn parse_bridge_body(raw: &[u8]) -> Result<FromOpenPgp, serde_json::Error> {
@@ -259,13 +280,7 @@ pub(super) async fn issue_from_openpgp(
              (Ed25519 OpenPGP keys need a CSR)",
         )
     })?;
-    let name = user
-        .user_id
-        .split('<')
-        .next()
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(str::to_string);
+    let name = certified_name(&user);
     let request = user_request_for_key(&pk, &email, name)
         .map_err(|e| ca_error(&st, e.into(), &client.name))?;
     let ca = active_ca(&st, &key).await?;

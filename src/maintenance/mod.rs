@@ -396,10 +396,28 @@ impl Maintenance {
         let spki = hex::decode(&due.spki)
             .map_err(|_| crate::ca::CaError::Encoding("stored key is not hex".into()))?;
         let emails: Vec<String> = due.emails.split(',').map(str::to_string).collect();
+        // The name comes from the user's certified user ID as it is now, not
+        // from the old certificate (whose name an older version copied from
+        // the CSR unchecked).
+        let common_name = match emails.first() {
+            Some(primary) => self
+                .store
+                .user(primary)
+                .await?
+                .filter(|u| u.state == crate::store::UserState::Active)
+                .and_then(|u| {
+                    crate::openpgp::parse_user_id(u.user_id.as_bytes())
+                        .ok()
+                        .flatten()
+                })
+                .and_then(|c| c.name)
+                .filter(|n| n.len() <= 64),
+            None => None,
+        };
         let request = crate::x509::UserCertRequest {
             key: "renewal".into(),
             emails,
-            common_name: due.common_name.clone(),
+            common_name,
             spki,
         };
         let source = if due.source == "openpgp" {

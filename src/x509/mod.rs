@@ -322,7 +322,7 @@ pub fn org_cert_request(signer: &dyn Signer, subject: &str) -> Result<String, X5
 pub struct UserCertRequest {
     /// Email addresses (lower-case), the first is the primary.
     pub emails: Vec<String>,
-    /// Common name, if one was asked for.
+    /// Common name, only from validated data (never copied from a CSR).
     pub common_name: Option<String>,
     /// The key, DER SubjectPublicKeyInfo.
     pub spki: Vec<u8>,
@@ -405,16 +405,12 @@ pub fn parse_user_csr(bytes: &[u8]) -> Result<UserCertRequest, X509Error> {
             emails.len()
         )));
     }
-    let common_name = req
-        .info
-        .subject
-        .common_name()
-        .ok()
-        .flatten()
-        .map(|cn| cn.value().into_owned());
+    // The CSR's subject is not copied: nobody validated the name in it (a
+    // CSR for alice@ could ask for "CN=Mallory The CEO"). The caller may set
+    // a name it validated, such as a certified OpenPGP user ID's.
     Ok(UserCertRequest {
         emails,
-        common_name,
+        common_name: None,
         spki: spki_der(&req.info.public_key)?,
         key: kind.describe(),
     })
