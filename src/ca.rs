@@ -22,6 +22,7 @@ use crate::store::{
     AuditEvent, CrlRecord, OrgCertRecord, PendingUserCert, RevokeOutcome, Store, StoreError,
     UserCertRecord,
 };
+use crate::task::TaskFailed;
 use crate::x509::{
     IssueParams, RevocationReason, RevokedEntry, UserCertDraft, UserCertRequest, X509Cert,
     X509Error, build_crl, random_serial,
@@ -33,6 +34,7 @@ use tokio::time::Instant;
 
 /// CA errors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CaError {
     /// No org cert exists (or none is loaded).
     #[error(
@@ -57,6 +59,9 @@ pub enum CaError {
     /// Encoding trouble.
     #[error("{0}")]
     Encoding(String),
+    /// The token work panicked or was cancelled (a bug or a shutdown).
+    #[error(transparent)]
+    TaskFailed(#[from] TaskFailed),
 }
 
 /// The token did not answer within the deadline (the source of a
@@ -92,19 +97,7 @@ where
         })?,
         None => task.await,
     };
-    joined.map_err(|e| CaError::Encoding(format!("{what}: task failed: {e}")))
-}
-
-/// An error and its causes, for an audit detail.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    joined.map_err(|e| CaError::TaskFailed(TaskFailed::new(what, e)))
 }
 
 /// The deadline of a request that starts now.
@@ -297,11 +290,11 @@ pub async fn issue(
     })?;
     let serial = draft.serial().to_string();
     crate::failpoint("issue-after-reserve");
-    let ca2 = Arc::clone(ca);
+    let issuer = Arc::clone(ca);
     // `sign` verifies the token's signature against the key, which
     // ignition checked is the org cert's key.
     let signed = on_token("signing a user certificate", until, move || {
-        draft.sign(ca2.signer.as_ref())
+        draft.sign(issuer.signer.as_ref())
     })
     .await;
     // A failed, broken or late signature burns the serial: the row is
@@ -447,12 +440,12 @@ async fn make_crl(
         let number = store.latest_crl(fpr).await?.map_or(1, |c| c.number + 1);
         let this_update = UNIX_EPOCH + Duration::from_secs(unix_secs(now));
         let next_update = this_update + cfg.crl_validity;
-        let ca2 = Arc::clone(ca);
+        let issuer = Arc::clone(ca);
         let entries = revoked.clone();
         let signed = on_token("signing a CRL", until, move || {
             build_crl(
-                &ca2.cert,
-                ca2.signer.as_ref(),
+                &issuer.cert,
+                issuer.signer.as_ref(),
                 number as u64,
                 this_update,
                 next_update,
@@ -468,7 +461,7 @@ async fn make_crl(
                 // being kept: the attempt is on record too.
                 let failed = AuditEvent::new(actor, "x509-crl", "failed")
                     .key(fpr.clone())
-                    .detail(format!("CRL {number}: {}", with_sources(&e)));
+                    .detail(format!("CRL {number}: {}", crate::text::error_chain(&e)));
                 if let Err(audit) = store.append_audit(&[failed]).await {
                     tracing::error!(error = %audit, "recording a failed CRL signature failed");
                 }
@@ -802,6 +795,94 @@ mod tests {
         ));
     }
 
+    /// The org cert of `ca` with a key that runs `hook` before it signs.
+    fn hooked(ca: &LoadedCa, hook: impl Fn() + Send + Sync + 'static) -> Arc<LoadedCa> {
+        Arc::new(LoadedCa {
+            record: ca.record.clone(),
+            cert: ca.cert.clone(),
+            chain: Vec::new(),
+            signer: Arc::new(Hooked {
+                inner: SoftP256::new(1, false),
+                hook: Box::new(hook),
+            }),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_issuance_whose_audit_row_cannot_be_written_is_an_audit_failure() {
+        let (_d, store, ca, cfg) = setup(false).await;
+        refresh_crl(&store, &working(&ca), &cfg, from_secs(T0 as i64), "t", None)
+            .await
+            .unwrap();
+        // While the token signs, the audit chain's head becomes unreadable.
+        let rt = tokio::runtime::Handle::current();
+        let breaker = store.clone();
+        let ca = hooked(&ca, move || {
+            rt.block_on(
+                sqlx::query("UPDATE audit_log SET hash = 'not hex'").execute(breaker.pool()),
+            )
+            .unwrap();
+        });
+        let domains = vec!["example.com".to_string()];
+        let req = request();
+        let e = issue(&store, &ca, &cfg, &domains, issue_req(&req, false))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CaError::Store(StoreError::Audit(_))), "{e:?}");
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM user_certs WHERE state = 'issued'"
+            )
+            .await,
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_issuance_that_finds_the_store_busy_is_not_an_audit_failure() {
+        let (dir, store, ca, cfg) = setup(false).await;
+        refresh_crl(&store, &working(&ca), &cfg, from_secs(T0 as i64), "t", None)
+            .await
+            .unwrap();
+        // This handle's writes give up after 100 ms.
+        let impatient = Store::open_with(
+            &dir.path().join("s.db"),
+            false,
+            Arc::clone(store.clock()),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        // While the token signs, another writer takes the write lock.
+        let rt = tokio::runtime::Handle::current();
+        let holder = store.clone();
+        let lock = Arc::new(std::sync::Mutex::new(None));
+        let held = Arc::clone(&lock);
+        let ca = hooked(&ca, move || {
+            let tx = rt.block_on(holder.begin_write()).unwrap();
+            *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        });
+        let domains = vec!["example.com".to_string()];
+        let req = request();
+        let e = issue(&impatient, &ca, &cfg, &domains, issue_req(&req, false))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, CaError::Store(StoreError::Unavailable { .. })),
+            "{e:?}"
+        );
+        drop(lock.lock().unwrap_or_else(|p| p.into_inner()).take());
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM user_certs WHERE state = 'issued'"
+            )
+            .await,
+            0
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn every_crl_signature_has_exactly_one_audit_row() {
         // While the token signs CRL 2, a concurrent writer stores its own
@@ -812,17 +893,17 @@ mod tests {
             .await
             .unwrap();
         let rt = tokio::runtime::Handle::current();
-        let (store2, other2) = (store.clone(), Arc::clone(&other));
-        let cfg2 = cfg.clone();
+        let (racing_store, racing_ca) = (store.clone(), Arc::clone(&other));
+        let racing_cfg = cfg.clone();
         let raced = std::sync::atomic::AtomicBool::new(false);
         let racing: Arc<dyn Signer> = Arc::new(Hooked {
             inner: SoftP256::new(1, false),
             hook: Box::new(move || {
                 if !raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
                     rt.block_on(refresh_crl(
-                        &store2,
-                        &other2,
-                        &cfg2,
+                        &racing_store,
+                        &racing_ca,
+                        &racing_cfg,
                         from_secs(T0 as i64),
                         "concurrent",
                         None,

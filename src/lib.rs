@@ -7,7 +7,7 @@
 //!
 //! Layering (see `shared/ARCHITECTURE.md`): `cli -> service -> {api,
 //! maintenance} -> {ca, backup, reserved} -> {openpgp, x509, store} -> signer
-//! <- token`; `config` and `clock` are leaves.
+//! <- token`; `config`, `clock` and `task` are leaves.
 //! Only `token` uses cryptoki, only `openpgp` uses sequoia, only `api` uses the
 //! HTTP stack.
 
@@ -28,6 +28,7 @@ pub mod reserved;
 pub mod service;
 pub mod signer;
 pub mod store;
+pub mod task;
 pub mod text;
 pub mod token;
 pub mod x509;

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 /// that cannot be read is an error, not an empty set: reservation fails
 /// closed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReservedError {
     /// The store failed.
     #[error(transparent)]

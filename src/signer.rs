@@ -127,6 +127,7 @@ impl fmt::Debug for PublicKey {
 
 /// Why a signature could not be made.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SignerError {
     /// The token is not logged in (appliance sealed).
     #[error("the appliance is sealed")]

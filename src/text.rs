@@ -3,6 +3,7 @@
 //! log line: controls, and the invisible format characters that reorder or
 //! hide what a reader sees. One list for every module, so the appliance
 //! never refuses a character in one place and lets it through in another.
+//! Also how an error and its causes read as one line.
 
 /// Invisible format characters that are not controls: Arabic letter mark,
 /// Mongolian vowel separator, zero-width space, left-to-right and
@@ -31,9 +32,48 @@ pub fn is_hidden(c: char) -> bool {
     c.is_control() || is_invisible_format(c)
 }
 
+/// An error followed by each of its causes, `: `-separated. orgkey's errors
+/// (like sqlx's and cryptoki's) show their cause in their own message and
+/// also keep it as their source: a cause the text so far already ends with
+/// is not repeated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("reading the store: {0}")]
+        Shown(#[source] std::io::Error),
+        #[error("reading the store")]
+        Kept(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let io = || std::io::Error::other("disk on fire");
+        assert_eq!(
+            error_chain(&Outer::Shown(io())),
+            "reading the store: disk on fire"
+        );
+        assert_eq!(
+            error_chain(&Outer::Kept(io())),
+            "reading the store: disk on fire"
+        );
+    }
 
     #[test]
     fn hidden_characters_are_the_controls_and_the_invisible_formats() {

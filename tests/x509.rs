@@ -1291,7 +1291,13 @@ async fn fetching_a_crl_never_signs_and_every_crl_is_audited() {
     assert_eq!(crls(), "0");
 
     // The first certificate comes with the CRL its distribution point names.
-    let body = csr(dir, "alice", P256, "/emailAddress=alice@example.com", None);
+    let body = csr(
+        dir,
+        "alice",
+        P256,
+        "/emailAddress=alice@example.com",
+        Some("email:alice@example.com"),
+    );
     let r = issue(&ca, "/v1/x509/issue", body).await;
     assert_eq!(r.status(), 201);
     let serial = r.headers()["orgkey-serial"].to_str().unwrap().to_string();
@@ -1401,4 +1407,89 @@ async fn fetching_a_crl_never_signs_and_every_crl_is_audited() {
         assert!(out.contains("verify OK"), "{out}");
     }
     assert!(ca.a.ok(&["audit", "verify"], false).contains("intact"));
+}
+
+/// Another process holds the store's write lock: an issuance answers 503
+/// `store_unavailable` (a retry may work), not `audit_unavailable`, and
+/// issues nothing; once the lock is gone the same request issues.
+#[tokio::test]
+async fn issuance_while_another_writer_holds_the_store_is_store_unavailable() {
+    use std::io::{BufRead, BufReader, Write};
+    let ca = ca_with(|a| {
+        self_signed(a);
+        let mut toml = std::fs::read_to_string(&a.config).unwrap();
+        toml.push_str("\n[store]\nbusy_timeout = \"200ms\"\n");
+        std::fs::write(&a.config, toml).unwrap();
+    })
+    .await;
+    let dir = ca.a.dir.path();
+    // The first issuance makes the org cert's first CRL.
+    let first = csr(
+        dir,
+        "first",
+        P256,
+        "/emailAddress=first@example.com",
+        Some("email:first@example.com"),
+    );
+    assert_eq!(issue(&ca, "/v1/x509/issue", first).await.status(), 201);
+    let body = csr(
+        dir,
+        "alice",
+        P256,
+        "/emailAddress=alice@example.com",
+        Some("email:alice@example.com"),
+    );
+
+    let mut locker = std::process::Command::new("sqlite3")
+        .arg("-bail")
+        .arg(ca.a.db())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = locker.stdin.take().unwrap();
+    stdin
+        .write_all(b".timeout 5000\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    BufReader::new(locker.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let r = issue(&ca, "/v1/x509/issue", body.clone()).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_eq!(error_code(r).await, "store_unavailable");
+
+    stdin.write_all(b"ROLLBACK;\n.quit\n").unwrap();
+    drop(stdin);
+    locker.wait().unwrap();
+    assert_eq!(issue(&ca, "/v1/x509/issue", body).await.status(), 201);
+    let issued = sql(
+        &ca.a,
+        "SELECT COUNT(*) FROM user_certs WHERE state = 'issued'",
+    );
+    assert_eq!(issued.trim(), "2");
+    assert!(ca.a.ok(&["audit", "verify"], false).contains("intact"));
+}
+
+/// The token's org cert key is not the stored org cert's key: ignition
+/// refuses with 409 `org_key_mismatch` and the appliance stays sealed.
+#[tokio::test]
+async fn ignition_stays_sealed_when_the_org_cert_key_does_not_match() {
+    let a = Appliance::with_org_key("p256");
+    self_signed(&a);
+    let admin = a.client("admin", "admin");
+    // Point the org cert at the org key's primary key pair.
+    sql(
+        &a,
+        "UPDATE org_certs SET key_id = (SELECT primary_id FROM org_keys WHERE state = 'active');",
+    );
+    let s = a.serve(&[]);
+    let r = ignite(&s, &admin, PASSPHRASE).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(error_code(r).await, "org_key_mismatch");
+    let st: serde_json::Value = get_json(&s, "/v1/status").await;
+    assert_eq!(st["state"], "sealed");
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 /// Client-side failures, with the server's error message when it sent one.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// Connection or TLS failure.
     #[error("cannot reach the appliance at {url}: {message}")]

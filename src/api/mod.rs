@@ -21,7 +21,7 @@ use crate::clock::Clock;
 use crate::config::{IgnitionConfig, TlsFiles};
 use crate::openpgp::OrgKey;
 use crate::signer::Signer;
-use crate::store::{AuditWriter, Store};
+use crate::store::{AuditWriter, Store, StoreError};
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -60,8 +60,13 @@ pub enum SealState {
     Ignited(Option<Arc<SigningKey>>),
 }
 
-/// Why ignition failed.
+/// Any error, as the cause of an error that keeps it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why ignition (or sealing, recovery, a passphrase change, loading the org
+/// cert keys) failed: one variant for each answer a caller gives.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum IgniteError {
     /// The token refused the passphrase.
     #[error("bad ignition passphrase")]
@@ -69,15 +74,19 @@ pub enum IgniteError {
     /// The token locked the PIN.
     #[error("the ignition passphrase is locked on the token")]
     Locked,
-    /// The token's keys are not the stored org key.
-    #[error("{0}")]
-    Mismatch(String),
+    /// The token's keys are not the stored org key, or not the keys of the
+    /// stored org certs.
+    #[error(transparent)]
+    Mismatch(BoxError),
     /// Token or its link down.
-    #[error("token unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else (logged, not shown to clients).
-    #[error("{0}")]
-    Internal(String),
+    #[error(transparent)]
+    Unavailable(BoxError),
+    /// The store failed while the org key or org cert records were read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Anything else, a failed task included (logged, not shown to clients).
+    #[error(transparent)]
+    Internal(BoxError),
 }
 
 /// Logs in to the token and loads the org key. Implemented by the service
@@ -287,10 +296,17 @@ pub struct Listener {
 
 /// API server errors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// TLS files unreadable or invalid.
-    #[error("TLS setup: {0}")]
-    Tls(String),
+    #[error("TLS setup: {files}: {source}")]
+    Tls {
+        /// Certificate and key file
+        files: String,
+        /// Cause
+        #[source]
+        source: std::io::Error,
+    },
     /// Bind or serve failure.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -306,10 +322,10 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let app = router(state);
     let handle = axum_server::Handle::new();
-    let h2 = handle.clone();
+    let shutdown_handle = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
-        h2.graceful_shutdown(Some(Duration::from_secs(10)));
+        shutdown_handle.graceful_shutdown(Some(Duration::from_secs(10)));
     });
     let tls = listener.tls.is_some();
     let server = async {
@@ -319,12 +335,9 @@ pub async fn serve(
                 let cfg =
                     axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
                         .await
-                        .map_err(|e| {
-                            ServeError::Tls(format!(
-                                "{} / {}: {e}",
-                                files.cert.display(),
-                                files.key.display()
-                            ))
+                        .map_err(|source| ServeError::Tls {
+                            files: format!("{} / {}", files.cert.display(), files.key.display()),
+                            source,
                         })?;
                 axum_server::bind_rustls(listener.addr, cfg)
                     .handle(handle.clone())

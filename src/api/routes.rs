@@ -474,11 +474,7 @@ async fn change_passphrase(
                 )),
             )
             .await?;
-            let mut err = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "bad_passphrase",
-                "bad ignition passphrase",
-            );
+            let mut err = ApiError::from_ignite(&IgniteError::BadPassphrase);
             if let Some(d) = delay {
                 err = err.retry_after(d.as_secs());
             }
@@ -491,17 +487,7 @@ async fn change_passphrase(
                 AuditEvent::new(&client.name, "ignition-change", "failed").detail(e.to_string()),
             )
             .await?;
-            Err(match e {
-                IgniteError::Locked => ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "passphrase_locked",
-                    "the token has locked the ignition passphrase",
-                ),
-                IgniteError::Unavailable(_) => ApiError::token_unavailable(),
-                IgniteError::BadPassphrase
-                | IgniteError::Mismatch(_)
-                | IgniteError::Internal(_) => ApiError::internal(),
-            })
+            Err(ApiError::from_ignite(&e))
         }
     }
 }
@@ -617,39 +603,18 @@ async fn audited_ignition(
                 )),
             )
             .await?;
-            let mut err = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "bad_passphrase",
-                "bad ignition passphrase",
-            );
+            let mut err = ApiError::from_ignite(&IgniteError::BadPassphrase);
             if let Some(d) = delay {
                 err = err.retry_after(d.as_secs());
             }
             Err(err)
         }
         Err(e) => {
-            let (err, outcome) = match &e {
-                IgniteError::Locked => (
-                    ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "passphrase_locked",
-                        "the token has locked the ignition passphrase",
-                    ),
-                    "denied",
-                ),
-                IgniteError::Mismatch(_) => (
-                    ApiError::new(
-                        StatusCode::CONFLICT,
-                        "org_key_mismatch",
-                        "the token's keys do not match the stored org key; the appliance stays sealed (see the log)",
-                    ),
-                    "failed",
-                ),
-                IgniteError::Unavailable(_) => (ApiError::token_unavailable(), "failed"),
-                IgniteError::BadPassphrase | IgniteError::Internal(_) => {
-                    (ApiError::internal(), "failed")
-                }
+            let outcome = match &e {
+                IgniteError::Locked => "denied",
+                _ => "failed",
             };
+            let err = ApiError::from_ignite(&e);
             tracing::error!(error = %e, client = %client.name, "ignition failed");
             audit_or_503(
                 st,
@@ -678,7 +643,11 @@ async fn seal(State(st): AppState, headers: HeaderMap) -> Result<Response, ApiEr
         tokio::task::spawn_blocking(move || ig.seal()),
     )
     .await
-    .unwrap_or_else(|_| Err(IgniteError::Unavailable("the token did not answer".into())));
+    .unwrap_or_else(|_| {
+        Err(IgniteError::Unavailable(
+            "token unavailable: the token did not answer".into(),
+        ))
+    });
     drop(guard);
     if let Err(e) = &res {
         tracing::error!(error = %e, "logout failed (the appliance refuses to sign either way)");

@@ -46,10 +46,14 @@ pub(super) fn ca_error(st: &ApiState, e: CaError, client: &str) -> ApiError {
         }
         CaError::Store(e) => {
             tracing::error!(error = %e, client, "store failed during a CA operation");
-            ApiError::audit_unavailable()
+            ApiError::from_store(&e)
         }
         CaError::Encoding(m) => {
             tracing::error!(error = %m, client, "CA operation failed");
+            ApiError::internal()
+        }
+        CaError::TaskFailed(e) => {
+            tracing::error!(error = %e, client, "CA operation failed");
             ApiError::internal()
         }
     }

@@ -6,6 +6,7 @@ pub mod keyfile;
 
 /// Backup errors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackupError {
     /// The file is not a backup, is truncated, or is of another version.
     #[error("{0}")]

@@ -178,7 +178,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::text::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

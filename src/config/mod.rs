@@ -16,6 +16,7 @@ pub use profile::{HsmProfile, OrgKeyAlgorithm, ProfileSoftwareToken};
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]

@@ -14,6 +14,7 @@ use crate::openpgp::{CertifyRequest, OrgKey, PgpError, RefusalKind, UserKey, cer
 use crate::reserved::{ReservedEmails, ReservedError};
 use crate::signer::Signer;
 use crate::store::{AuditEvent, DueQuery, SaveUserKey, Store, StoreError};
+use crate::task::TaskFailed;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,6 +26,7 @@ const TOKEN_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Maintenance errors (a run that fails is retried by the next one).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MaintenanceError {
     /// The store failed.
     #[error(transparent)]
@@ -35,9 +37,12 @@ pub enum MaintenanceError {
     /// The token stopped signing during the run.
     #[error("certifying: {0}")]
     Token(PgpError),
-    /// A worker task died.
-    #[error("maintenance task failed: {0}")]
-    Task(String),
+    /// A worker task panicked or was cancelled.
+    #[error(transparent)]
+    TaskFailed(#[from] TaskFailed),
+    /// A CRL could not be made (other than for the store or the token).
+    #[error("CRL: {0}")]
+    Crl(#[source] crate::ca::CaError),
     /// The organization's own addresses could not be read (nothing is
     /// certified without them).
     #[error(transparent)]
@@ -190,7 +195,7 @@ impl Maintenance {
         let k = key.clone();
         let renewed = tokio::task::spawn_blocking(move || k.org.renew(k.certifier.as_ref(), now))
             .await
-            .map_err(|e| MaintenanceError::Task(e.to_string()))?
+            .map_err(TaskFailed::doing("renewing the org key"))?
             .map_err(MaintenanceError::OrgKey)?;
         let Some(renewed) = renewed else {
             return Ok(None);
@@ -261,10 +266,10 @@ impl Maintenance {
             let n = batch.len() as u64;
             let mut tasks = JoinSet::new();
             for due in batch {
-                let permit = Arc::clone(&permits)
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| MaintenanceError::Task(e.to_string()))?;
+                // The semaphore is never closed, so acquiring only waits.
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    unreachable!("the permit semaphore is never closed")
+                };
                 let k = Arc::clone(&shared);
                 let org_fprs = Arc::clone(&org_fprs);
                 let reserved = Arc::clone(&reserved);
@@ -276,7 +281,7 @@ impl Maintenance {
             }
             let mut saves = Vec::new();
             while let Some(res) = tasks.join_next().await {
-                let res = res.map_err(|e| MaintenanceError::Task(e.to_string()))?;
+                let res = res.map_err(TaskFailed::doing("certifying a user key"))?;
                 if let Ok((_, skipped)) = &res {
                     for Skipped(fpr, email, why) in skipped {
                         tracing::warn!(
@@ -378,7 +383,7 @@ impl Maintenance {
             .map_err(|e| match e {
                 crate::ca::CaError::Store(s) => MaintenanceError::Store(s),
                 crate::ca::CaError::Signer(e) => MaintenanceError::Token(PgpError::Signer(e)),
-                other => MaintenanceError::Task(format!("CRL: {other}")),
+                other => MaintenanceError::Crl(other),
             })?;
             if before.map(|b| b.number) != Some(crl.number) {
                 report.crls_refreshed += 1;

@@ -30,6 +30,7 @@ use crate::signer::SignerError;
 
 /// OpenPGP errors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PgpError {
     /// The signer behind the seam failed (token sealed, down, refused).
     #[error(transparent)]

@@ -5,6 +5,7 @@ use super::{ServiceError, open_store, open_token};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::AuditEvent;
+use crate::task::TaskFailed;
 use secrecy::SecretString;
 use std::sync::Arc;
 
@@ -18,12 +19,12 @@ async fn audited_pin_change(
     op: impl FnOnce(&crate::token::Token) -> Result<(), crate::token::TokenError> + Send + 'static,
 ) -> Result<(), ServiceError> {
     let store = open_store(cfg, clock).await?;
-    let cfg2 = cfg.clone();
+    let token_cfg = cfg.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<(), ServiceError> {
-        Ok(op(&open_token(&cfg2)?)?)
+        Ok(op(&open_token(&token_cfg)?)?)
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))?;
+    .map_err(TaskFailed::doing("changing the ignition passphrase"))?;
     let mut ev = AuditEvent::new(actor, operation, if res.is_ok() { "ok" } else { "failed" });
     if let Err(e) = &res {
         ev = ev.detail(e.to_string());

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::maintenance::{Maintenance, OrgSigner, Report};
 use crate::openpgp::OrgKey;
 use crate::store::Store;
+use crate::task::TaskFailed;
 use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,12 +38,12 @@ pub async fn run_maintenance(
     let rec = store.active_org_key().await?.ok_or_else(|| {
         ServiceError::Refused("no org key: run `orgkey org-key generate` first".into())
     })?;
-    let cfg2 = cfg.clone();
+    let token_cfg = cfg.clone();
     let ca_records = store
         .live_org_certs(crate::clock::unix_secs(clock.now()) as i64)
         .await?;
     let (token, key) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-        let token = Arc::new(open_token(&cfg2)?);
+        let token = Arc::new(open_token(&token_cfg)?);
         token.login(&passphrase)?;
         let loaded = load_signing_key(&token, &rec).and_then(|mut k| {
             k.cas = super::org_cert::load_cas(&token, ca_records)?;
@@ -57,7 +58,7 @@ pub async fn run_maintenance(
         }
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))??;
+    .map_err(TaskFailed::doing("loading the org keys"))??;
     let m = maintenance_for(cfg, store.clone(), clock);
     let signer = OrgSigner {
         org: key.org.clone(),
@@ -68,9 +69,7 @@ pub async fn run_maintenance(
     drop(key);
     let _ = tokio::task::spawn_blocking(move || token.logout()).await;
     store.close().await;
-    Ok(result
-        .map_err(|e| ServiceError::Refused(format!("maintenance failed: {e}")))?
-        .0)
+    Ok(result?.0)
 }
 
 /// Reloads the stored org key: a renewal made by `orgkey maintenance run`

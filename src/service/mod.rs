@@ -44,6 +44,7 @@ use std::sync::Arc;
 
 /// Errors of operator-level operations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServiceError {
     /// Configuration problem.
     #[error(transparent)]
@@ -66,6 +67,41 @@ pub enum ServiceError {
     /// HTTP server problem.
     #[error(transparent)]
     Serve(#[from] crate::api::ServeError),
+    /// A key backup file that is not one, or whose passphrase is wrong.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+    /// The token's keys are not the keys the store names (an org cert key
+    /// that is not its certificate's key).
+    #[error("{0}")]
+    KeyMismatch(String),
+    /// The ignition at start (from a passphrase file) failed.
+    #[error("unattended ignition failed: {0}")]
+    Ignition(#[source] IgniteError),
+    /// A maintenance run failed.
+    #[error("maintenance failed: {0}")]
+    Maintenance(#[from] crate::maintenance::MaintenanceError),
+    /// The token did not make a signature.
+    #[error("{context}: {source}")]
+    Signer {
+        /// What orgkey was doing
+        context: &'static str,
+        /// Cause
+        #[source]
+        source: crate::signer::SignerError,
+    },
+    /// A key of a key backup could not be unwrapped into the token.
+    #[error("unwrapping the {role} key failed: {source}")]
+    Unwrap {
+        /// Role of the key in the backup
+        role: String,
+        /// Cause
+        #[source]
+        source: TokenError,
+    },
+    /// Blocking work panicked or was cancelled: a bug or a shutdown, not
+    /// something the operator did.
+    #[error(transparent)]
+    TaskFailed(#[from] crate::task::TaskFailed),
     /// The operation was refused for a reason the operator must act on.
     #[error("{0}")]
     Refused(String),
@@ -169,10 +205,7 @@ impl TokenIgniter {
     }
 
     fn load(&self) -> Result<Option<Arc<SigningKey>>, IgniteError> {
-        let rec = self
-            .runtime
-            .block_on(self.store.active_org_key())
-            .map_err(|e| IgniteError::Internal(e.to_string()))?;
+        let rec = self.runtime.block_on(self.store.active_org_key())?;
         let Some(rec) = rec else { return Ok(None) };
         let mut key = load_signing_key(&self.token, &rec).map_err(ignite_error)?;
         key.cas = self.load_cas()?;
@@ -180,15 +213,16 @@ impl TokenIgniter {
     }
 }
 
+/// What an ignition caller acts on: only keys that are not the stored
+/// ones are a mismatch.
 fn ignite_error(e: ServiceError) -> IgniteError {
     match e {
-        ServiceError::Pgp(PgpError::Mismatch(m)) => IgniteError::Mismatch(m),
-        ServiceError::Token(e @ TokenError::KeyNotFound { .. }) => {
-            IgniteError::Mismatch(e.to_string())
-        }
-        ServiceError::Token(e) if e.is_unavailable() => IgniteError::Unavailable(e.to_string()),
-        ServiceError::Refused(m) => IgniteError::Mismatch(m),
-        e => IgniteError::Internal(e.to_string()),
+        e @ (ServiceError::Pgp(PgpError::Mismatch(_))
+        | ServiceError::Token(TokenError::KeyNotFound { .. })
+        | ServiceError::KeyMismatch(_)) => IgniteError::Mismatch(Box::new(e)),
+        ServiceError::Token(e) if e.is_unavailable() => IgniteError::Unavailable(Box::new(e)),
+        ServiceError::Store(e) => IgniteError::Store(e),
+        e => IgniteError::Internal(Box::new(e)),
     }
 }
 
@@ -196,8 +230,8 @@ fn login_error(e: TokenError) -> IgniteError {
     match e {
         TokenError::BadPin => IgniteError::BadPassphrase,
         TokenError::PinLocked => IgniteError::Locked,
-        e if e.is_unavailable() => IgniteError::Unavailable(e.to_string()),
-        e => IgniteError::Internal(e.to_string()),
+        e if e.is_unavailable() => IgniteError::Unavailable(Box::new(e)),
+        e => IgniteError::Internal(Box::new(e)),
     }
 }
 
@@ -228,9 +262,7 @@ impl Igniter for TokenIgniter {
 
     fn seal(&self) -> Result<(), IgniteError> {
         *self.held() = None;
-        self.token
-            .logout()
-            .map_err(|e| IgniteError::Internal(e.to_string()))
+        self.token.logout().map_err(login_error)
     }
 
     fn change_passphrase(&self, old: &SecretString, new: &SecretString) -> Result<(), IgniteError> {
@@ -249,7 +281,8 @@ impl Igniter for TokenIgniter {
     fn recover(&self) -> Result<Option<Arc<SigningKey>>, IgniteError> {
         let Some(pass) = self.held().as_ref().map(|h| h.secret().clone()) else {
             return Err(IgniteError::Unavailable(
-                "no ignition passphrase is held (relogin is off or the appliance was sealed)"
+                "token unavailable, and no ignition passphrase is held to log in again \
+                 (relogin is off or the appliance was sealed)"
                     .into(),
             ));
         };
@@ -267,10 +300,71 @@ impl Igniter for TokenIgniter {
 
     fn load_cas(&self) -> Result<crate::ca::CaSet, IgniteError> {
         let now = crate::clock::unix_secs(self.store.clock().now()) as i64;
-        let records = self
-            .runtime
-            .block_on(self.store.live_org_certs(now))
-            .map_err(|e| IgniteError::Internal(e.to_string()))?;
+        let records = self.runtime.block_on(self.store.live_org_certs(now))?;
         org_cert::load_cas(&self.token, records).map_err(ignite_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_not_found() -> TokenError {
+        TokenError::KeyNotFound {
+            what: "org signing subkey".into(),
+            id: "01".into(),
+        }
+    }
+
+    #[test]
+    fn only_keys_that_are_not_the_stored_ones_are_an_ignition_mismatch() {
+        let mismatches = [
+            ServiceError::Pgp(PgpError::Mismatch("signing subkey".into())),
+            ServiceError::Token(key_not_found()),
+            ServiceError::KeyMismatch("org cert key".into()),
+        ];
+        for e in mismatches {
+            let shown = e.to_string();
+            match ignite_error(e) {
+                IgniteError::Mismatch(cause) => assert_eq!(cause.to_string(), shown),
+                other => panic!("{shown}: {other:?}"),
+            }
+        }
+        let gone = ignite_error(ServiceError::Token(TokenError::Unavailable {
+            function: "C_FindObjects".into(),
+            code: "CKR_DEVICE_REMOVED".into(),
+        }));
+        assert!(matches!(gone, IgniteError::Unavailable(_)), "{gone:?}");
+        // A refusal is not a mismatch (it used to become a 409).
+        let refused = ignite_error(ServiceError::Refused("no org key".into()));
+        assert!(matches!(refused, IgniteError::Internal(_)), "{refused:?}");
+        let store = ignite_error(ServiceError::Store(StoreError::Corrupt("bad row".into())));
+        assert!(
+            matches!(store, IgniteError::Store(StoreError::Corrupt(_))),
+            "{store:?}"
+        );
+        let x509 = ignite_error(ServiceError::X509(crate::x509::X509Error::Encoding(
+            "bad PEM".into(),
+        )));
+        assert!(matches!(x509, IgniteError::Internal(_)), "{x509:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_task_keeps_its_cause_through_ignition() {
+        let failed = tokio::task::spawn_blocking(|| -> () { panic!("a bug") })
+            .await
+            .map_err(crate::task::TaskFailed::doing("loading the org key"))
+            .unwrap_err();
+        let e = ignite_error(ServiceError::from(failed));
+        let IgniteError::Internal(cause) = &e else {
+            panic!("{e:?}")
+        };
+        let task = cause
+            .downcast_ref::<ServiceError>()
+            .expect("the service error is the cause");
+        assert!(
+            matches!(task, ServiceError::TaskFailed(t) if t.is_panic()),
+            "{task:?}"
+        );
     }
 }

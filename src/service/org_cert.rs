@@ -9,6 +9,7 @@ use crate::config::{Config, OrgKeyAlgorithm};
 use crate::openpgp::OrgKey;
 use crate::signer::EcCurve;
 use crate::store::{AuditEvent, OrgCertRecord, OrgCertRequestRecord, Store};
+use crate::task::TaskFailed;
 use crate::token::{KeyKind, KeySpec, KeyUsage, Token};
 use crate::x509::{
     CaKeypairFile, X509Cert, org_cert_request, read_ca_keypair, self_signed_org_cert,
@@ -38,7 +39,7 @@ pub(crate) fn load_cas(
         let id = decode_id(&rec.key_id)?;
         let public = token.public_key(&id, "org cert key")?;
         if !cert.has_key(&public)? {
-            return Err(ServiceError::Refused(format!(
+            return Err(ServiceError::KeyMismatch(format!(
                 "the token's org cert key {} is not the key of org cert {}",
                 rec.key_id, rec.fingerprint
             )));
@@ -161,7 +162,7 @@ async fn with_token<T: Send + 'static>(
         out
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))?
+    .map_err(TaskFailed::doing("working in the token"))?
 }
 
 fn generate_ca_key(
@@ -238,8 +239,7 @@ pub async fn self_sign_org_cert(
     };
     let exportable = cfg.token.profile.keys.exportable;
     let subject = req.subject.clone();
-    let pass2 = passphrase.clone();
-    let (cert, key_id) = with_token(cfg, pass2, move |token| {
+    let (cert, key_id) = with_token(cfg, passphrase.clone(), move |token| {
         let key = generate_ca_key(token, kind, exportable)?;
         let signer = token.signer(&key.id, key.public.clone(), "org cert key")?;
         match self_signed_org_cert(&signer, &subject, now, not_after) {
@@ -281,8 +281,7 @@ pub async fn org_cert_csr(
     let kind = kind_for(alg)?;
     let exportable = cfg.token.profile.keys.exportable;
     let subject = req.subject.clone();
-    let pass2 = passphrase.clone();
-    let (csr, key_id) = with_token(cfg, pass2, move |token| {
+    let (csr, key_id) = with_token(cfg, passphrase.clone(), move |token| {
         let key = generate_ca_key(token, kind, exportable)?;
         let signer = token.signer(&key.id, key.public.clone(), "org cert key")?;
         match org_cert_request(&signer, &subject) {
@@ -361,12 +360,12 @@ pub async fn import_org_cert(
     }
     refuse_user_emails(&ctx.store, &cert).await?;
     let requests = ctx.store.org_cert_requests().await?;
-    let cert2 = cert.clone();
+    let imported = cert.clone();
     let key_id = with_token(cfg, passphrase, move |token| {
         for r in requests {
             let id = decode_id(&r.key_id)?;
             if let Ok(pk) = token.public_key(&id, "org cert request key")
-                && cert2.has_key(&pk)?
+                && imported.has_key(&pk)?
             {
                 return Ok(id);
             }
@@ -447,9 +446,9 @@ pub async fn revoke_user_cert(
     let store = open_store(cfg, Arc::clone(&clock)).await?;
     let now = clock.now();
     let records = store.live_org_certs(unix_secs(now) as i64).await?;
-    let cfg2 = cfg.clone();
+    let token_cfg = cfg.clone();
     let (token, cas) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-        let token = Arc::new(open_token(&cfg2)?);
+        let token = Arc::new(open_token(&token_cfg)?);
         token.login(&passphrase)?;
         match load_cas(&token, records) {
             Ok(c) => Ok((token, c)),
@@ -460,7 +459,7 @@ pub async fn revoke_user_cert(
         }
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))??;
+    .map_err(TaskFailed::doing("loading the org cert keys"))??;
     let result = crate::ca::revoke(&store, &cas, &cfg.x509, serial, reason, actor, now).await;
     drop(cas);
     let _ = tokio::task::spawn_blocking(move || token.logout()).await;

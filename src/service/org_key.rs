@@ -7,6 +7,7 @@ use crate::config::{Config, OrgKeyAlgorithm};
 use crate::openpgp::{OrgKey, OrgKeyDraft, OrgKeyKeys};
 use crate::signer::{DigestAlgorithm, EcCurve};
 use crate::store::{AuditEvent, OrgKeyRecord};
+use crate::task::TaskFailed;
 use crate::token::{KeyKind, KeyObjectReport, KeyRole, KeySpec, KeyUsage, Token, TokenKey};
 use secrecy::SecretString;
 use std::sync::Arc;
@@ -116,16 +117,16 @@ pub async fn generate_org_key(
     }
     let exportable = req.exportable.unwrap_or(profile.keys.exportable);
     let created = clock.now_secs();
-    let cfg2 = cfg.clone();
-    let req2 = req.clone();
+    let token_cfg = cfg.clone();
+    let request = req.clone();
     let (token, rec) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-        let token = Arc::new(open_token(&cfg2)?);
+        let token = Arc::new(open_token(&token_cfg)?);
         token.login(&passphrase)?;
-        let rec = generate_in_token(&token, &req2, exportable, created)?;
+        let rec = generate_in_token(&token, &request, exportable, created)?;
         Ok((token, rec))
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("generation task failed: {e}")))??;
+    .map_err(TaskFailed::doing("generating the org key"))??;
 
     let event = AuditEvent::new(&req.actor, "org-key-generate", "ok")
         .key(rec.0.fingerprint.clone())
@@ -146,20 +147,16 @@ pub async fn generate_org_key(
         ));
     let (record, ids) = rec;
     let stored = store.insert_org_key(&record, req.replace, &event).await;
-    let token2 = Arc::clone(&token);
     let failed = stored.is_err();
     tokio::task::spawn_blocking(move || {
         if failed {
             // Not recorded: leave nothing behind in the token either.
-            drop(Rollback {
-                token: &token2,
-                ids,
-            });
+            drop(Rollback { token: &token, ids });
         }
-        let _ = token2.logout();
+        let _ = token.logout();
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("cleanup task failed: {e}")))?;
+    .map_err(TaskFailed::doing("cleaning up the token"))?;
     store.close().await;
     stored?;
     Ok(record)
@@ -296,7 +293,7 @@ pub async fn check_token(
         })
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("check task failed: {e}")))?
+    .map_err(TaskFailed::doing("checking the token"))?
 }
 
 /// Signs a fixed digest with the org signing subkey on one session for
@@ -331,7 +328,10 @@ pub async fn bench_raw_sign(
         while start.elapsed() < duration {
             key.signer
                 .sign_digest(alg, &digest)
-                .map_err(|e| ServiceError::Refused(format!("raw signing failed: {e}")))?;
+                .map_err(|source| ServiceError::Signer {
+                    context: "raw signing failed",
+                    source,
+                })?;
             n += 1;
         }
         let elapsed = start.elapsed();
@@ -340,5 +340,5 @@ pub async fn bench_raw_sign(
         Ok((n, elapsed))
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("bench task failed: {e}")))?
+    .map_err(TaskFailed::doing("signing in the token"))?
 }

@@ -8,6 +8,7 @@ use crate::api::{
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::{AuditEvent, AuditWriter};
+use crate::task::TaskFailed;
 use secrecy::SecretString;
 use std::sync::{Arc, RwLock};
 
@@ -61,10 +62,10 @@ pub async fn serve(
         )));
     }
     let store = open_store(&cfg, Arc::clone(&clock)).await?;
-    let cfg2 = cfg.clone();
-    let token = tokio::task::spawn_blocking(move || open_token(&cfg2))
+    let token_cfg = cfg.clone();
+    let token = tokio::task::spawn_blocking(move || open_token(&token_cfg))
         .await
-        .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))??;
+        .map_err(TaskFailed::doing("opening the token"))??;
     let token = Arc::new(token);
     let d = token.description().clone();
     tracing::info!(label = %d.label, serial = %d.serial, profile = %cfg.token.profile.name, "token found");
@@ -115,7 +116,7 @@ pub async fn serve(
         let ig = Arc::clone(&igniter);
         let res = tokio::task::spawn_blocking(move || ig.ignite(&pass))
             .await
-            .map_err(|e| ServiceError::Refused(format!("ignition task failed: {e}")))?;
+            .map_err(TaskFailed::doing("igniting"))?;
         match res {
             Ok(key) => {
                 let mut ev = AuditEvent::new("appliance", "ignition", "ok")
@@ -134,9 +135,7 @@ pub async fn serve(
                             .detail(format!("unattended start: {e}")),
                     )
                     .await?;
-                return Err(ServiceError::Refused(format!(
-                    "unattended ignition failed: {e}"
-                )));
+                return Err(ServiceError::Ignition(e));
             }
         }
     } else {

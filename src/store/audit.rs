@@ -7,6 +7,7 @@ use super::{Store, StoreError};
 use crate::clock::unix_secs;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Hash of the row before the first.
@@ -121,14 +122,18 @@ const VERIFY_PAGE: i64 = 1000;
 
 impl Store {
     /// Appends events in one transaction, chained after the current last
-    /// row; returns their sequence numbers.
+    /// row; returns their sequence numbers. Any failure is a
+    /// [`StoreError::Audit`]: nothing was recorded.
     pub async fn append_audit(&self, events: &[AuditEvent]) -> Result<Vec<i64>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let seqs = self.append_audit_in(&mut tx, events).await?;
-        tx.commit()
-            .await
-            .map_err(StoreError::db("committing audit rows"))?;
-        Ok(seqs)
+        let appended = async {
+            let mut tx = self.begin_write().await?;
+            let seqs = self.append_audit_in(&mut tx, events).await?;
+            tx.commit()
+                .await
+                .map_err(StoreError::db("committing audit rows"))?;
+            Ok(seqs)
+        };
+        appended.await.map_err(StoreError::audit)
     }
 
     /// Appends events inside a caller's write transaction (begun with
@@ -311,9 +316,13 @@ impl AuditWriter {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, rows = events.len(), "audit write failed");
-                        let msg = e.to_string();
+                        // Every waiter gets the same cause.
+                        let cause = match e {
+                            StoreError::Audit(cause) => cause,
+                            other => Arc::new(other),
+                        };
                         for (_, ack) in batch {
-                            let _ = ack.send(Err(StoreError::Audit(msg.clone())));
+                            let _ = ack.send(Err(StoreError::Audit(Arc::clone(&cause))));
                         }
                     }
                 }
@@ -325,12 +334,9 @@ impl AuditWriter {
     /// Appends one event and waits until it is committed.
     pub async fn append(&self, event: AuditEvent) -> Result<i64, StoreError> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send((event, ack))
-            .await
-            .map_err(|_| StoreError::Audit("the audit writer has stopped".into()))?;
-        done.await
-            .map_err(|_| StoreError::Audit("the audit writer has stopped".into()))?
+        let stopped = || StoreError::WriterStopped.audit();
+        self.tx.send((event, ack)).await.map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
     }
 }
 
@@ -381,5 +387,107 @@ mod tests {
         let a = AuditEvent::new("ab", "c", "ok");
         let b = AuditEvent::new("a", "bc", "ok");
         assert_ne!(row_hash(&GENESIS, 1, 1, &a), row_hash(&GENESIS, 1, 1, &b));
+    }
+
+    /// A store on a fresh file, and a second one on the same file whose
+    /// writes give up after 100 ms.
+    async fn two_handles() -> (tempfile::TempDir, Store, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let clock = Arc::new(crate::clock::ManualClock::new(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+        ));
+        let holder = Store::open(&path, true, clock.clone()).await.unwrap();
+        let impatient =
+            Store::open_with(&path, false, clock, std::time::Duration::from_millis(100))
+                .await
+                .unwrap();
+        (dir, holder, impatient)
+    }
+
+    #[tokio::test]
+    async fn a_busy_store_is_unavailable_and_an_unwritable_audit_row_is_an_audit_failure() {
+        let (_d, holder, impatient) = two_handles().await;
+        let lock = holder.begin_write().await.unwrap();
+        // A plain write waiting for the lock: unavailable, worth a retry.
+        let busy = impatient
+            .add_client(&super::super::ClientRecord {
+                name: "gw".into(),
+                client_id: "id".into(),
+                secret_hash: "00".into(),
+                scopes: "sign".into(),
+                created_at: 1,
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(busy, StoreError::Unavailable { .. }), "{busy:?}");
+        // The same trouble while writing an audit row: an audit failure,
+        // whose cause is kept.
+        let audit = impatient
+            .append_audit(&[AuditEvent::new("t", "sign", "ok")])
+            .await
+            .unwrap_err();
+        let StoreError::Audit(cause) = &audit else {
+            panic!("{audit:?}")
+        };
+        assert!(
+            matches!(**cause, StoreError::Unavailable { .. }),
+            "{cause:?}"
+        );
+        assert!(audit.to_string().starts_with("audit log unavailable: "));
+        // And through the group-commit writer, for every waiter.
+        let writer = AuditWriter::spawn(impatient.clone());
+        let (a, b) = tokio::join!(
+            writer.append(AuditEvent::new("t", "sign", "ok")),
+            writer.append(AuditEvent::new("u", "sign", "ok"))
+        );
+        for e in [a.unwrap_err(), b.unwrap_err()] {
+            assert!(matches!(e, StoreError::Audit(_)), "{e:?}");
+        }
+        drop(lock);
+        assert_eq!(
+            writer
+                .append(AuditEvent::new("t", "sign", "ok"))
+                .await
+                .unwrap(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_chain_head_fails_the_audited_change_as_an_audit_failure() {
+        let (_d, store, _) = two_handles().await;
+        store
+            .append_audit(&[AuditEvent::new("t", "x", "ok")])
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit_log SET hash = 'not hex'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let e = store
+            .append_audit(&[AuditEvent::new("t", "x", "ok")])
+            .await
+            .unwrap_err();
+        let StoreError::Audit(cause) = &e else {
+            panic!("{e:?}")
+        };
+        assert!(matches!(**cause, StoreError::Corrupt(_)), "{cause:?}");
+    }
+
+    #[test]
+    fn driver_failures_that_a_retry_may_cure_are_unavailable() {
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::other("EIO")),
+        ] {
+            let e = StoreError::db("reading")(e);
+            assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+        }
+        let e = StoreError::db("reading")(sqlx::Error::RowNotFound);
+        assert!(matches!(e, StoreError::Db { .. }), "{e:?}");
+        // The driver's error is kept, opaque, as the source.
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// A database operation failed.
     #[error("{context}: {source}")]
@@ -30,11 +31,22 @@ pub enum StoreError {
         context: &'static str,
         /// Cause
         #[source]
-        source: sqlx::Error,
+        source: DbError,
+    },
+    /// The database could not be reached in time: another writer held the
+    /// lock past the busy timeout, no connection was free, or the disk
+    /// failed or is full. Trying again later may work.
+    #[error("{context}: {source}")]
+    Unavailable {
+        /// What orgkey was doing
+        context: &'static str,
+        /// Cause
+        #[source]
+        source: DbError,
     },
     /// Schema migration failed.
     #[error("migrating the store: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] DbError),
     /// File system trouble around the database file.
     #[error("{context}: {source}")]
     Io {
@@ -53,14 +65,89 @@ pub enum StoreError {
     /// A uniqueness rule was broken (duplicate name, second active key).
     #[error("{0}")]
     Conflict(String),
-    /// The audit log could not be written.
+    /// The audit log could not be written, nor therefore the change its row
+    /// records: nothing was recorded. Shared by everyone whose row was in
+    /// the failed group commit.
     #[error("audit log unavailable: {0}")]
-    Audit(String),
+    Audit(#[source] Arc<StoreError>),
+    /// The audit writer task has stopped (the server is shutting down).
+    #[error("the audit writer has stopped")]
+    WriterStopped,
 }
 
 impl StoreError {
+    /// Classifies a driver error raised while doing `context`: a busy,
+    /// locked, full or unreachable database is [`StoreError::Unavailable`].
     fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-        move |source| StoreError::Db { context, source }
+        move |source| {
+            if is_unavailable(&source) {
+                StoreError::Unavailable {
+                    context,
+                    source: DbError::new(source),
+                }
+            } else {
+                StoreError::Db {
+                    context,
+                    source: DbError::new(source),
+                }
+            }
+        }
+    }
+
+    /// An error of writing an audit row (or of committing it with the
+    /// change it records) as [`StoreError::Audit`].
+    pub(crate) fn audit(self) -> StoreError {
+        match self {
+            e @ StoreError::Audit(_) => e,
+            e => StoreError::Audit(Arc::new(e)),
+        }
+    }
+}
+
+/// SQLite primary result codes of a database that is there but cannot be
+/// used now: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+const UNAVAILABLE_CODES: [i64; 5] = [5, 6, 10, 13, 14];
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            // The extended code carries the primary code in its low byte.
+            .is_some_and(|c| UNAVAILABLE_CODES.contains(&(c & 0xff))),
+        _ => false,
+    }
+}
+
+/// A failure as the database driver reported it. Opaque, so that no driver
+/// type is part of orgkey's API: its text and its causes are the driver's.
+pub struct DbError(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl DbError {
+    pub(crate) fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Box::new(e))
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 
@@ -182,7 +269,10 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(StoreError::db("opening the store"))?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migrate(DbError::new(e)))?;
         Ok(Store { pool, clock })
     }
 
@@ -203,7 +293,8 @@ impl Store {
             .map_err(StoreError::db("starting a transaction"))
     }
 
-    /// Appends `audit` to the chain inside `tx` and commits both.
+    /// Appends `audit` to the chain inside `tx` and commits both. A failure
+    /// of either step is a [`StoreError::Audit`].
     pub(crate) async fn commit_audited(
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
@@ -211,8 +302,11 @@ impl Store {
         context: &'static str,
     ) -> Result<(), StoreError> {
         self.append_audit_in(&mut tx, std::slice::from_ref(audit))
-            .await?;
-        tx.commit().await.map_err(StoreError::db(context))
+            .await
+            .map_err(StoreError::audit)?;
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::db(context)(e).audit())
     }
 
     /// The clock rows are stamped with.
@@ -405,10 +499,7 @@ impl Store {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
                 format!("a client named {:?} already exists", rec.name),
             )),
-            Err(e) => Err(StoreError::Db {
-                context: "adding a client",
-                source: e,
-            }),
+            Err(e) => Err(StoreError::db("adding a client")(e)),
         }
     }
 

@@ -265,10 +265,7 @@ impl Store {
                 ));
             }
             Err(e) => {
-                return Err(StoreError::Db {
-                    context: "recording the org cert",
-                    source: e,
-                });
+                return Err(StoreError::db("recording the org cert")(e));
             }
         }
         sqlx::query("DELETE FROM org_cert_requests WHERE key_id = $1")
@@ -348,14 +345,12 @@ impl Store {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
                 format!("serial {} is taken", p.serial),
             )),
-            Err(e) => Err(StoreError::Db {
-                context: "reserving a serial",
-                source: e,
-            }),
+            Err(e) => Err(StoreError::db("reserving a serial")(e)),
         }
     }
 
-    /// Marks a pending certificate issued, with its audit row.
+    /// Marks a pending certificate issued, with its audit row. A failure to
+    /// write the row or to commit it is a [`StoreError::Audit`].
     pub async fn mark_user_cert_issued(
         &self,
         serial: &str,
@@ -378,11 +373,12 @@ impl Store {
             )));
         }
         self.append_audit_in(&mut tx, std::slice::from_ref(audit))
-            .await?;
+            .await
+            .map_err(StoreError::audit)?;
         crate::failpoint("issue-before-commit");
         tx.commit()
             .await
-            .map_err(StoreError::db("committing an issued certificate"))
+            .map_err(|e| StoreError::db("committing an issued certificate")(e).audit())
     }
 
     /// Marks a pending certificate abandoned (signing failed; the serial is
@@ -585,10 +581,7 @@ impl Store {
                 )));
             }
             Err(e) => {
-                return Err(StoreError::Db {
-                    context: "storing a CRL",
-                    source: e,
-                });
+                return Err(StoreError::db("storing a CRL")(e));
             }
         }
         self.commit_audited(tx, audit, "committing a CRL").await

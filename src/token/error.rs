@@ -1,12 +1,14 @@
 //! `TokenError`: every failing PKCS#11 call becomes a typed error that names
 //! the function and the CKR_* code, with the cases callers act on (bad PIN,
-//! not logged in, token gone) as their own variants.
+//! not logged in, token gone) as their own variants. cryptoki's own error
+//! stays inside [`Pkcs11Cause`], so no cryptoki type is part of the API.
 
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 
 /// Errors from the token layer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TokenError {
     /// The PKCS#11 module could not be loaded or initialized.
     #[error("cannot load PKCS#11 module {path}: {source}")]
@@ -15,7 +17,7 @@ pub enum TokenError {
         path: String,
         /// Cause
         #[source]
-        source: CkError,
+        source: Pkcs11Cause,
     },
     /// No token matches the configured label/serial.
     #[error("no token with {selector} found (tokens present: {present})")]
@@ -56,16 +58,14 @@ pub enum TokenError {
         code: String,
     },
     /// Any other PKCS#11 failure.
-    #[error("{context}: {function} returned {code}")]
+    #[error("{context}: {source}")]
     Pkcs11 {
         /// What orgkey was doing
         context: &'static str,
-        /// PKCS#11 function
-        function: String,
-        /// CKR_* name
-        code: String,
-        /// The raw error code, for callers that branch on it
-        rv: RvError,
+        /// The function and its return value ([`Pkcs11Cause::code`] for
+        /// callers that branch on it)
+        #[source]
+        source: Pkcs11Cause,
     },
     /// A key object orgkey expects is missing from the token.
     #[error("key object {what} (CKA_ID {id}) not found in the token")]
@@ -88,12 +88,70 @@ pub enum TokenError {
         context: &'static str,
         /// Cause
         #[source]
-        source: CkError,
+        source: Pkcs11Cause,
     },
 }
 
+/// A failure as the PKCS#11 library reported it: a function and its CKR_*
+/// return value, or a failure of the binding itself (module loading,
+/// conversions). Opaque: callers ask it what they need.
+pub struct Pkcs11Cause(CkError);
+
+impl Pkcs11Cause {
+    pub(crate) fn new(e: CkError) -> Self {
+        Self(e)
+    }
+
+    /// The CKR_* name of the return value (`CKR_KEY_NOT_WRAPPABLE`), if a
+    /// PKCS#11 function returned one.
+    pub fn code(&self) -> Option<String> {
+        match &self.0 {
+            CkError::Pkcs11(rv, _) => Some(ckr_name(*rv)),
+            _ => None,
+        }
+    }
+
+    /// The PKCS#11 function (`C_WrapKey`), if one returned the error.
+    pub fn function(&self) -> Option<String> {
+        match &self.0 {
+            CkError::Pkcs11(_, f) => Some(function_name(*f)),
+            _ => None,
+        }
+    }
+
+    /// Whether the token refused to wrap a key (`CKR_KEY_NOT_WRAPPABLE`):
+    /// the key is not extractable under this wrapping key, or the token
+    /// cannot wrap keys of its type.
+    pub fn is_key_not_wrappable(&self) -> bool {
+        matches!(&self.0, CkError::Pkcs11(RvError::KeyNotWrappable, _))
+    }
+}
+
+impl std::fmt::Display for Pkcs11Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            CkError::Pkcs11(rv, function) => {
+                write!(f, "{} returned {}", function_name(*function), ckr_name(*rv))
+            }
+            other => other.fmt(f),
+        }
+    }
+}
+
+impl std::fmt::Debug for Pkcs11Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for Pkcs11Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// `PinIncorrect` -> `CKR_PIN_INCORRECT`.
-pub fn ckr_name(rv: RvError) -> String {
+fn ckr_name(rv: RvError) -> String {
     let dbg = format!("{rv:?}");
     let mut out = String::from("CKR_");
     for (i, c) in dbg.chars().enumerate() {
@@ -111,34 +169,31 @@ fn function_name(f: Function) -> String {
 
 impl TokenError {
     /// Classifies a cryptoki error raised while doing `context`.
-    pub fn from_ck(context: &'static str, e: CkError) -> Self {
+    pub(crate) fn from_ck(context: &'static str, e: CkError) -> Self {
         match e {
-            CkError::Pkcs11(rv, f) => {
-                let function = function_name(f);
-                let code = ckr_name(rv);
-                match rv {
-                    RvError::PinIncorrect | RvError::PinLenRange => TokenError::BadPin,
-                    RvError::PinLocked => TokenError::PinLocked,
-                    RvError::UserNotLoggedIn => TokenError::NotLoggedIn,
-                    RvError::DeviceError
-                    | RvError::DeviceRemoved
-                    | RvError::DeviceMemory
-                    | RvError::TokenNotPresent
-                    | RvError::TokenNotRecognized
-                    | RvError::SessionHandleInvalid
-                    | RvError::SessionClosed
-                    | RvError::CryptokiNotInitialized => TokenError::Unavailable { function, code },
-                    _ => TokenError::Pkcs11 {
-                        context,
-                        function,
-                        code,
-                        rv,
-                    },
-                }
-            }
+            CkError::Pkcs11(rv, f) => match rv {
+                RvError::PinIncorrect | RvError::PinLenRange => TokenError::BadPin,
+                RvError::PinLocked => TokenError::PinLocked,
+                RvError::UserNotLoggedIn => TokenError::NotLoggedIn,
+                RvError::DeviceError
+                | RvError::DeviceRemoved
+                | RvError::DeviceMemory
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::CryptokiNotInitialized => TokenError::Unavailable {
+                    function: function_name(f),
+                    code: ckr_name(rv),
+                },
+                _ => TokenError::Pkcs11 {
+                    context,
+                    source: Pkcs11Cause::new(e),
+                },
+            },
             other => TokenError::Other {
                 context,
-                source: other,
+                source: Pkcs11Cause::new(other),
             },
         }
     }
@@ -147,6 +202,22 @@ impl TokenError {
     /// re-initializing), as opposed to a refusal of this request.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, TokenError::Unavailable { .. })
+    }
+
+    /// The CKR_* name a PKCS#11 function returned, if that is what failed.
+    pub fn code(&self) -> Option<String> {
+        match self {
+            TokenError::Unavailable { code, .. } => Some(code.clone()),
+            TokenError::Pkcs11 { source, .. }
+            | TokenError::Module { source, .. }
+            | TokenError::Other { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+
+    /// Whether the token refused to wrap a key (`CKR_KEY_NOT_WRAPPABLE`).
+    pub fn is_key_not_wrappable(&self) -> bool {
+        matches!(self, TokenError::Pkcs11 { source, .. } if source.is_key_not_wrappable())
     }
 }
 
@@ -195,5 +266,41 @@ mod tests {
             e.to_string(),
             "generating the signing key: C_GenerateKeyPair returned CKR_TEMPLATE_INCONSISTENT"
         );
+    }
+
+    #[test]
+    fn callers_branch_on_the_typed_return_value_not_on_text() {
+        let e = TokenError::from_ck(
+            "wrapping a private key (C_WrapKey)",
+            CkError::Pkcs11(RvError::KeyNotWrappable, Function::WrapKey),
+        );
+        assert!(e.is_key_not_wrappable());
+        assert_eq!(e.code().as_deref(), Some("CKR_KEY_NOT_WRAPPABLE"));
+        let TokenError::Pkcs11 { source, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(source.function().as_deref(), Some("C_WrapKey"));
+        // The cause stays reachable as the error's source.
+        let cause = std::error::Error::source(&e).expect("a source");
+        assert_eq!(
+            cause.to_string(),
+            "C_WrapKey returned CKR_KEY_NOT_WRAPPABLE"
+        );
+
+        let other = TokenError::from_ck(
+            "wrapping a private key (C_WrapKey)",
+            CkError::Pkcs11(RvError::TemplateInconsistent, Function::WrapKey),
+        );
+        assert!(!other.is_key_not_wrappable());
+        assert_eq!(other.code().as_deref(), Some("CKR_TEMPLATE_INCONSISTENT"));
+        let gone = TokenError::from_ck(
+            "sign",
+            CkError::Pkcs11(RvError::DeviceRemoved, Function::Sign),
+        );
+        assert!(!gone.is_key_not_wrappable());
+        assert_eq!(gone.code().as_deref(), Some("CKR_DEVICE_REMOVED"));
+        let binding = TokenError::from_ck("reading an attribute", CkError::InvalidValue);
+        assert_eq!(binding.code(), None);
+        assert!(std::error::Error::source(&binding).is_some());
     }
 }

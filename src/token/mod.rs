@@ -13,7 +13,7 @@ mod keys;
 
 pub use ceremony::{UnwrapSpec, WrappedKey};
 pub use check::{KeyObjectReport, KeyRole};
-pub use error::{TokenError, ckr_name};
+pub use error::{Pkcs11Cause, TokenError};
 pub use keys::{KeyKind, KeySpec, KeyUsage, TokenDecrypter, TokenKey, TokenSigner};
 
 use crate::config::TokenSelector;
@@ -114,7 +114,7 @@ fn keep_module_loaded(module: &Path) -> Result<(), TokenError> {
     // through cryptoki below does; nothing is called through this handle.
     let lib = unsafe { libloading::Library::new(module) }.map_err(|e| TokenError::Module {
         path: module.display().to_string(),
-        source: cryptoki::error::Error::LibraryLoading(e),
+        source: Pkcs11Cause::new(cryptoki::error::Error::LibraryLoading(e)),
     })?;
     std::mem::forget(lib);
     kept.push(module.to_path_buf());
@@ -125,12 +125,12 @@ fn load_module(module: &Path) -> Result<Pkcs11, TokenError> {
     keep_module_loaded(module)?;
     let ctx = Pkcs11::new(module).map_err(|e| TokenError::Module {
         path: module.display().to_string(),
-        source: e,
+        source: Pkcs11Cause::new(e),
     })?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .map_err(|e| TokenError::Module {
             path: module.display().to_string(),
-            source: e,
+            source: Pkcs11Cause::new(e),
         })?;
     Ok(ctx)
 }

@@ -34,6 +34,7 @@ use x509_cert::time::{Time, Validity};
 
 /// X.509 errors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum X509Error {
     /// Input that is not what it should be (not a CSR, bad signature...).
     #[error("{0}")]

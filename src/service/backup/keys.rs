@@ -12,6 +12,7 @@ use crate::service::org_key::kinds;
 use crate::service::{ServiceError, decode_id, open_store, open_token};
 use crate::signer::{EcCurve, PublicKey, rsa_bits};
 use crate::store::{AuditEvent, OrgCertRecord, OrgKeyRecord};
+use crate::task::TaskFailed;
 use crate::token::{KeyKind, KeyUsage, Token, UnwrapSpec};
 use crate::x509::X509Cert;
 use base64::Engine;
@@ -186,36 +187,35 @@ pub async fn export_keys(
     }
     let kdf = Kdf::new();
     let backup_pass = secrets.backup.clone();
-    let kdf2 = kdf.clone();
-    let (kek, mac_key) = tokio::task::spawn_blocking(move || kdf2.derive(&backup_pass))
+    let kdf_params = kdf.clone();
+    let (kek, mac_key) = tokio::task::spawn_blocking(move || kdf_params.derive(&backup_pass))
         .await
-        .map_err(|e| ServiceError::Refused(format!("key derivation task failed: {e}")))??;
-    let cfg2 = cfg.clone();
+        .map_err(TaskFailed::doing("deriving the backup wrapping key"))??;
+    let token_cfg = cfg.clone();
     let ids: Vec<Vec<u8>> = plan
         .iter()
         .map(|(_, id, ..)| decode_id(id))
         .collect::<Result<_, _>>()?;
     let (wrapped, publics, token_name) =
         tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-            let token = open_token(&cfg2)?;
+            let token = open_token(&token_cfg)?;
             let mut publics = Vec::new();
             for id in &ids {
                 publics.push(token.public_key(id, "backed-up key")?);
             }
             let wrapped = token
                 .wrap_under_trusted_key(&secrets.so_pin, &secrets.ignition, &kek, &ids)
-                .map_err(|e| match e {
-                    crate::token::TokenError::Pkcs11 { code, .. }
-                        if code == "CKR_KEY_NOT_WRAPPABLE" =>
-                    {
+                .map_err(|e| {
+                    if e.is_key_not_wrappable() {
                         ServiceError::Refused(
                             "the token refused to wrap a key (CKR_KEY_NOT_WRAPPABLE): it was not \
-                         generated extractable-under-trusted-key, or this key type cannot be \
-                         wrapped by this token; use the vendor's backup scheme"
+                             generated extractable-under-trusted-key, or this key type cannot be \
+                             wrapped by this token; use the vendor's backup scheme"
                                 .into(),
                         )
+                    } else {
+                        e.into()
                     }
-                    e => e.into(),
                 })?;
             let d = token.description();
             Ok((
@@ -225,7 +225,7 @@ pub async fn export_keys(
             ))
         })
         .await
-        .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))??;
+        .map_err(TaskFailed::doing("wrapping the keys"))??;
     let mut keys = Vec::new();
     for (((role, id, usage, label, created), w), public) in
         plan.into_iter().zip(wrapped).zip(publics)
@@ -324,7 +324,7 @@ fn restore_into_token(
         token,
         ids: Vec::new(),
     };
-    let mut find = |role: &str| -> Result<(Vec<u8>, PublicKey), ServiceError> {
+    let mut unwrap_into_token = |role: &str| -> Result<(Vec<u8>, PublicKey), ServiceError> {
         let k = body
             .keys
             .iter()
@@ -355,15 +355,18 @@ fn restore_into_token(
                     public: &public,
                 },
             )
-            .map_err(|e| ServiceError::Refused(format!("unwrapping the {role} key failed: {e}")))?;
+            .map_err(|source| ServiceError::Unwrap {
+                role: role.to_string(),
+                source,
+            })?;
         created.ids.push(id.clone());
         Ok((id, public))
     };
-    let (primary_id, primary) = find("certify")?;
-    let (signing_id, signing) = find("sign")?;
-    let (enc_id, encryption) = find("encrypt")?;
+    let (primary_id, primary) = unwrap_into_token("certify")?;
+    let (signing_id, signing) = unwrap_into_token("sign")?;
+    let (enc_id, encryption) = unwrap_into_token("encrypt")?;
     let org_cert_key = if body.org_cert.is_some() {
-        Some(find("org-cert")?)
+        Some(unwrap_into_token("org-cert")?)
     } else {
         None
     };
@@ -407,7 +410,7 @@ pub async fn restore_keys(
     let unverified = keyfile::parse(&bytes)?;
     let (body, kek) = tokio::task::spawn_blocking(move || unverified.open(&backup_pass))
         .await
-        .map_err(|e| ServiceError::Refused(format!("key derivation task failed: {e}")))??;
+        .map_err(TaskFailed::doing("opening the key backup"))??;
     let store = open_store(cfg, Arc::clone(&clock)).await?;
     if let Some(existing) = store.active_org_key().await? {
         if existing.fingerprint == body.org_key.fingerprint {
@@ -423,12 +426,12 @@ pub async fn restore_keys(
             )));
         }
     }
-    let cfg2 = cfg.clone();
-    let body2 = body.clone();
+    let token_cfg = cfg.clone();
+    let backup = body.clone();
     let (token, ids) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-        let token = Arc::new(open_token(&cfg2)?);
+        let token = Arc::new(open_token(&token_cfg)?);
         token.login(&ignition)?;
-        match restore_into_token(&token, &body2, &kek) {
+        match restore_into_token(&token, &backup, &kek) {
             Ok(ids) => Ok((token, ids)),
             Err(e) => {
                 let _ = token.logout();
@@ -437,7 +440,7 @@ pub async fn restore_keys(
         }
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))??;
+    .map_err(TaskFailed::doing("restoring the keys"))??;
     let key = |role: &str| body.keys.iter().find(|k| k.role == role);
     let (Some(p), Some(s), Some(e)) = (key("certify"), key("sign"), key("encrypt")) else {
         return Err(ServiceError::Refused(
@@ -503,7 +506,7 @@ pub async fn restore_keys(
         let _ = token.logout();
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("cleanup task failed: {e}")))?;
+    .map_err(TaskFailed::doing("cleaning up the token"))?;
     store.close().await;
     stored?;
     Ok(rec.fingerprint)

@@ -12,14 +12,7 @@ pub(crate) use schedule::schedule_state_backups;
 pub use state::{RestoreStateOptions, RestoreStateReport, backup_state, restore_state};
 
 use super::ServiceError;
-use crate::backup::BackupError;
 use std::path::Path;
-
-impl From<BackupError> for ServiceError {
-    fn from(e: BackupError) -> Self {
-        ServiceError::Refused(e.to_string())
-    }
-}
 
 /// Writes `bytes` to `path` (mode 0600) without ever leaving a partial file
 /// there, and without replacing an existing file.

@@ -10,6 +10,7 @@ use crate::openpgp::{
 };
 use crate::service::{ServiceError, decode_id, open_store, open_token};
 use crate::store::{AuditEvent, Store};
+use crate::task::TaskFailed;
 use secrecy::SecretString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,13 +142,13 @@ async fn write_signed_snapshot(
         )?;
         let file = writer
             .into_inner()
-            .map_err(|e| ServiceError::Refused(format!("writing the backup: {e}")))?;
+            .map_err(|e| ServiceError::io("writing the backup")(e.into_error()))?;
         file.sync_all()
             .map_err(ServiceError::io("syncing the backup"))?;
         Ok(n)
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("backup task failed: {e}")))??;
+    .map_err(TaskFailed::doing("writing the state backup"))??;
     std::fs::hard_link(&out_tmp.0, out)
         .map_err(ServiceError::io(format!("writing {}", out.display())))?;
     Ok(size)
@@ -167,9 +168,9 @@ pub async fn backup_state(
         let rec = store.active_org_key().await?.ok_or_else(|| {
             ServiceError::Refused("no org key: generate or restore one first".into())
         })?;
-        let cfg2 = cfg.clone();
+        let token_cfg = cfg.clone();
         let (token, key) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-            let token = Arc::new(open_token(&cfg2)?);
+            let token = Arc::new(open_token(&token_cfg)?);
             token.login(&ignition)?;
             match crate::service::load_signing_key(&token, &rec) {
                 Ok(key) => Ok((token, key)),
@@ -180,7 +181,7 @@ pub async fn backup_state(
             }
         })
         .await
-        .map_err(|e| ServiceError::Refused(format!("token task failed: {e}")))??;
+        .map_err(TaskFailed::doing("loading the org key"))??;
         let r = write_state_backup(cfg, &store, out, actor, &key).await;
         drop(key);
         let _ = tokio::task::spawn_blocking(move || token.logout()).await;
@@ -303,20 +304,20 @@ async fn restore_state_over(
     }
     let org = OrgKey::parse(rec.cert.as_bytes())?;
     let plain = TempFile(temp_path(&cfg.data_dir, "restore"));
-    let cfg2 = cfg.clone();
-    let input2 = input.to_path_buf();
+    let token_cfg = cfg.clone();
+    let backup = input.to_path_buf();
     let dest = plain.0.clone();
     let enc_id = decode_id(&rec.encryption_id)?;
     let signed = tokio::task::spawn_blocking(move || -> Result<SignedPlaintext, ServiceError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let token = Arc::new(open_token(&cfg2)?);
+        let token = Arc::new(open_token(&token_cfg)?);
         token.login(&ignition)?;
         let result = (|| {
             let public = token.public_key(&enc_id, "org encryption subkey")?;
             let decrypter = token.decrypter(&enc_id, public);
             let reader = std::io::BufReader::new(
-                std::fs::File::open(&input2)
-                    .map_err(ServiceError::io(format!("reading {}", input2.display())))?,
+                std::fs::File::open(&backup)
+                    .map_err(ServiceError::io(format!("reading {}", backup.display())))?,
             );
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -333,7 +334,7 @@ async fn restore_state_over(
                 })?;
             let file = writer
                 .into_inner()
-                .map_err(|e| ServiceError::Refused(format!("writing the restored store: {e}")))?;
+                .map_err(|e| ServiceError::io("writing the restored store")(e.into_error()))?;
             file.sync_all()
                 .map_err(ServiceError::io("syncing the restored store"))?;
             Ok(signed)
@@ -342,7 +343,7 @@ async fn restore_state_over(
         result
     })
     .await
-    .map_err(|e| ServiceError::Refused(format!("restore task failed: {e}")))??;
+    .map_err(TaskFailed::doing("decrypting the state backup"))??;
     // From here on the bytes are the org key's own: open them as a store.
     let restored = Store::open(&plain.0, false, Arc::clone(clock)).await?;
     let checked = async {
