@@ -505,15 +505,15 @@ fn the_readme_examples_run() {
 /// are written to be read one route at a time, not run top to bottom).
 fn api_setup(section: &str) -> &'static str {
     match section {
-        // The example ignites: the appliance has been ignited since the start.
+        // The example ignites; the appliance is ignited from the start: seal it.
         "### POST /v1/ignition" => {
             r#"command curl -sf -X DELETE -H "Authorization: Bearer $ADMIN_TOKEN" "$ORGKEY/v1/ignition" >/dev/null"#
         }
-        // The seal example before sealed it.
+        // The seal example (### DELETE /v1/ignition) sealed it: ignite again.
         "### POST /v1/certify" => {
             r#"command curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' --data-binary "{\"passphrase\": \"$(cat "$PASSPHRASE_FILE")\"}" "$ORGKEY/v1/ignition" >/dev/null"#
         }
-        // The removal example before removed Alice.
+        // The removal example (### DELETE /v1/users/{email}) removed Alice.
         "### POST /v1/users/{email}/activity" => {
             r#""$__orgkey_bin" users restore alice@example.com >/dev/null"#
         }
