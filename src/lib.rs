@@ -7,9 +7,13 @@
 //!
 //! Layering (see `shared/ARCHITECTURE.md`): `cli -> service -> {api,
 //! maintenance} -> {ca, backup, reserved} -> {openpgp, x509, store} -> signer
-//! <- token`; `config`, `clock` and `task` are leaves.
-//! Only `token` uses cryptoki, only `openpgp` uses sequoia, only `api` uses the
-//! HTTP stack.
+//! <- token`: `ca` is the org cert at work (issuance, revocation, CRLs),
+//! `backup` the key backup file format, `reserved` the organization's own
+//! addresses. `config`, `clock`, `task` (failed background tasks) and `text`
+//! (the characters that never pass unescaped) are leaves anyone may use;
+//! `fuzzing` holds the fuzz targets' entry points. Only `token` uses
+//! cryptoki, only `openpgp` uses sequoia, only `x509` uses the X.509 crates,
+//! only `api` uses the HTTP stack.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -1,8 +1,9 @@
 //! The signing seam between the token and the formats.
 //!
-//! `openpgp/` (and later `x509/`) build signatures through [`Signer`] without
+//! `openpgp/` and `x509/` build signatures through [`Signer`] without
 //! knowing that a PKCS#11 token is behind it; `token/` implements it without
-//! knowing anything about OpenPGP. The types here carry no crypto-library types.
+//! knowing anything about OpenPGP or X.509. The types here carry no
+//! crypto-library types.
 
 use std::fmt;
 

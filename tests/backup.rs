@@ -98,12 +98,7 @@ async fn key_backup_restores_into_another_token_and_signs_there() {
         ],
         true,
     );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("security officer PIN"),
-        "{}",
-        stderr(&out)
-    );
+    assert_refused(&out, "security officer PIN");
     assert!(!file.exists(), "nothing written after a failed ceremony");
     // Weak backup passphrases are refused.
     let weak = secret_file(&a, "weak", "short");
@@ -121,11 +116,8 @@ async fn key_backup_restores_into_another_token_and_signs_there() {
         ],
         true,
     );
-    assert!(
-        !out.status.success() && stderr(&out).contains("at least 12"),
-        "{}",
-        stderr(&out)
-    );
+    assert_refused(&out, "at least 12");
+    assert!(!file.exists(), "nothing written after a weak passphrase");
 
     let out = export(&a, file_s);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -150,32 +142,59 @@ async fn key_backup_restores_into_another_token_and_signs_there() {
         assert!(shown.contains(want), "{want:?} missing from:\n{shown}");
     }
     // The file is never overwritten.
-    assert!(!export(&a, file_s).status.success());
+    assert_refused(&export(&a, file_s), "File exists");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
 
     // Token B: wrong passphrase, modified and truncated files leave nothing behind.
     let b = Appliance::new();
     assert_eq!(private_keys_in_token(&b), 0);
-    let out = restore(&b, file_s, "the wrong backup passphrase");
-    assert!(
-        !out.status.success() && stderr(&out).contains("wrong"),
-        "{}",
-        stderr(&out)
+    const MODIFIED: &str = "the backup passphrase is wrong, or the backup file was modified";
+    assert_refused(
+        &restore(&b, file_s, "the wrong backup passphrase"),
+        MODIFIED,
     );
-    let tampered = b.path("tampered.backup");
-    std::fs::write(&tampered, text.replacen("\"sign\"", "\"sigm\"", 1)).unwrap();
-    assert!(
-        !restore(&b, tampered.to_str().unwrap(), BACKUP_PASS)
-            .status
-            .success()
-    );
+    // Changes the parser accepts (`inspect` reads the file) are caught by the
+    // MAC: the backup's creation time, and one base64 digit of a wrapped key.
+    let (header, rest) = text.split_once('\n').unwrap();
+    let (json, mac) = rest.split_once('\n').unwrap();
+    let created: i64 = json
+        .strip_prefix("{\"created\":")
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the body starts with its creation time: {json}"));
+    let blob_at = json.find("\"blob\":\"").unwrap() + "\"blob\":\"".len() + 8;
+    let mut flipped = json.as_bytes().to_vec();
+    flipped[blob_at] = if flipped[blob_at] == b'A' { b'B' } else { b'A' };
+    for (what, body) in [
+        (
+            "creation time",
+            json.replacen(
+                &format!("\"created\":{created},"),
+                &format!("\"created\":{},", created - 86_400),
+                1,
+            ),
+        ),
+        ("wrapped key", String::from_utf8(flipped).unwrap()),
+    ] {
+        assert_ne!(body, json, "{what}");
+        let tampered = b.path("tampered.backup");
+        std::fs::write(&tampered, format!("{header}\n{body}\n{mac}")).unwrap();
+        let tampered = tampered.to_str().unwrap();
+        b.ok(&["backup", "inspect", tampered], false);
+        let err = assert_refused(&restore(&b, tampered, BACKUP_PASS), MODIFIED);
+        assert!(!err.contains("damaged"), "{what}: {err}");
+        std::fs::remove_file(tampered).unwrap();
+    }
+    // Cut short in the body, or in the MAC line.
     let truncated = b.path("truncated.backup");
     std::fs::write(&truncated, &text[..text.len() / 2]).unwrap();
     let out = restore(&b, truncated.to_str().unwrap(), BACKUP_PASS);
-    assert!(
-        !out.status.success() && stderr(&out).contains("truncated")
-            || stderr(&out).contains("damaged"),
-        "{}",
-        stderr(&out)
+    assert_refused(&out, "the key backup is truncated (no MAC)");
+    std::fs::write(&truncated, &text[..text.len() - 10]).unwrap();
+    let out = restore(&b, truncated.to_str().unwrap(), BACKUP_PASS);
+    assert_refused(
+        &out,
+        "the key backup is truncated or its MAC line is damaged",
     );
     assert_eq!(
         private_keys_in_token(&b),
@@ -191,18 +210,17 @@ async fn key_backup_restores_into_another_token_and_signs_there() {
             .contains("token check passed")
     );
     // Restoring again into B is refused (and changes nothing).
-    assert!(!restore(&b, file_s, BACKUP_PASS).status.success());
+    assert_refused(
+        &restore(&b, file_s, BACKUP_PASS),
+        "this appliance already has org key",
+    );
     assert_eq!(private_keys_in_token(&b), 4);
     // So is another organization's org key, unless --replace says so.
     let c = Appliance::with_org_key("p384");
     let other = c.path("other.backup");
     assert!(export(&c, other.to_str().unwrap()).status.success());
     let out = restore(&b, other.to_str().unwrap(), BACKUP_PASS);
-    assert!(
-        !out.status.success() && stderr(&out).contains("--replace"),
-        "{}",
-        stderr(&out)
-    );
+    assert_refused(&out, "--replace");
     assert_eq!(private_keys_in_token(&b), 4);
 
     // Disaster recovery: A's state backup restores into B's fresh store
@@ -347,14 +365,21 @@ async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_toke
         None,
     );
     std::fs::write(a.path("data/recovery.asc"), recovery.export(&rfpr)).unwrap();
-    let mut toml = std::fs::read_to_string(&a.config).unwrap();
-    toml.push_str("\n[backup]\nrecipients = [\"recovery.asc\"]\n");
-    std::fs::write(&a.config, toml).unwrap();
+    a.set_config("backup.recipients", vec!["recovery.asc"]);
     let out = a.path("state.pgp");
     // Signed in the token: the ignition passphrase is needed.
     let o = a.run(&["backup", "state", "--out", out.to_str().unwrap()], false);
-    assert!(!o.status.success() && !out.exists(), "{}", stderr(&o));
+    assert_refused(&o, "no terminal to ask for the ignition passphrase");
+    assert!(!out.exists());
     a.ok(&["backup", "state", "--out", out.to_str().unwrap()], true);
+    // Never overwritten.
+    let made = std::fs::read(&out).unwrap();
+    a.refused(
+        &["backup", "state", "--out", out.to_str().unwrap()],
+        true,
+        "state backups never overwrite a file",
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), made);
     // gpg decrypts with the recovery key and checks the org key's signature.
     let org = a.ok(&["org-key", "export"], false);
     recovery.import(org.as_bytes());
@@ -457,7 +482,7 @@ async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_toke
     bytes[n / 2] ^= 0xff;
     std::fs::write(&out, &bytes).unwrap();
     let o = restore(&["--replace", "--allow-rollback"]);
-    assert!(!o.status.success());
+    assert_refused(&o, "Message has been manipulated");
     assert!(
         a.ok(&["users", "list"], false)
             .contains("grace@example.com\tactive")
@@ -498,7 +523,7 @@ async fn the_ignition_passphrase_can_be_changed_and_reset_by_the_security_office
         false,
     );
     let s = a.serve(&[]);
-    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 401);
+    assert_error(ignite(&s, &admin, PASSPHRASE).await, 401, "bad_passphrase").await;
     assert_eq!(
         ignite(&s, &admin, "a brand new passphrase").await.status(),
         200
@@ -536,10 +561,12 @@ async fn the_ignition_passphrase_can_be_changed_and_reset_by_the_security_office
         false,
     );
     let s = a.serve(&[]);
-    assert_eq!(
-        ignite(&s, &admin, "a brand new passphrase").await.status(),
-        401
-    );
+    assert_error(
+        ignite(&s, &admin, "a brand new passphrase").await,
+        401,
+        "bad_passphrase",
+    )
+    .await;
     assert_eq!(
         ignite(&s, &admin, "the officer's fresh passphrase")
             .await
@@ -556,9 +583,12 @@ async fn the_ignition_passphrase_can_be_changed_and_reset_by_the_security_office
 #[tokio::test]
 async fn serve_writes_scheduled_state_backups_and_reports_them() {
     let a = Appliance::with_org_key("p256");
-    let mut toml = std::fs::read_to_string(&a.config).unwrap();
-    toml.push_str("\n[backup]\ndir = \"scheduled\"\ninterval = \"1m\"\nkeep = 1\n");
-    std::fs::write(&a.config, toml).unwrap();
+    a.edit_config(|t| {
+        let backup = config_table(t, "backup");
+        backup.insert("dir".into(), "scheduled".into());
+        backup.insert("interval".into(), "1m".into());
+        backup.insert("keep".into(), 1.into());
+    });
     let admin = a.client("admin", "admin");
     let s = a.serve(&[]);
     // Sealed, the org key cannot sign a backup: it waits for ignition.
@@ -671,6 +701,6 @@ async fn state_backups_the_org_key_did_not_sign_are_refused_and_change_nothing()
     assert!(!a.ok(&["client", "list"], false).contains("evil"));
     assert_eq!(a.ok(&["audit", "verify"], false), before);
     let s = a.serve(&[]);
-    assert_eq!(ignite(&s, &evil, PASSPHRASE).await.status(), 401);
+    assert_error(ignite(&s, &evil, PASSPHRASE).await, 401, "unauthorized").await;
     assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
 }

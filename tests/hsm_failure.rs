@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const CLIENT_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
-
 struct HsmServer {
     child: Child,
 }
@@ -78,37 +76,31 @@ impl Drop for HsmServer {
 }
 
 /// An appliance with an org key that reaches its token only through
-/// p11-kit, with `extra` appended to its config.
-fn behind_p11kit(extra: &str) -> (Appliance, std::path::PathBuf) {
+/// p11-kit: the client module instead of the token's own, and the server's
+/// socket instead of the token's module environment.
+fn behind_p11kit() -> (Appliance, std::path::PathBuf) {
     let a = Appliance::with_org_key("p256");
     let socket = a.dir.path().join("hsm.sock");
     let (var, _) = a.module_env();
-    let toml = std::fs::read_to_string(&a.config).unwrap();
-    let mut out = String::new();
-    for line in toml.lines() {
-        if line.starts_with("module = ") {
-            continue;
-        } else if line.starts_with(&var) {
-            out.push_str(&format!(
-                "P11_KIT_SERVER_ADDRESS = \"unix:path={}\"\n",
-                socket.display()
-            ));
-        } else if line.starts_with("profile = ") {
-            out.push_str(line);
-            out.push_str(&format!("\nmodule = \"{CLIENT_MODULE}\"\n"));
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out.push_str(extra);
-    std::fs::write(&a.config, out).unwrap();
+    a.edit_config(|t| {
+        let token = config_table(t, "token");
+        token.insert(
+            "module".into(),
+            p11kit_client_module().display().to_string().into(),
+        );
+        let env = config_table(token, "environment");
+        assert!(env.remove(&var).is_some(), "{var} in [token.environment]");
+        env.insert(
+            "P11_KIT_SERVER_ADDRESS".into(),
+            format!("unix:path={}", socket.display()).into(),
+        );
+    });
     (a, socket)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_appliance_heals_itself_when_the_hsm_process_dies_and_comes_back() {
-    let (a, socket) = behind_p11kit("");
+    let (a, socket) = behind_p11kit();
     let admin = a.client("admin", "admin");
     let gw = a.client("gateway", "sign");
     let hsm = HsmServer::start(&a, &socket);
@@ -216,14 +208,8 @@ async fn the_appliance_heals_itself_when_the_hsm_process_dies_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_hsm_fails_requests_at_the_deadline_and_other_routes_keep_answering() {
-    // [token] is the last table in the generated config... so append there.
-    let (a, socket) = behind_p11kit("");
-    let toml = std::fs::read_to_string(&a.config).unwrap();
-    std::fs::write(
-        &a.config,
-        toml.replacen("[token]\n", "[token]\ndeadline = \"1s\"\n", 1),
-    )
-    .unwrap();
+    let (a, socket) = behind_p11kit();
+    a.set_config("token.deadline", "1s");
     let admin = a.client("admin", "admin");
     let gw = a.client("gateway", "sign");
     let hsm = HsmServer::start(&a, &socket);
@@ -247,7 +233,7 @@ async fn a_hung_hsm_fails_requests_at_the_deadline_and_other_routes_keep_answeri
                 .send()
                 .await
                 .unwrap();
-            (r.status().as_u16(), started.elapsed())
+            (r.status().as_u16(), started.elapsed(), error_code(r).await)
         }));
     }
     // Health answers while the token hangs.
@@ -255,8 +241,8 @@ async fn a_hung_hsm_fails_requests_at_the_deadline_and_other_routes_keep_answeri
     assert_eq!(get(&s, "/v1/health").await.status(), 200);
     assert!(t.elapsed() < Duration::from_secs(1));
     for task in tasks {
-        let (status, took) = task.await.unwrap();
-        assert_eq!(status, 503);
+        let (status, took, code) = task.await.unwrap();
+        assert_eq!((status, code.as_str()), (503, "token_unavailable"));
         assert!(
             took < Duration::from_secs(4),
             "a request took {took:?} with a 1 s deadline"
@@ -279,20 +265,20 @@ async fn a_hung_hsm_fails_requests_at_the_deadline_and_other_routes_keep_answeri
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_relogin_a_lost_token_seals_the_appliance() {
-    let (a, socket) = behind_p11kit("");
-    let toml = std::fs::read_to_string(&a.config).unwrap();
-    std::fs::write(
-        &a.config,
-        toml.replacen("[token]\n", "[token]\nrelogin = false\n", 1),
-    )
-    .unwrap();
+    let (a, socket) = behind_p11kit();
+    a.set_config("token.relogin", false);
     let admin = a.client("admin", "admin");
     let gw = a.client("gateway", "sign");
     let hsm = HsmServer::start(&a, &socket);
     let s = a.serve(&[]);
     assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
     hsm.kill();
-    assert_eq!(post(&s, "/v1/sign", &gw, b"x".to_vec()).await.status(), 503);
+    let r = post(&s, "/v1/sign", &gw, b"x".to_vec()).await;
+    assert_eq!(r.status(), 503);
+    // This request finds the token gone, unless the start-up state backup
+    // found it first and the appliance has sealed already.
+    let code = error_code(r).await;
+    assert!(code == "token_unavailable" || code == "sealed", "{code}");
     let _hsm = HsmServer::start(&a, &socket);
     let t = Instant::now();
     loop {
@@ -345,13 +331,8 @@ fn sql(a: &Appliance, q: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_hsm_fails_issuance_revocation_and_certification_at_the_deadline_and_recovers() {
-    let (a, socket) = behind_p11kit("");
-    let toml = std::fs::read_to_string(&a.config).unwrap();
-    std::fs::write(
-        &a.config,
-        toml.replacen("[token]\n", "[token]\ndeadline = \"1s\"\n", 1),
-    )
-    .unwrap();
+    let (a, socket) = behind_p11kit();
+    a.set_config("token.deadline", "1s");
     let hsm = HsmServer::start(&a, &socket);
     a.ok(&["org-cert", "self-sign", "--subject", "CN=Hung CA"], true);
     let admin = a.client("admin", "admin");
@@ -460,6 +441,7 @@ async fn a_hung_hsm_fails_issuance_revocation_and_certification_at_the_deadline_
             break serial;
         }
         assert_eq!(r.status(), 503);
+        assert_eq!(error_code(r).await, "token_unavailable");
         assert!(
             back.elapsed() < Duration::from_secs(10),
             "issuance did not return after SIGCONT"

@@ -21,8 +21,7 @@ fn init_refuses_weak_secrets_and_an_existing_appliance() {
         .arg(&so)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 10 characters"));
+    assert_refused(&out, "at least 10 characters");
     assert!(
         !dir.path().join("d").exists(),
         "nothing written after a refused init"
@@ -34,16 +33,14 @@ fn init_refuses_weak_secrets_and_an_existing_appliance() {
         .arg(a.dir.path().join("data"))
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_refused(&out, "already exists");
 
     let out = Command::new(bin())
         .args(["init", "--domain", "not a domain", "--data-dir"])
         .arg(dir.path().join("e"))
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid DNS name"));
+    assert_refused(&out, "not a valid DNS name");
     assert!(!dir.path().join("e").exists());
 
     // Only software token profiles can make a token; a hardware profile says
@@ -68,10 +65,7 @@ fn init_refuses_weak_secrets_and_an_existing_appliance() {
         if let Some(m) = module {
             c.args(["--module", m]);
         }
-        let out = c.output().unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(expect), "{profile}: {err}");
+        assert_refused(&c.output().unwrap(), expect);
         assert!(!dir.path().join("f").exists(), "{profile}: nothing written");
     }
 
@@ -104,12 +98,8 @@ fn generation_refuses_replacement_without_flag_and_token_check_passes() {
         &["org-key", "generate", "--uid", "Second <x@example.com>"],
         true,
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("already exists") && err.contains("--replace"),
-        "{err}"
-    );
+    let err = assert_refused(&out, "already exists");
+    assert!(err.contains("--replace"), "{err}");
     assert_eq!(
         a.ok(&["org-key", "show"], false),
         first,
@@ -159,15 +149,12 @@ fn generation_refuses_replacement_without_flag_and_token_check_passes() {
     assert!(check.contains("token check passed"), "{check}");
 
     // Bad input: unknown algorithm, bad expiry, wrong passphrase.
-    assert!(
-        !a.run(
-            &["org-key", "generate", "--algorithm", "dsa", "--uid", "x"],
-            true
-        )
-        .status
-        .success()
+    a.refused(
+        &["org-key", "generate", "--algorithm", "dsa", "--uid", "x"],
+        true,
+        "invalid value 'dsa' for '--algorithm",
     );
-    let out = a.run(
+    a.refused(
         &[
             "org-key",
             "generate",
@@ -178,11 +165,11 @@ fn generation_refuses_replacement_without_flag_and_token_check_passes() {
             "x",
         ],
         true,
+        "--expires",
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--expires"));
     let wrong = a.path("wrong");
     write_secret(&wrong, "wrong passphrase here");
-    let out = a.run(
+    a.refused(
         &[
             "org-key",
             "generate",
@@ -193,8 +180,8 @@ fn generation_refuses_replacement_without_flag_and_token_check_passes() {
             wrong.to_str().unwrap(),
         ],
         false,
+        "bad ignition passphrase",
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bad ignition passphrase"));
     assert!(
         a.ok(&["token", "check"], true)
             .contains("6 private key object(s)"),
@@ -279,15 +266,14 @@ async fn bearer_tokens_and_scopes_are_enforced() {
     let r = post(Some(format!("Bearer {admin}"))).await.unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(error_code(r).await, "forbidden");
-    let r = ignite(&s, &gw, PASSPHRASE).await;
-    assert_eq!(r.status(), 403);
+    assert_error(ignite(&s, &gw, PASSPHRASE).await, 403, "forbidden").await;
     let r = http()
         .delete(s.url("/v1/ignition"))
         .bearer_auth(&gw)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
+    assert_error(r, 403, "forbidden").await;
     assert_eq!(
         post(Some(format!("Bearer {gw}"))).await.unwrap().status(),
         200
@@ -295,25 +281,46 @@ async fn bearer_tokens_and_scopes_are_enforced() {
 
     // Removing a client revokes its token at once.
     a.ok(&["client", "remove", "gw"], false);
-    assert_eq!(
-        post(Some(format!("Bearer {gw}"))).await.unwrap().status(),
-        401
-    );
+    assert_error(
+        post(Some(format!("Bearer {gw}"))).await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
     let list = a.ok(&["client", "list"], false);
     assert!(
         list.contains("admin\tadmin") && !list.contains("gw"),
         "{list}"
     );
-    assert!(
-        !a.run(&["client", "add", "admin", "--scopes", "sign"], false)
-            .status
-            .success()
+    a.refused(
+        &["client", "add", "admin", "--scopes", "sign"],
+        false,
+        "a client named \"admin\" already exists",
     );
-    assert!(
-        !a.run(&["client", "add", "x", "--scopes", "root"], false)
-            .status
-            .success()
+    a.refused(
+        &["client", "add", "x", "--scopes", "root"],
+        false,
+        "unknown scope \"root\"",
     );
+    // A token file is never overwritten.
+    let admin_file = a.path("admin.token");
+    let before = std::fs::read(&admin_file).unwrap();
+    a.refused(
+        &[
+            "client",
+            "add",
+            "other",
+            "--scopes",
+            "sign",
+            "--token-out",
+            admin_file.to_str().unwrap(),
+        ],
+        false,
+        "exists; refusing to overwrite it",
+    );
+    assert_eq!(std::fs::read(&admin_file).unwrap(), before);
+    let list2 = a.ok(&["client", "list"], false);
+    assert_eq!(list2, list, "refused additions changed nothing");
 }
 
 #[tokio::test]
@@ -330,7 +337,7 @@ async fn ignition_backs_off_after_five_failures_and_bad_bodies_are_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 415);
+    assert_error(r, 415, "unsupported_media_type").await;
     for body in [
         "{",
         "[]",
@@ -358,17 +365,17 @@ async fn ignition_backs_off_after_five_failures_and_bad_bodies_are_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 413);
+    assert_error(r, 413, "body_too_large").await;
 
     for i in 1..=5 {
         let r = ignite(&s, &admin, &format!("guess number {i}")).await;
-        assert_eq!(r.status(), 401, "attempt {i}");
         if i == 5 {
             assert!(
                 r.headers().contains_key("retry-after"),
                 "the fifth failure announces the back-off"
             );
         }
+        assert_error(r, 401, "bad_passphrase").await;
     }
     let r = ignite(&s, &admin, PASSPHRASE).await;
     assert_eq!(
@@ -433,7 +440,7 @@ async fn seal_and_restart_return_to_sealed() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 503);
+    assert_error(r, 503, "sealed").await;
 
     // Ignite again, then restart: the new process is sealed.
     assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
@@ -448,7 +455,7 @@ async fn seal_and_restart_return_to_sealed() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 503);
+    assert_error(r, 503, "sealed").await;
     // The CLI reports a wrong passphrase clearly.
     let wrong = a.path("wrong");
     write_secret(&wrong, "definitely wrong");
@@ -458,8 +465,7 @@ async fn seal_and_restart_return_to_sealed() {
         &["--passphrase-file", wrong.to_str().unwrap()],
         false,
     );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bad ignition passphrase"));
+    assert_refused(&out, "bad ignition passphrase");
     drop(s);
     let list = a.ok(&["audit", "list"], false);
     assert!(list.contains("\tseal\tok"), "{list}");
@@ -505,21 +511,19 @@ fn audit_verify_names_the_first_tampered_row() {
 #[test]
 fn serve_refuses_plaintext_off_loopback_and_a_missing_token() {
     let a = Appliance::with_org_key("p256");
-    let out = a.run(&["serve", "--listen", "0.0.0.0:0"], false);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to serve plaintext"));
-
-    let cfg = std::fs::read_to_string(&a.config)
-        .unwrap()
-        .replace("label = \"orgkey\"", "label = \"elsewhere\"");
-    std::fs::write(&a.config, cfg).unwrap();
-    let out = a.run(&["serve", "--listen", "127.0.0.1:0"], false);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no token with label \"elsewhere\"") && err.contains("\"orgkey\""),
-        "{err}"
+    a.refused(
+        &["serve", "--listen", "0.0.0.0:0"],
+        false,
+        "refusing to serve plaintext",
     );
+
+    a.set_config("token.label", "elsewhere");
+    let err = a.refused(
+        &["serve", "--listen", "127.0.0.1:0"],
+        false,
+        "no token with label \"elsewhere\"",
+    );
+    assert!(err.contains("\"orgkey\""), "{err}");
 }
 
 #[tokio::test]
@@ -597,9 +601,11 @@ async fn serves_tls_when_configured() {
         "tls.pem",
     ]);
     let _ = ca_key;
-    let mut cfg = std::fs::read_to_string(&a.config).unwrap();
-    cfg.push_str(&format!("tls_cert = {:?}\ntls_key = {:?}\n", cert, key));
-    std::fs::write(&a.config, cfg).unwrap();
+    a.edit_config(|t| {
+        let server = config_table(t, "server");
+        server.insert("tls_cert".into(), cert.display().to_string().into());
+        server.insert("tls_key".into(), key.display().to_string().into());
+    });
     let s = a.serve(&[]);
     assert!(s.url.starts_with("https://"), "{}", s.url);
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -620,7 +626,18 @@ async fn serves_tls_when_configured() {
     );
     // Without trusting the CA it fails.
     let out = a.remote("seal", &s.url, &[], false);
-    assert!(!out.status.success());
+    // The message does not say why yet (reqwest's Display drops the
+    // certificate error; left to the error-types rework of src/api/).
+    assert_refused(&out, "cannot reach the appliance at https://");
+    let st: serde_json::Value = client
+        .get(s.url("/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["state"], "ignited", "the refused seal changed nothing");
 }
 
 #[tokio::test]
@@ -786,20 +803,23 @@ async fn every_route_needs_exactly_its_scopes() {
         r.send()
     };
     for (method, path, allowed) in ROUTES {
-        let anonymous = send(method, path, None).await.unwrap().status();
+        let anonymous = send(method, path, None).await.unwrap();
         match allowed {
             None => assert!(
-                anonymous != 401 && anonymous != 403,
-                "{method} {path} is public: {anonymous}"
+                anonymous.status() != 401 && anonymous.status() != 403,
+                "{method} {path} is public: {}",
+                anonymous.status()
             ),
             Some(allowed) => {
-                assert_eq!(anonymous, 401, "{method} {path} without a token");
+                let what = format!("{method} {path} without a token");
+                assert_error_for(&what, anonymous, 401, "unauthorized").await;
                 for (scope, token) in &tokens {
                     if allowed.contains(scope) {
                         continue;
                     }
                     let r = send(method, path, Some(token)).await.unwrap();
-                    assert_eq!(r.status(), 403, "{method} {path} with only {scope}");
+                    let what = format!("{method} {path} with only {scope}");
+                    assert_error_for(&what, r, 403, "forbidden").await;
                 }
             }
         }

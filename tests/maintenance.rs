@@ -87,9 +87,7 @@ async fn user_cert(cfg: &Config, fpr: &str) -> Vec<u8> {
 async fn certifications_renew_lapse_and_survive_org_key_renewal_and_replacement() {
     let a = Appliance::new();
     // Users count as inactive after 10 days in this appliance.
-    let mut toml = std::fs::read_to_string(&a.config).unwrap();
-    toml.push_str("\n[maintenance]\ninactive_after = \"10d\"\n");
-    std::fs::write(&a.config, toml).unwrap();
+    a.set_config("maintenance.inactive_after", "10d");
     a.ok(
         &[
             "org-key",
@@ -204,9 +202,7 @@ async fn certifications_renew_lapse_and_survive_org_key_renewal_and_replacement(
         ],
         true,
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--yes"), "{err}");
+    assert_refused(&out, "--yes");
     assert_eq!(
         stored(&cfg).await.1,
         org_fpr,

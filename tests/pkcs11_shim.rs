@@ -32,31 +32,21 @@ fn shim() -> &'static PathBuf {
 }
 
 /// An appliance with a p256 org key whose token is reached through the shim
-/// configured with `settings` (environment lines).
+/// configured with `settings` (environment variables).
 fn behind_shim(settings: &[(&str, &str)]) -> Appliance {
     let a = Appliance::with_org_key("p256");
-    let toml = std::fs::read_to_string(&a.config).unwrap();
-    let mut out = String::new();
-    for line in toml.lines() {
-        if line.starts_with("module = ") {
-            continue;
+    a.edit_config(|t| {
+        let token = config_table(t, "token");
+        token.insert("module".into(), shim().display().to_string().into());
+        let env = config_table(token, "environment");
+        env.insert(
+            "ORGKEY_SHIM_MODULE".into(),
+            a.module().display().to_string().into(),
+        );
+        for (k, v) in settings {
+            env.insert(k.to_string(), (*v).into());
         }
-        out.push_str(line);
-        out.push('\n');
-        if line.starts_with("profile = ") {
-            out.push_str(&format!("module = \"{}\"\n", shim().display()));
-        }
-        if line.trim() == "[token.environment]" {
-            out.push_str(&format!(
-                "ORGKEY_SHIM_MODULE = \"{}\"\n",
-                a.module().display()
-            ));
-            for (k, v) in settings {
-                out.push_str(&format!("{k} = \"{v}\"\n"));
-            }
-        }
-    }
-    std::fs::write(&a.config, out).unwrap();
+    });
     a
 }
 
@@ -68,7 +58,7 @@ async fn a_locked_pin_is_reported_as_such() {
     let r = ignite(&s, &admin, PASSPHRASE).await;
     assert_eq!(r.status(), 403);
     assert_eq!(error_code(r).await, "passphrase_locked");
-    assert_eq!(get(&s, "/v1/ready").await.status(), 503);
+    assert_error(get(&s, "/v1/ready").await, 503, "sealed").await;
 }
 
 #[tokio::test]
@@ -88,7 +78,7 @@ async fn a_token_that_flips_signature_bits_never_gets_a_bad_signature_out() {
             let (ok, err) = gpg.verify(&r.bytes().await.unwrap(), data.as_bytes());
             assert!(ok, "a returned signature must verify: {err}");
         } else {
-            assert_eq!(r.status(), 500);
+            assert_error(r, 500, "internal").await;
             refused += 1;
         }
     }
@@ -136,16 +126,6 @@ async fn a_rare_device_error_is_a_503_and_the_appliance_recovers() {
     assert!(audit.contains("token-recovered"), "{audit}");
 }
 
-/// Sets `[token] relogin`.
-fn set_relogin(a: &Appliance, on: bool) {
-    let toml = std::fs::read_to_string(&a.config).unwrap();
-    std::fs::write(
-        &a.config,
-        toml.replacen("[token]\n", &format!("[token]\nrelogin = {on}\n"), 1),
-    )
-    .unwrap();
-}
-
 /// Polls `/v1/status` until `state` is `want` (at most `secs` seconds).
 async fn wait_for_state(s: &Server, want: &str, secs: u64) -> serde_json::Value {
     let t = std::time::Instant::now();
@@ -187,7 +167,7 @@ fn login_log(path: &std::path::Path) -> Vec<String> {
 #[tokio::test]
 async fn without_relogin_a_device_error_seals_and_only_the_right_passphrase_ignites_again() {
     let a = behind_shim(&[("ORGKEY_SHIM_FAIL_EVERY", "3")]);
-    set_relogin(&a, false);
+    a.set_config("token.relogin", false);
     let admin = a.client("admin", "admin");
     let gw = a.client("gateway", "sign");
     let s = a.serve(&[]);
@@ -246,7 +226,7 @@ async fn a_relogin_passphrase_the_token_refuses_is_tried_once_and_the_appliance_
     // CKR_PIN_INCORRECT is 0xA0.
     assert_eq!(attempts, ["160"], "one refused relogin, then no more");
     assert_eq!(get_json(&s, "/v1/status").await["state"], "sealed");
-    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 401);
+    assert_error(ignite(&s, &admin, PASSPHRASE).await, 401, "bad_passphrase").await;
     assert_eq!(
         ignite(&s, &admin, "a brand new passphrase").await.status(),
         200
@@ -285,7 +265,8 @@ async fn a_passphrase_changed_through_the_appliance_is_the_one_relogin_uses() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403, "the sign scope cannot change it");
+    // The sign scope cannot change it.
+    assert_error(r, 403, "forbidden").await;
     // The CLI goes through the running appliance with --token-file.
     let new = a.path("new-pass");
     write_secret(&new, "a brand new passphrase");
@@ -357,10 +338,10 @@ async fn a_seal_while_the_token_is_recovering_is_not_undone() {
     let r = post(&s, "/v1/sign", &gw, b"x".to_vec()).await;
     assert_eq!(error_code(r).await, "sealed");
     // And the token is logged out: only the right passphrase ignites.
-    assert_eq!(
-        ignite(&s, &admin, "totally-wrong-passphrase")
-            .await
-            .status(),
-        401
-    );
+    assert_error(
+        ignite(&s, &admin, "totally-wrong-passphrase").await,
+        401,
+        "bad_passphrase",
+    )
+    .await;
 }

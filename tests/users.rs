@@ -173,19 +173,28 @@ async fn certified_user_ids_are_fully_valid_for_gpg_and_served_over_hkp() {
     let keyid = &fpr[24..];
     let r = get(&s, &format!("/pks/lookup?op=get&search=0x{keyid}")).await;
     assert_eq!(r.status(), 200);
-    for (q, status) in [
-        ("op=get&search=nobody%40example.com", 404),
+    for (q, status, code) in [
+        ("op=get&search=nobody%40example.com", 404, "not_found"),
         (
             "op=get&search=0xDEADBEEFDEADBEEFDEADBEEFDEADBEEFDEADBEEF",
             404,
+            "not_found",
         ),
-        ("op=get&search=0xDEADBEEF", 400),
-        ("op=get", 400),
-        ("op=stats&search=alice%40example.com", 501),
-        ("op=index&search=alice%40example.com", 501),
+        ("op=get&search=0xDEADBEEF", 400, "bad_request"),
+        ("op=get", 400, "bad_request"),
+        (
+            "op=stats&search=alice%40example.com",
+            501,
+            "not_implemented",
+        ),
+        (
+            "op=index&search=alice%40example.com",
+            501,
+            "not_implemented",
+        ),
     ] {
         let r = get(&s, &format!("/pks/lookup?{q}")).await;
-        assert_eq!(r.status(), status, "{q}");
+        assert_error_for(q, r, status, code).await;
     }
 
     // Removal: no longer published or certified; the record says so.
@@ -195,7 +204,8 @@ async fn certified_user_ids_are_fully_valid_for_gpg_and_served_over_hkp() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403, "removal needs the admin scope");
+    // Removal needs the admin scope.
+    assert_error(r, 403, "forbidden").await;
     let r = http()
         .delete(s.url("/v1/users/alice@example.com"))
         .bearer_auth(&admin)
@@ -203,12 +213,12 @@ async fn certified_user_ids_are_fully_valid_for_gpg_and_served_over_hkp() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        get(&s, &format!("/pks/lookup?op=get&search=0x{fpr}"))
-            .await
-            .status(),
-        404
-    );
+    assert_error(
+        get(&s, &format!("/pks/lookup?op=get&search=0x{fpr}")).await,
+        404,
+        "not_found",
+    )
+    .await;
     let r = post(&s, "/v1/certify", &gw, alice.export(&fpr)).await;
     assert_eq!(r.status(), 422);
     let e: serde_json::Value = r.json().await.unwrap();
@@ -312,14 +322,14 @@ async fn bad_certify_requests_get_clear_errors_and_change_nothing() {
     // Wrong scope, no token, sealed.
     let good = user.gen_key("Carol <carol@example.com>", "ed25519", "1y", &[]);
     let r = post(&s, "/v1/certify", &signer, user.export(&good)).await;
-    assert_eq!(r.status(), 403);
+    assert_error(r, 403, "forbidden").await;
     let r = http()
         .post(s.url("/v1/certify"))
         .body(user.export(&good))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_error(r, 401, "unauthorized").await;
     let out = a.remote("seal", &s.url, &[], false);
     assert!(
         out.status.success(),
@@ -507,7 +517,7 @@ async fn user_ids_that_gpg_reads_as_another_address_are_refused_and_never_valid(
     // Nothing is stored or served under the addresses of the refused ones.
     for email in ["mallory4%40example.com", "mallory2%40example.com"] {
         let r = get(&s, &format!("/pks/lookup?op=get&search={email}")).await;
-        assert_eq!(r.status(), 404, "{email}");
+        assert_error_for(email, r, 404, "not_found").await;
     }
     assert_eq!(
         get(&s, "/pks/lookup?op=get&search=mallory%40example.com")
@@ -580,7 +590,7 @@ async fn addresses_of_current_and_replaced_org_keys_are_never_certified_on_user_
     // Also refused (rather than certified) case-insensitively.
     let fpr2 = mallory.gen_key("Org <OrgKey@Example.COM>", "ed25519", "1y", &[]);
     let r = post(&s, "/v1/certify", &gw, mallory.export(&fpr2)).await;
-    assert_eq!(r.status(), 422);
+    assert_error(r, 422, "no_managed_user_id").await;
 
     // With another, ordinary user ID the key is certified for that one only.
     mallory.ok(
@@ -643,6 +653,7 @@ async fn addresses_of_current_and_replaced_org_keys_are_never_certified_on_user_
         let r = post(&s, "/v1/certify", &gw, user.export(&f)).await;
         assert_eq!(r.status(), 422, "{uid}");
         let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["code"], "no_managed_user_id", "{uid}");
         let msg = e["error"].as_str().unwrap();
         assert!(msg.contains(&whose), "{whose} in {msg}");
     }
@@ -754,7 +765,7 @@ async fn stored_users_from_before_the_rules_are_neither_renewed_nor_served() {
 
     // Not served by email: the keyserver and the S/MIME bridge.
     let r = get(&s, "/pks/lookup?op=get&search=mallory2%40example.com").await;
-    assert_eq!(r.status(), 404);
+    assert_error(r, 404, "not_found").await;
     let idx = get(
         &s,
         "/pks/lookup?op=index&options=mr&search=orgkey%40example.com",

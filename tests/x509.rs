@@ -21,9 +21,7 @@ struct Ca {
 }
 
 fn configure_public_url(a: &Appliance) {
-    let mut toml = std::fs::read_to_string(&a.config).unwrap();
-    toml.push_str("\n[x509]\npublic_url = \"http://orgkey.test:8443\"\n");
-    std::fs::write(&a.config, toml).unwrap();
+    a.set_config("x509.public_url", "http://orgkey.test:8443");
 }
 
 async fn ca_with(make: impl FnOnce(&Appliance)) -> Ca {
@@ -333,14 +331,23 @@ async fn self_signed_org_cert_issues_smime_certificates_that_openssl_accepts() {
     assert_eq!(json(st2).await["status"], "valid");
 
     // Revocation refusals.
-    for (body, status) in [
-        (serde_json::json!({"serial": "00ff00ff"}), 404),
-        (serde_json::json!({"serial": "not hex"}), 400),
+    for (body, status, code) in [
+        (
+            serde_json::json!({"serial": "00ff00ff"}),
+            404,
+            "unknown_serial",
+        ),
+        (serde_json::json!({"serial": "not hex"}), 400, "bad_request"),
         (
             serde_json::json!({"serial": serial2, "reason": "because"}),
             400,
+            "bad_request",
         ),
-        (serde_json::json!({"serial": serial2, "extra": 1}), 400),
+        (
+            serde_json::json!({"serial": serial2, "extra": 1}),
+            400,
+            "bad_request",
+        ),
     ] {
         let r = http()
             .post(ca.s.url("/v1/x509/revoke"))
@@ -349,7 +356,7 @@ async fn self_signed_org_cert_issues_smime_certificates_that_openssl_accepts() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), status, "{body}");
+        assert_error_for(&body.to_string(), r, status, code).await;
     }
     let r = http()
         .post(ca.s.url("/v1/x509/revoke"))
@@ -358,7 +365,8 @@ async fn self_signed_org_cert_issues_smime_certificates_that_openssl_accepts() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403, "issue scope cannot revoke");
+    // The issue scope cannot revoke.
+    assert_error(r, 403, "forbidden").await;
 
     // The audit log has each issuance and the revocation.
     let audit = ca.a.ok(&["audit", "list", "--last", "50"], false);
@@ -375,9 +383,9 @@ async fn self_signed_org_cert_issues_smime_certificates_that_openssl_accepts() {
 async fn bad_certificate_requests_are_refused_and_leave_no_certificate() {
     let ca = ca_with(self_signed).await;
     let dir = ca.a.dir.path();
-    let cases: Vec<(Vec<u8>, u16)> = vec![
-        (b"garbage".to_vec(), 400),
-        (Vec::new(), 400),
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"garbage".to_vec(), 400, "bad_request"),
+        (Vec::new(), 400, "bad_request"),
         // Email outside the managed domains.
         (
             csr(
@@ -388,9 +396,10 @@ async fn bad_certificate_requests_are_refused_and_leave_no_certificate() {
                 None,
             ),
             422,
+            "refused",
         ),
         // No email at all.
-        (csr(dir, "noname", P256, "/CN=Nobody", None), 422),
+        (csr(dir, "noname", P256, "/CN=Nobody", None), 422, "refused"),
         // A weak key.
         (
             csr(
@@ -401,14 +410,13 @@ async fn bad_certificate_requests_are_refused_and_leave_no_certificate() {
                 None,
             ),
             422,
+            "refused",
         ),
-        (vec![b'A'; 100 * 1024], 413),
+        (vec![b'A'; 100 * 1024], 413, "body_too_large"),
     ];
-    for (body, status) in cases {
+    for (body, status, code) in cases {
         let r = issue(&ca, "/v1/x509/issue", body).await;
-        assert_eq!(r.status(), status);
-        let e = json(r).await;
-        assert!(e["code"].is_string() && e["error"].is_string(), "{e}");
+        assert_error(r, status, code).await;
     }
     // A CSR whose signature does not match (one byte of the signature flipped).
     let good = csr(dir, "bob", P256, "/emailAddress=bob@example.com", None);
@@ -423,26 +431,23 @@ async fn bad_certificate_requests_are_refused_and_leave_no_certificate() {
     der[n - 5] ^= 0x01;
     let r = issue(&ca, "/v1/x509/issue", der).await;
     assert_eq!(r.status(), 400);
-    assert!(
-        json(r).await["error"]
-            .as_str()
-            .unwrap()
-            .contains("signature")
-    );
+    let e = json(r).await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    assert!(e["error"].as_str().unwrap().contains("signature"), "{e}");
     // Wrong scope, no token.
-    assert_eq!(
-        post(&ca.s, "/v1/x509/issue", &ca.gw, good.clone())
-            .await
-            .status(),
-        403
-    );
+    assert_error(
+        post(&ca.s, "/v1/x509/issue", &ca.gw, good.clone()).await,
+        403,
+        "forbidden",
+    )
+    .await;
     let r = http()
         .post(ca.s.url("/v1/x509/issue"))
         .body(good)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_error(r, 401, "unauthorized").await;
     // Nothing was issued.
     let audit = ca.a.ok(&["audit", "list", "--last", "50"], false);
     assert!(!audit.contains("x509-issue"), "{audit}");
@@ -562,12 +567,7 @@ async fn org_cert_from_an_external_ca_via_our_csr() {
         ],
         true,
     );
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not the key"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_refused(&out, "not the key");
     a.ok(
         &[
             "org-cert",
@@ -677,12 +677,7 @@ async fn imported_root_ca_keypairs_issue_certificates_that_chain_to_them() {
         ],
         true,
     );
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("password"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_refused(&out, "password");
     let check = a.run(&["token", "check"], true);
     let objects = String::from_utf8_lossy(&check.stdout)
         .lines()
@@ -792,7 +787,8 @@ async fn imported_root_ca_keypairs_issue_certificates_that_chain_to_them() {
         ],
         true,
     );
-    assert!(!out.status.success(), "an active org cert needs --replace");
+    // An active org cert needs --replace.
+    assert_refused(&out, "--replace");
     a.ok(
         &[
             "org-cert",
@@ -886,7 +882,10 @@ async fn users_openpgp_keys_get_smime_certificates_through_the_bridge() {
             .status(),
         200
     );
-    for (email, status) in [("eddie@example.com", 422), ("nobody@example.com", 404)] {
+    for (email, status, code) in [
+        ("eddie@example.com", 422, "refused"),
+        ("nobody@example.com", 404, "unknown_user"),
+    ] {
         let r = http()
             .post(ca.s.url("/v1/x509/issue-from-openpgp"))
             .bearer_auth(&ca.issuer)
@@ -894,7 +893,7 @@ async fn users_openpgp_keys_get_smime_certificates_through_the_bridge() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), status, "{email}");
+        assert_error_for(email, r, status, code).await;
     }
 }
 
@@ -917,6 +916,7 @@ async fn the_organizations_addresses_cannot_become_a_users() {
     let r = post(&ca.s, "/v1/certify", &ca.gw, user.export(&fpr)).await;
     assert_eq!(r.status(), 422);
     let e = json(r).await;
+    assert_eq!(e["code"], "no_managed_user_id", "{e}");
     assert!(e["error"].as_str().unwrap().contains("org cert"), "{e}");
     // Nor can the organization's addresses get an S/MIME certificate: the
     // org cert's, and the org key's own.
@@ -926,6 +926,7 @@ async fn the_organizations_addresses_cannot_become_a_users() {
         let r = issue(&ca, "/v1/x509/issue", body).await;
         assert_eq!(r.status(), 422, "{addr}");
         let e = json(r).await;
+        assert_eq!(e["code"], "refused", "{e}");
         assert!(e["error"].as_str().unwrap().contains(addr), "{e}");
     }
     let body = csr(dir, "user", P256, "/emailAddress=user@example.com", None);
@@ -938,15 +939,63 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
     let ca = ca_with(self_signed).await;
     let admin = ca.a.client("admin2", "admin");
     let json_ct = "application/json";
-    // (method, path, token, content type, body, expected status)
-    type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, &'a [u8], u16);
+    // (method, path, token, content type, body, expected status and code)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a [u8],
+        u16,
+        &'a str,
+    );
     let signer = ca.a.client("signer", "sign");
     let cases: Vec<Case> = vec![
-        ("POST", "/v1/sign?mode=poetry", &signer, None, b"x", 400),
-        ("POST", "/v1/sign?armor=maybe", &signer, None, b"x", 400),
-        ("POST", "/v1/sign?unknown=1", &signer, None, b"x", 400),
-        ("GET", "/v1/sign", &signer, None, b"", 405),
-        ("POST", "/v1/sign", "okc_not_a_token", None, b"x", 401),
+        (
+            "POST",
+            "/v1/sign?mode=poetry",
+            &signer,
+            None,
+            b"x",
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/sign?armor=maybe",
+            &signer,
+            None,
+            b"x",
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/sign?unknown=1",
+            &signer,
+            None,
+            b"x",
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/v1/sign",
+            &signer,
+            None,
+            b"",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "/v1/sign",
+            "okc_not_a_token",
+            None,
+            b"x",
+            401,
+            "unauthorized",
+        ),
         (
             "POST",
             "/v1/ignition",
@@ -954,6 +1003,7 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             Some("text/plain"),
             b"{}",
             415,
+            "unsupported_media_type",
         ),
         (
             "POST",
@@ -962,6 +1012,7 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             Some(json_ct),
             b"{\"passphrase\"",
             400,
+            "bad_request",
         ),
         (
             "POST",
@@ -970,6 +1021,7 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             Some(json_ct),
             br#"{"passphrase":"x","extra":1}"#,
             400,
+            "bad_request",
         ),
         (
             "POST",
@@ -978,15 +1030,72 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             Some(json_ct),
             &[b' '; 20_000],
             413,
+            "body_too_large",
         ),
-        ("PUT", "/v1/ignition", &admin, None, b"", 405),
-        ("POST", "/v1/status", &admin, None, b"", 405),
-        ("DELETE", "/v1/health", &admin, None, b"", 405),
-        ("POST", "/v1/org-key", &admin, None, b"", 405),
-        ("GET", "/v1/nothing-here", &admin, None, b"", 404),
-        ("GET", "/v1/health/", &admin, None, b"", 404),
-        ("POST", "/v1/certify", &ca.gw, None, b"\x00\x01garbage", 400),
-        ("GET", "/v1/users/not-an-email", &ca.gw, None, b"", 400),
+        (
+            "PUT",
+            "/v1/ignition",
+            &admin,
+            None,
+            b"",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "/v1/status",
+            &admin,
+            None,
+            b"",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "DELETE",
+            "/v1/health",
+            &admin,
+            None,
+            b"",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "/v1/org-key",
+            &admin,
+            None,
+            b"",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET",
+            "/v1/nothing-here",
+            &admin,
+            None,
+            b"",
+            404,
+            "not_found",
+        ),
+        ("GET", "/v1/health/", &admin, None, b"", 404, "not_found"),
+        (
+            "POST",
+            "/v1/certify",
+            &ca.gw,
+            None,
+            b"\x00\x01garbage",
+            400,
+            "bad_certificate",
+        ),
+        (
+            "GET",
+            "/v1/users/not-an-email",
+            &ca.gw,
+            None,
+            b"",
+            400,
+            "bad_request",
+        ),
         (
             "DELETE",
             "/v1/users/nobody@example.com",
@@ -994,6 +1103,7 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             None,
             b"",
             404,
+            "unknown_user",
         ),
         (
             "POST",
@@ -1002,6 +1112,7 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             None,
             b"",
             404,
+            "unknown_user",
         ),
         (
             "POST",
@@ -1010,8 +1121,17 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             None,
             b"",
             403,
+            "forbidden",
         ),
-        ("PUT", "/v1/certify", &ca.gw, None, b"x", 405),
+        (
+            "PUT",
+            "/v1/certify",
+            &ca.gw,
+            None,
+            b"x",
+            405,
+            "method_not_allowed",
+        ),
         (
             "GET",
             "/v1/x509/certs/zz-not-hex",
@@ -1019,10 +1139,35 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             None,
             b"",
             400,
+            "bad_request",
         ),
-        ("GET", "/v1/x509/certs/00ff", &ca.issuer, None, b"", 404),
-        ("GET", "/v1/x509/certs/00ff", &ca.gw, None, b"", 403),
-        ("GET", "/v1/x509/crl?format=txt", &ca.gw, None, b"", 400),
+        (
+            "GET",
+            "/v1/x509/certs/00ff",
+            &ca.issuer,
+            None,
+            b"",
+            404,
+            "unknown_serial",
+        ),
+        (
+            "GET",
+            "/v1/x509/certs/00ff",
+            &ca.gw,
+            None,
+            b"",
+            403,
+            "forbidden",
+        ),
+        (
+            "GET",
+            "/v1/x509/crl?format=txt",
+            &ca.gw,
+            None,
+            b"",
+            400,
+            "bad_request",
+        ),
         (
             "GET",
             "/v1/x509/crl/0000000000000000",
@@ -1030,8 +1175,17 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             None,
             b"",
             404,
+            "not_found",
         ),
-        ("GET", "/v1/org-cert?format=jpeg", &ca.gw, None, b"", 400),
+        (
+            "GET",
+            "/v1/org-cert?format=jpeg",
+            &ca.gw,
+            None,
+            b"",
+            400,
+            "bad_request",
+        ),
         (
             "GET",
             "/v1/x509/issue?renew=maybe",
@@ -1039,6 +1193,7 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             None,
             b"",
             405,
+            "method_not_allowed",
         ),
         (
             "POST",
@@ -1047,6 +1202,7 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             None,
             b"x",
             400,
+            "bad_request",
         ),
         (
             "POST",
@@ -1055,6 +1211,7 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             Some(json_ct),
             b"{not json",
             400,
+            "bad_request",
         ),
         (
             "POST",
@@ -1063,6 +1220,7 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             Some("text/plain"),
             b"{}",
             415,
+            "unsupported_media_type",
         ),
         (
             "POST",
@@ -1071,6 +1229,7 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             Some(json_ct),
             br#"{"email":"nope"}"#,
             400,
+            "bad_request",
         ),
         (
             "POST",
@@ -1079,6 +1238,7 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             Some(json_ct),
             b"[]",
             400,
+            "bad_request",
         ),
         (
             "POST",
@@ -1087,10 +1247,19 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             Some(json_ct),
             &[b'x'; 20_000],
             413,
+            "body_too_large",
         ),
-        ("GET", "/pks/lookup?op=get&search=", &ca.gw, None, b"", 400),
+        (
+            "GET",
+            "/pks/lookup?op=get&search=",
+            &ca.gw,
+            None,
+            b"",
+            400,
+            "bad_request",
+        ),
     ];
-    for (method, path, token, ctype, body, status) in cases {
+    for (method, path, token, ctype, body, status, code) in cases {
         let mut req = http()
             .request(method.parse().unwrap(), ca.s.url(path))
             .bearer_auth(token)
@@ -1104,10 +1273,8 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
             .json()
             .await
             .unwrap_or_else(|_| panic!("{method} {path}: not JSON"));
-        assert!(
-            e["code"].is_string() && e["error"].is_string(),
-            "{method} {path}: {e}"
-        );
+        assert_eq!(e["code"], code, "{method} {path}: {e}");
+        assert!(e["error"].is_string(), "{method} {path}: {e}");
     }
 }
 

@@ -38,9 +38,7 @@ async fn store_at(cfg: &Config, t: u64) -> Store {
 #[tokio::test(flavor = "multi_thread")]
 async fn user_certificates_and_crls_are_renewed_for_active_users() {
     let a = Appliance::with_org_key("p256");
-    let mut toml = std::fs::read_to_string(&a.config).unwrap();
-    toml.push_str("\n[maintenance]\ninactive_after = \"10d\"\n");
-    std::fs::write(&a.config, toml).unwrap();
+    a.set_config("maintenance.inactive_after", "10d");
     a.ok(
         &["org-cert", "self-sign", "--subject", "CN=Example Org CA"],
         true,

@@ -13,7 +13,8 @@ ORGKEY_DEBIAN_PACKAGES=(
   nettle-dev
   pkg-config
   ca-certificates
-  curl          # dev.sh waits for the server with it
+  curl          # dev.sh waits for the server with it; docs examples (tests/docs_examples.rs)
+  jq            # docs/api.md's ignition example (run by tests/docs_examples.rs)
   make          # scripts/kryoptic.sh builds OpenSSL for Kryoptic
   perl          # OpenSSL's Configure
 )

@@ -34,7 +34,7 @@ use std::process::ExitCode;
         orgkey init --data-dir /srv/orgkey --domain example.com --create-token\n  \
         export ORGKEY_CONFIG=/srv/orgkey/orgkey.toml\n  \
         orgkey org-key generate --uid 'Example Org Key <orgkey@example.com>'\n  \
-        orgkey client add admin --scopes admin\n  \
+        orgkey client add admin --scopes admin --token-out admin.token\n  \
         orgkey serve &\n  \
         orgkey ignite --token-file admin.token"
 )]

@@ -593,233 +593,323 @@ impl Config {
         Self::from_toml(&text, path)
     }
 
-    /// Validates config text; relative paths are resolved against the file's directory.
+    /// Validates config text; relative paths are resolved against the file's
+    /// directory. Three steps: parse the TOML into raw structs (no file is
+    /// read), load the HSM profile it names (a built-in one, or a file
+    /// beside the config), then validate and apply every default.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
-        let base = std::path::absolute(&base).unwrap_or(base);
-        let data_dir = base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from(".")));
-
-        let mut domains = Vec::new();
-        for d in &raw.domains {
-            let d = normalize_domain(d)?;
-            if !domains.contains(&d) {
-                domains.push(d);
-            }
-        }
-
-        let t = raw.token;
-        let profile = HsmProfile::load(t.profile.as_deref().unwrap_or("softhsm2"), &base)?;
-        let mut selector = TokenSelector {
-            label: t.label,
-            serial: t.serial,
-            ..Default::default()
-        };
-        let mut module = t.module.map(|m| base.join(m));
-        if let Some(uri) = &t.uri {
-            if selector.label.is_some() || selector.serial.is_some() {
-                return Err(ConfigError::Invalid(
-                    "[token]: give either uri or label/serial, not both".into(),
-                ));
-            }
-            let u = Pkcs11Uri::parse(uri)?;
-            selector = TokenSelector {
-                label: u.token,
-                serial: u.serial,
-                manufacturer: u.manufacturer,
-                model: u.model,
-            };
-            if let Some(mp) = u.module_path {
-                if module.is_some() {
-                    return Err(ConfigError::Invalid(
-                        "[token]: module given both as module and in the URI's module-path".into(),
-                    ));
-                }
-                module = Some(PathBuf::from(mp));
-            }
-        }
-        if selector.label.is_none() && selector.serial.is_none() {
-            return Err(ConfigError::Invalid(
-                "[token] must name the token by label, serial or uri (slot numbers are not stable)"
-                    .into(),
-            ));
-        }
-        let deadline = match t.deadline.as_deref() {
-            Some(s) => parse_duration("[token] deadline", s)?,
-            None => Duration::from_secs(10),
-        };
-        if deadline < Duration::from_millis(100) || deadline > Duration::from_secs(600) {
-            return Err(ConfigError::Invalid(
-                "[token] deadline must be between 100ms and 10m".into(),
-            ));
-        }
-        let sessions = t.sessions.unwrap_or(profile.limits.max_sessions.min(16));
-        if sessions == 0 || sessions > profile.limits.max_sessions {
-            return Err(ConfigError::Invalid(format!(
-                "[token] sessions = {sessions}: must be between 1 and {} (profile {})",
-                profile.limits.max_sessions, profile.name
-            )));
-        }
-        let environment = t
-            .environment
-            .into_iter()
-            .map(|(k, v)| {
-                // Paths in the module environment are relative to the config file too.
-                let v = if v.starts_with("./") || v.starts_with("../") {
-                    base.join(&v).display().to_string()
-                } else {
-                    v
-                };
-                (k, v)
-            })
-            .collect();
-
-        let sqlite = data_dir.join(raw.store.sqlite.unwrap_or_else(|| DEFAULT_DB_FILE.into()));
-
-        let listen_s = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen: SocketAddr = listen_s.parse().map_err(|_| {
-            ConfigError::Invalid(format!("[server] listen = {listen_s:?}: expected IP:PORT"))
-        })?;
-        let tls = match (raw.server.tls_cert, raw.server.tls_key) {
-            (Some(c), Some(k)) => Some(TlsFiles {
-                cert: base.join(c),
-                key: base.join(k),
-            }),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError::Invalid(
-                    "[server]: tls_cert and tls_key must be given together".into(),
-                ));
-            }
-        };
-        let max_body = match raw.server.max_body.as_deref() {
-            Some(s) => parse_size(s)?,
-            None => DEFAULT_MAX_BODY,
-        };
-        if max_body == 0 {
-            return Err(ConfigError::Invalid(
-                "[server] max_body must be above 0".into(),
-            ));
-        }
-
-        let d = IgnitionConfig::default();
-        let ignition = IgnitionConfig {
-            backoff_after: raw.ignition.backoff_after.unwrap_or(d.backoff_after),
-            backoff_initial: match raw.ignition.backoff_initial.as_deref() {
-                Some(s) => parse_duration("[ignition] backoff_initial", s)?,
-                None => d.backoff_initial,
-            },
-            backoff_max: match raw.ignition.backoff_max.as_deref() {
-                Some(s) => parse_duration("[ignition] backoff_max", s)?,
-                None => d.backoff_max,
-            },
-        };
-        if ignition.backoff_after == 0 || ignition.backoff_initial.is_zero() {
-            return Err(ConfigError::Invalid(
-                "[ignition]: backoff_after and backoff_initial must be above 0".into(),
-            ));
-        }
-        if ignition.backoff_max < ignition.backoff_initial {
-            return Err(ConfigError::Invalid(
-                "[ignition]: backoff_max must not be below backoff_initial".into(),
-            ));
-        }
-
-        let certification_validity = match raw.certification_validity.as_deref() {
-            Some(s) => parse_duration("certification_validity", s)?,
-            None => DEFAULT_CERTIFICATION_VALIDITY,
-        };
-        if certification_validity < Duration::from_secs(3600) {
-            return Err(ConfigError::Invalid(
-                "certification_validity must be at least 1h".into(),
-            ));
-        }
-        let maintenance = maintenance_config(raw.maintenance, certification_validity)?;
-        let x509 = x509_config(raw.x509)?;
-        // Only revocations and maintenance renew CRLs (fetching one never
-        // signs): a CRL must outlive the gap between two runs.
-        if x509.crl_validity <= maintenance.interval {
-            return Err(ConfigError::Invalid(format!(
-                "[x509] crl_validity ({}) must be longer than [maintenance] interval ({}), or \
-                 the CRL would lapse between two maintenance runs",
-                humantime::format_duration(x509.crl_validity),
-                humantime::format_duration(maintenance.interval)
-            )));
-        }
-        let backup = BackupConfig {
-            dir: data_dir.join(raw.backup.dir.unwrap_or_else(|| "backups".into())),
-            interval: match raw.backup.interval.as_deref() {
-                None => Some(Duration::from_secs(86_400)),
-                Some("off") => None,
-                Some(s) => {
-                    let d = parse_duration("[backup] interval", s)?;
-                    if d < Duration::from_secs(60) {
-                        return Err(ConfigError::Invalid(
-                            "[backup] interval must be at least 1m (or \"off\")".into(),
-                        ));
-                    }
-                    Some(d)
-                }
-            },
-            keep: raw.backup.keep.unwrap_or(7),
-            recipients: raw.backup.recipients.iter().map(|p| base.join(p)).collect(),
-        };
-        let mut rate_limits = RateLimits {
-            default: match raw.rate_limits.default.as_deref() {
-                Some(r) => Rate::parse(r)?,
-                None => None,
-            },
-            clients: BTreeMap::new(),
-        };
-        for (name, r) in &raw.rate_limits.clients {
-            rate_limits.clients.insert(name.clone(), Rate::parse(r)?);
-        }
-        if backup.keep == 0 {
-            return Err(ConfigError::Invalid(
-                "[backup] keep must be at least 1".into(),
-            ));
-        }
-
-        Ok(Config {
-            path: path.to_path_buf(),
-            data_dir,
-            domains,
-            certification_validity,
-            maintenance,
-            x509,
-            backup,
-            rate_limits,
-            token: TokenConfig {
-                profile,
-                module,
-                selector,
-                environment,
-                sessions,
-                relogin: t.relogin.unwrap_or(true),
-                deadline,
-            },
-            store: StoreConfig {
-                sqlite,
-                busy_timeout: match raw.store.busy_timeout.as_deref() {
-                    Some(s) => parse_duration("[store] busy_timeout", s)?,
-                    None => Duration::from_secs(10),
-                },
-            },
-            server: ServerConfig {
-                listen,
-                tls,
-                max_body,
-            },
-            ignition,
-        })
+        let raw = parse(text, path)?;
+        let base = config_dir(path);
+        let profile = load_profile(&raw.token, &base)?;
+        validate(raw, profile, path, &base)
     }
+}
+
+/// Step 1: TOML into the raw structs; unknown keys are refused.
+fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// The absolute directory of the config file, which relative paths in it
+/// are relative to.
+fn config_dir(path: &Path) -> PathBuf {
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    std::path::absolute(&base).unwrap_or(base)
+}
+
+/// Step 2: the HSM profile `[token] profile` names (softhsm2 by default);
+/// a path is read from disk, relative to the config file.
+fn load_profile(token: &RawToken, base: &Path) -> Result<HsmProfile, ConfigError> {
+    HsmProfile::load(token.profile.as_deref().unwrap_or("softhsm2"), base)
+}
+
+/// Step 3: checks every value and applies the defaults; reads no file.
+fn validate(
+    raw: RawConfig,
+    profile: HsmProfile,
+    path: &Path,
+    base: &Path,
+) -> Result<Config, ConfigError> {
+    let data_dir = base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from(".")));
+    let domains = domains(&raw.domains)?;
+    let token = token_config(raw.token, profile, base)?;
+    let store = store_config(raw.store, &data_dir)?;
+    let server = server_config(raw.server, base)?;
+    let ignition = ignition_config(raw.ignition)?;
+    let certification_validity = certification_validity(raw.certification_validity.as_deref())?;
+    let maintenance = maintenance_config(raw.maintenance, certification_validity)?;
+    let x509 = x509_config(raw.x509)?;
+    crl_outlives_maintenance_interval(&x509, &maintenance)?;
+    let backup = backup_config(raw.backup, &data_dir, base)?;
+    let rate_limits = rate_limits(raw.rate_limits)?;
+    Ok(Config {
+        path: path.to_path_buf(),
+        data_dir,
+        domains,
+        certification_validity,
+        token,
+        store,
+        server,
+        ignition,
+        maintenance,
+        x509,
+        backup,
+        rate_limits,
+    })
+}
+
+/// Lower-case, deduplicated, each a DNS name.
+fn domains(raw: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut domains = Vec::new();
+    for d in raw {
+        let d = normalize_domain(d)?;
+        if !domains.contains(&d) {
+            domains.push(d);
+        }
+    }
+    Ok(domains)
+}
+
+fn token_config(t: RawToken, profile: HsmProfile, base: &Path) -> Result<TokenConfig, ConfigError> {
+    let (selector, module) = token_selector(t.label, t.serial, t.uri.as_deref(), t.module, base)?;
+    let deadline = match t.deadline.as_deref() {
+        Some(s) => parse_duration("[token] deadline", s)?,
+        None => Duration::from_secs(10),
+    };
+    if deadline < Duration::from_millis(100) || deadline > Duration::from_secs(600) {
+        return Err(ConfigError::Invalid(
+            "[token] deadline must be between 100ms and 10m".into(),
+        ));
+    }
+    let sessions = t.sessions.unwrap_or(profile.limits.max_sessions.min(16));
+    if sessions == 0 || sessions > profile.limits.max_sessions {
+        return Err(ConfigError::Invalid(format!(
+            "[token] sessions = {sessions}: must be between 1 and {} (profile {})",
+            profile.limits.max_sessions, profile.name
+        )));
+    }
+    Ok(TokenConfig {
+        profile,
+        module,
+        selector,
+        environment: module_environment(t.environment, base),
+        sessions,
+        relogin: t.relogin.unwrap_or(true),
+        deadline,
+    })
+}
+
+/// Which token (label, serial or a `pkcs11:` URI, never a slot) and the
+/// module path given explicitly (`module` or the URI's module-path).
+fn token_selector(
+    label: Option<String>,
+    serial: Option<String>,
+    uri: Option<&str>,
+    module: Option<PathBuf>,
+    base: &Path,
+) -> Result<(TokenSelector, Option<PathBuf>), ConfigError> {
+    let mut selector = TokenSelector {
+        label,
+        serial,
+        ..Default::default()
+    };
+    let mut module = module.map(|m| base.join(m));
+    if let Some(uri) = uri {
+        if selector.label.is_some() || selector.serial.is_some() {
+            return Err(ConfigError::Invalid(
+                "[token]: give either uri or label/serial, not both".into(),
+            ));
+        }
+        let u = Pkcs11Uri::parse(uri)?;
+        selector = TokenSelector {
+            label: u.token,
+            serial: u.serial,
+            manufacturer: u.manufacturer,
+            model: u.model,
+        };
+        if let Some(mp) = u.module_path {
+            if module.is_some() {
+                return Err(ConfigError::Invalid(
+                    "[token]: module given both as module and in the URI's module-path".into(),
+                ));
+            }
+            module = Some(PathBuf::from(mp));
+        }
+    }
+    if selector.label.is_none() && selector.serial.is_none() {
+        return Err(ConfigError::Invalid(
+            "[token] must name the token by label, serial or uri (slot numbers are not stable)"
+                .into(),
+        ));
+    }
+    Ok((selector, module))
+}
+
+/// The module's environment; `./` and `../` values are paths relative to
+/// the config file too.
+fn module_environment(env: BTreeMap<String, String>, base: &Path) -> BTreeMap<String, String> {
+    env.into_iter()
+        .map(|(k, v)| {
+            let v = if v.starts_with("./") || v.starts_with("../") {
+                base.join(&v).display().to_string()
+            } else {
+                v
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+fn store_config(raw: RawStore, data_dir: &Path) -> Result<StoreConfig, ConfigError> {
+    Ok(StoreConfig {
+        sqlite: data_dir.join(raw.sqlite.unwrap_or_else(|| DEFAULT_DB_FILE.into())),
+        busy_timeout: match raw.busy_timeout.as_deref() {
+            Some(s) => parse_duration("[store] busy_timeout", s)?,
+            None => Duration::from_secs(10),
+        },
+    })
+}
+
+fn server_config(raw: RawServer, base: &Path) -> Result<ServerConfig, ConfigError> {
+    let listen_s = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen: SocketAddr = listen_s.parse().map_err(|_| {
+        ConfigError::Invalid(format!("[server] listen = {listen_s:?}: expected IP:PORT"))
+    })?;
+    let tls = match (raw.tls_cert, raw.tls_key) {
+        (Some(c), Some(k)) => Some(TlsFiles {
+            cert: base.join(c),
+            key: base.join(k),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Invalid(
+                "[server]: tls_cert and tls_key must be given together".into(),
+            ));
+        }
+    };
+    let max_body = match raw.max_body.as_deref() {
+        Some(s) => parse_size(s)?,
+        None => DEFAULT_MAX_BODY,
+    };
+    if max_body == 0 {
+        return Err(ConfigError::Invalid(
+            "[server] max_body must be above 0".into(),
+        ));
+    }
+    Ok(ServerConfig {
+        listen,
+        tls,
+        max_body,
+    })
+}
+
+fn ignition_config(raw: RawIgnition) -> Result<IgnitionConfig, ConfigError> {
+    let d = IgnitionConfig::default();
+    let ignition = IgnitionConfig {
+        backoff_after: raw.backoff_after.unwrap_or(d.backoff_after),
+        backoff_initial: match raw.backoff_initial.as_deref() {
+            Some(s) => parse_duration("[ignition] backoff_initial", s)?,
+            None => d.backoff_initial,
+        },
+        backoff_max: match raw.backoff_max.as_deref() {
+            Some(s) => parse_duration("[ignition] backoff_max", s)?,
+            None => d.backoff_max,
+        },
+    };
+    if ignition.backoff_after == 0 || ignition.backoff_initial.is_zero() {
+        return Err(ConfigError::Invalid(
+            "[ignition]: backoff_after and backoff_initial must be above 0".into(),
+        ));
+    }
+    if ignition.backoff_max < ignition.backoff_initial {
+        return Err(ConfigError::Invalid(
+            "[ignition]: backoff_max must not be below backoff_initial".into(),
+        ));
+    }
+    Ok(ignition)
+}
+
+fn certification_validity(raw: Option<&str>) -> Result<Duration, ConfigError> {
+    let v = match raw {
+        Some(s) => parse_duration("certification_validity", s)?,
+        None => DEFAULT_CERTIFICATION_VALIDITY,
+    };
+    if v < Duration::from_secs(3600) {
+        return Err(ConfigError::Invalid(
+            "certification_validity must be at least 1h".into(),
+        ));
+    }
+    Ok(v)
+}
+
+/// Only revocations and maintenance renew CRLs (fetching one never signs):
+/// a CRL must outlive the gap between two runs.
+fn crl_outlives_maintenance_interval(
+    x509: &X509Config,
+    maintenance: &MaintenanceConfig,
+) -> Result<(), ConfigError> {
+    if x509.crl_validity <= maintenance.interval {
+        return Err(ConfigError::Invalid(format!(
+            "[x509] crl_validity ({}) must be longer than [maintenance] interval ({}), or \
+             the CRL would lapse between two maintenance runs",
+            humantime::format_duration(x509.crl_validity),
+            humantime::format_duration(maintenance.interval)
+        )));
+    }
+    Ok(())
+}
+
+fn backup_config(
+    raw: RawBackup,
+    data_dir: &Path,
+    base: &Path,
+) -> Result<BackupConfig, ConfigError> {
+    let interval = match raw.interval.as_deref() {
+        None => Some(Duration::from_secs(86_400)),
+        Some("off") => None,
+        Some(s) => {
+            let d = parse_duration("[backup] interval", s)?;
+            if d < Duration::from_secs(60) {
+                return Err(ConfigError::Invalid(
+                    "[backup] interval must be at least 1m (or \"off\")".into(),
+                ));
+            }
+            Some(d)
+        }
+    };
+    let keep = raw.keep.unwrap_or(7);
+    if keep == 0 {
+        return Err(ConfigError::Invalid(
+            "[backup] keep must be at least 1".into(),
+        ));
+    }
+    Ok(BackupConfig {
+        dir: data_dir.join(raw.dir.unwrap_or_else(|| "backups".into())),
+        interval,
+        keep,
+        recipients: raw.recipients.iter().map(|p| base.join(p)).collect(),
+    })
+}
+
+fn rate_limits(raw: RawRateLimits) -> Result<RateLimits, ConfigError> {
+    let mut limits = RateLimits {
+        default: match raw.default.as_deref() {
+            Some(r) => Rate::parse(r)?,
+            None => None,
+        },
+        clients: BTreeMap::new(),
+    };
+    for (name, r) in &raw.clients {
+        limits.clients.insert(name.clone(), Rate::parse(r)?);
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]
@@ -830,6 +920,111 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("/srv/orgkey/orgkey.toml"))
+    }
+
+    #[test]
+    fn parsing_reads_no_file_and_refuses_unknown_keys() {
+        let path = Path::new("/srv/orgkey/orgkey.toml");
+        // The profile file does not exist: parsing does not look for it...
+        let text = "[token]\nlabel = \"x\"\nprofile = \"nowhere/custom.toml\"\n";
+        let raw = parse(text, path).unwrap();
+        assert_eq!(raw.token.profile.as_deref(), Some("nowhere/custom.toml"));
+        // ...loading does, beside the config file.
+        let e = load_profile(&raw.token, &config_dir(path)).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Read { path, .. }
+                if path == Path::new("/srv/orgkey/nowhere/custom.toml")),
+            "{e}"
+        );
+        let e = parse("[token]\nlabel = \"x\"\nlable = \"typo\"\n", path).unwrap_err();
+        assert!(matches!(&e, ConfigError::Parse { .. }), "{e}");
+    }
+
+    #[test]
+    fn profiles_load_by_name_or_from_a_file_beside_the_config() {
+        let base = Path::new("/srv/orgkey");
+        let raw = parse(MINIMAL, &base.join("orgkey.toml")).unwrap();
+        assert_eq!(load_profile(&raw.token, base).unwrap().name, "softhsm2");
+        let raw = parse(
+            "[token]\nlabel = \"x\"\nprofile = \"nonesuch\"\n",
+            &base.join("orgkey.toml"),
+        )
+        .unwrap();
+        let e = load_profile(&raw.token, base).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown HSM profile \"nonesuch\"") && e.contains("softhsm2"),
+            "{e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let builtin = profile::BUILTIN
+            .iter()
+            .find(|(n, _)| *n == "softhsm2")
+            .unwrap()
+            .1;
+        let custom = builtin.replacen("name = \"softhsm2\"", "name = \"custom\"", 1);
+        std::fs::write(dir.path().join("custom.toml"), custom).unwrap();
+        let cfg = dir.path().join("orgkey.toml");
+        std::fs::write(&cfg, "[token]\nlabel = \"x\"\nprofile = \"custom.toml\"\n").unwrap();
+        assert_eq!(Config::load(&cfg).unwrap().token.profile.name, "custom");
+    }
+
+    #[test]
+    fn validation_takes_the_loaded_profile_and_resolves_paths() {
+        let path = Path::new("/srv/orgkey/orgkey.toml");
+        let raw = parse(
+            "data_dir = \"data\"\n[token]\nlabel = \"x\"\nprofile = \"nowhere/custom.toml\"\n\
+             [token.environment]\nSOFTHSM2_CONF = \"./softhsm2.conf\"\nOTHER = \"as is\"\n\
+             [backup]\nrecipients = [\"recovery.asc\"]\n",
+            path,
+        )
+        .unwrap();
+        let mut profile = HsmProfile::builtin("softhsm2").unwrap();
+        profile.limits.max_sessions = 2;
+        let c = validate(raw, profile, path, &config_dir(path)).unwrap();
+        assert_eq!(c.token.sessions, 2, "bounded by the profile it was given");
+        assert_eq!(c.data_dir, Path::new("/srv/orgkey/data"));
+        assert_eq!(c.store.sqlite, Path::new("/srv/orgkey/data/orgkey.db"));
+        assert_eq!(c.backup.dir, Path::new("/srv/orgkey/data/backups"));
+        assert_eq!(c.backup.recipients, [Path::new("/srv/orgkey/recovery.asc")]);
+        assert_eq!(
+            c.token.environment["SOFTHSM2_CONF"],
+            "/srv/orgkey/./softhsm2.conf"
+        );
+        assert_eq!(c.token.environment["OTHER"], "as is");
+        let raw = parse("[token]\nlabel = \"x\"\nsessions = 3\n", path).unwrap();
+        let mut profile = HsmProfile::builtin("softhsm2").unwrap();
+        profile.limits.max_sessions = 2;
+        let e = validate(raw, profile, path, &config_dir(path)).unwrap_err();
+        assert!(e.to_string().contains("between 1 and 2"), "{e}");
+    }
+
+    #[test]
+    fn ignition_backup_and_store_settings_are_checked() {
+        let c = load(&format!(
+            "{MINIMAL}[store]\nbusy_timeout = \"300ms\"\n[backup]\ninterval = \"off\"\nkeep = 2\n\
+             [ignition]\nbackoff_after = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.store.busy_timeout, Duration::from_millis(300));
+        assert_eq!((c.backup.interval, c.backup.keep), (None, 2));
+        assert_eq!(c.ignition.backoff_after, 3);
+        assert_eq!(c.ignition.backoff_max, Duration::from_secs(60));
+        for (bad, why) in [
+            ("[backup]\nkeep = 0\n", "keep must be at least 1"),
+            ("[backup]\ninterval = \"10s\"\n", "at least 1m"),
+            ("[ignition]\nbackoff_after = 0\n", "must be above 0"),
+            (
+                "[ignition]\nbackoff_initial = \"1h\"\nbackoff_max = \"1m\"\n",
+                "backoff_max must not be below",
+            ),
+            ("[server]\nmax_body = \"0\"\n", "max_body must be above 0"),
+            ("[token.x]\n", "unknown field"),
+            ("[store]\nbusy_timeout = \"soon\"\n", "[store] busy_timeout"),
+        ] {
+            let e = load(&format!("{MINIMAL}{bad}")).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -139,6 +139,12 @@ impl Appliance {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Like `run` but asserts that the command is refused with `reason` in
+    /// its stderr; returns the stderr.
+    pub fn refused(&self, args: &[&str], pin: bool, reason: &str) -> String {
+        assert_refused(&self.run(args, pin), reason)
+    }
+
     /// Runs `orgkey ignite|seal` against `url` with the admin client's token
     /// file (from `client("admin", ...)`).
     pub fn remote(&self, cmd: &str, url: &str, extra: &[&str], pin: bool) -> Output {
@@ -416,6 +422,36 @@ pub async fn get_json(s: &Server, path: &str) -> serde_json::Value {
     get(s, path).await.json().await.unwrap()
 }
 
+/// Asserts that `r` is a refusal with `status` and the JSON error `code`.
+pub async fn assert_error(r: reqwest::Response, status: u16, code: &str) {
+    assert_error_for("", r, status, code).await
+}
+
+/// Like `assert_error`, naming `what` was refused when it fails.
+pub async fn assert_error_for(what: &str, r: reqwest::Response, status: u16, code: &str) {
+    let got = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    assert_eq!(
+        (got, v["code"].as_str().unwrap_or_default()),
+        (status, code),
+        "{what}: body {body}"
+    );
+}
+
+/// Asserts that a command failed and that its stderr gives `reason`;
+/// returns the stderr.
+pub fn assert_refused(out: &Output, reason: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "succeeded, but should have been refused with {reason:?}:\n{}{err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains(reason), "expected {reason:?} in:\n{err}");
+    err
+}
+
 /// The `code` of a JSON error response.
 pub async fn error_code(r: reqwest::Response) -> String {
     let v: serde_json::Value = r.json().await.unwrap();
@@ -495,6 +531,73 @@ pub async fn post(s: &Server, path: &str, token: &str, body: Vec<u8>) -> reqwest
         .send()
         .await
         .unwrap()
+}
+
+impl Appliance {
+    /// Rewrites `orgkey.toml` structurally: parses it into a TOML table,
+    /// lets `edit` change it and writes it back (comments are dropped; the
+    /// appliance never reads them). Tests never edit the config as text, so
+    /// they do not depend on the order of its tables.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut toml::Table)) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let mut table: toml::Table = text
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", self.config.display()));
+        edit(&mut table);
+        std::fs::write(&self.config, toml::to_string(&table).unwrap()).unwrap();
+    }
+
+    /// Sets one key, named by its dotted path (`"token.deadline"`,
+    /// `"backup.recipients"`); missing tables are created.
+    pub fn set_config(&self, key: &str, value: impl Into<toml::Value>) {
+        let value = value.into();
+        self.edit_config(|t| {
+            let (tables, key) = key.rsplit_once('.').unwrap_or(("", key));
+            config_table(t, tables).insert(key.to_string(), value);
+        });
+    }
+}
+
+/// The table at dotted `path` in `t` (`""`: `t` itself), created when
+/// missing.
+pub fn config_table<'a>(t: &'a mut toml::Table, path: &str) -> &'a mut toml::Table {
+    path.split('.')
+        .filter(|p| !p.is_empty())
+        .fold(t, |t, name| {
+            t.entry(name.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .unwrap_or_else(|| panic!("[{name}] is not a table"))
+        })
+}
+
+/// p11-kit's client module, found the way an HSM profile finds its module:
+/// the first candidate that exists. Candidates: this architecture's Debian
+/// multiarch directory, every other `/usr/lib/*/pkcs11/`, then the
+/// `lib64` and plain `lib` layouts of other distributions.
+pub fn p11kit_client_module() -> PathBuf {
+    const FILE: &str = "pkcs11/p11-kit-client.so";
+    let mut candidates =
+        vec![PathBuf::from(format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH)).join(FILE)];
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib") {
+        let mut multiarch: Vec<PathBuf> = dirs
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join(FILE))
+            .collect();
+        multiarch.sort();
+        candidates.extend(multiarch);
+    }
+    candidates
+        .extend(["/usr/lib64", "/usr/lib", "/usr/local/lib"].map(|d| Path::new(d).join(FILE)));
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "p11-kit's client module not found (install p11-kit-modules); tried {candidates:?}"
+            )
+        })
 }
 
 impl Appliance {
