@@ -81,6 +81,16 @@ pub enum TokenError {
     /// The token returned something malformed.
     #[error("unexpected value from the token: {0}")]
     BadValue(String),
+    /// A DER attribute value (CKA_EC_PARAMS, CKA_EC_POINT) could not be
+    /// encoded, or the token returned one that does not decode.
+    #[error("{context}: {source}")]
+    Der {
+        /// Which attribute, doing what
+        context: &'static str,
+        /// Cause (from the `der` crate)
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A non-PKCS#11 failure inside cryptoki (conversion, missing symbol).
     #[error("{context}: {source}")]
     Other {
