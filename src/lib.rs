@@ -51,3 +51,21 @@ pub fn failpoint(point: &str) {
     #[cfg(not(debug_assertions))]
     let _ = point;
 }
+
+/// Failure hook for the failure-path tests: in debug builds, when the
+/// environment variable `ORGKEY_FAIL_AT` names `point`, returns an error for
+/// the caller to fail that step with, as if it had failed for real (unlike
+/// [`failpoint`], the process goes on and cleans up after itself). Release
+/// builds compile it to `Ok(())`.
+#[inline]
+pub fn fail_at(point: &str) -> std::io::Result<()> {
+    #[cfg(debug_assertions)]
+    if std::env::var("ORGKEY_FAIL_AT").is_ok_and(|p| p == point) {
+        return Err(std::io::Error::other(format!(
+            "failure injected at {point} (ORGKEY_FAIL_AT)"
+        )));
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
+    Ok(())
+}

@@ -144,6 +144,14 @@ pub enum SignerError {
     Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl SignerError {
+    /// Whether the token is down or did not answer in time (recovery may
+    /// help), as opposed to a sealed appliance or a refused signature.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, SignerError::Unavailable(_))
+    }
+}
+
 /// A private key that can sign prehashed data. Implementations block (a
 /// PKCS#11 call may take milliseconds): call from a blocking thread.
 pub trait Signer: Send + Sync {

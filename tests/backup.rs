@@ -303,6 +303,82 @@ async fn key_backup_restores_into_another_token_and_signs_there() {
     );
 }
 
+fn sql(a: &Appliance, q: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(a.db())
+        .arg(q)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn a_restore_whose_org_cert_cannot_be_recorded_leaves_neither_row_nor_key() {
+    if !profile().wrap.supported {
+        eprintln!(
+            "skipped under {}: the token cannot wrap org keys",
+            test_profile()
+        );
+        return;
+    }
+    let a = Appliance::with_org_key("p256");
+    a.ok(
+        &["org-cert", "self-sign", "--subject", "CN=Restore CA"],
+        true,
+    );
+    let file = a.path("keys.backup");
+    let out = export(&a, file.to_str().unwrap());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Recording the org cert fails after the org key was recorded in the
+    // same transaction (debug-build failure hook).
+    let b = Appliance::new();
+    let audit_before = sql(&b, "SELECT COUNT(*) FROM audit_log");
+    let bp = secret_file(&b, "restore-pass", BACKUP_PASS);
+    let out = std::process::Command::new(bin())
+        .args(["backup", "restore-keys", "--in"])
+        .arg(&file)
+        .arg("--backup-passphrase-file")
+        .arg(&bp)
+        .arg("--passphrase-file")
+        .arg(&b.pin_file)
+        .env("ORGKEY_CONFIG", &b.config)
+        .env("ORGKEY_LOG", "warn")
+        .env("ORGKEY_FAIL_AT", "restore-before-org-cert")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("recording the org cert"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(sql(&b, "SELECT COUNT(*) FROM org_keys"), "0");
+    assert_eq!(sql(&b, "SELECT COUNT(*) FROM org_certs"), "0");
+    assert_eq!(sql(&b, "SELECT COUNT(*) FROM audit_log"), audit_before);
+    assert_eq!(
+        private_keys_in_token(&b),
+        0,
+        "the restored keys were removed again"
+    );
+    assert!(b.ok(&["audit", "verify"], false).contains("intact"));
+
+    // Nothing is in the way of the same restore afterwards.
+    let out = restore(&b, file.to_str().unwrap(), BACKUP_PASS);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(private_keys_in_token(&b), 4);
+    assert_eq!(sql(&b, "SELECT COUNT(*) FROM org_keys"), "1");
+    assert_eq!(
+        sql(&b, "SELECT COUNT(*) FROM org_certs WHERE state = 'active'"),
+        "1"
+    );
+    assert!(
+        b.ok(&["token", "check"], true)
+            .contains("token check passed")
+    );
+}
+
 #[tokio::test]
 async fn tokens_that_cannot_wrap_say_so_and_name_the_vendor_path() {
     // SoftHSM2 wraps EC and RSA keys but not Ed25519; Kryoptic wraps nothing

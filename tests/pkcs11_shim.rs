@@ -35,6 +35,13 @@ fn shim() -> &'static PathBuf {
 /// configured with `settings` (environment variables).
 fn behind_shim(settings: &[(&str, &str)]) -> Appliance {
     let a = Appliance::with_org_key("p256");
+    through_shim(&a, settings);
+    a
+}
+
+/// From now on `a` reaches its token through the shim configured with
+/// `settings`.
+fn through_shim(a: &Appliance, settings: &[(&str, &str)]) {
     a.edit_config(|t| {
         let token = config_table(t, "token");
         token.insert("module".into(), shim().display().to_string().into());
@@ -47,7 +54,6 @@ fn behind_shim(settings: &[(&str, &str)]) -> Appliance {
             env.insert(k.to_string(), (*v).into());
         }
     });
-    a
 }
 
 #[tokio::test]
@@ -344,4 +350,61 @@ async fn a_seal_while_the_token_is_recovering_is_not_undone() {
         "bad_passphrase",
     )
     .await;
+}
+
+/// Polls the audit log until a row contains `what` (at most `secs` seconds).
+async fn wait_for_audit(a: &Appliance, what: &str, secs: u64) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let audit = a.ok(&["audit", "list", "--last", "50"], false);
+        if audit.contains(what) {
+            return audit;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(secs),
+            "no {what:?} in the audit log:\n{audit}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_device_error_during_maintenance_starts_recovery() {
+    // The org cert has no CRL yet: the first maintenance run after ignition
+    // makes one, and that signature meets the device error (no scheduled
+    // state backup signs before it).
+    let a = Appliance::with_org_key("p256");
+    a.ok(
+        &["org-cert", "self-sign", "--subject", "CN=Maintenance CA"],
+        true,
+    );
+    through_shim(&a, &[("ORGKEY_SHIM_FAIL_EVERY", "1")]);
+    a.set_config("backup.interval", "off");
+    // Ignited at start, so the scheduler's first look finds it ignited.
+    let s = a.serve(&["--ignition-passphrase-file", a.pin_file.to_str().unwrap()]);
+    wait_for_audit(&a, "\tmaintenance\tfailed", 30).await;
+    // Recovery initializes the module again and logs in with the held
+    // passphrase, as after a failed request.
+    let audit = wait_for_audit(&a, "token-recovered\tok", 15).await;
+    assert!(audit.contains("x509-crl\tfailed"), "{audit}");
+    assert!(!audit.contains("state-backup"), "{audit}");
+    wait_for_state(&s, "ignited", 10).await;
+    s.stop();
+}
+
+#[tokio::test]
+async fn a_device_error_during_a_scheduled_state_backup_starts_recovery() {
+    let a = behind_shim(&[("ORGKEY_SHIM_FAIL_EVERY", "1")]);
+    a.set_config("backup.dir", "scheduled");
+    a.set_config("backup.interval", "1h");
+    let admin = a.client("admin", "admin");
+    let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let audit = wait_for_audit(&a, "state-backup\tfailed", 30).await;
+    assert!(audit.contains("token unavailable"), "{audit}");
+    wait_for_audit(&a, "token-recovered\tok", 15).await;
+    wait_for_state(&s, "ignited", 10).await;
+    let status = get_json(&s, "/v1/status").await;
+    assert_eq!(status["backup"]["outcome"], "failed", "{status}");
+    s.stop();
 }

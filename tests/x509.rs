@@ -1584,9 +1584,7 @@ async fn issuance_while_another_writer_holds_the_store_is_store_unavailable() {
     use std::io::{BufRead, BufReader, Write};
     let ca = ca_with(|a| {
         self_signed(a);
-        let mut toml = std::fs::read_to_string(&a.config).unwrap();
-        toml.push_str("\n[store]\nbusy_timeout = \"200ms\"\n");
-        std::fs::write(&a.config, toml).unwrap();
+        a.set_config("store.busy_timeout", "200ms");
     })
     .await;
     let dir = ca.a.dir.path();

@@ -12,7 +12,7 @@ use crate::clock::{Clock, unix_secs};
 use crate::config::MaintenanceConfig;
 use crate::openpgp::{CertifyRequest, OrgKey, PgpError, RefusalKind, UserKey, certify};
 use crate::reserved::{ReservedEmails, ReservedError};
-use crate::signer::Signer;
+use crate::signer::{Signer, SignerError};
 use crate::store::{AuditEvent, DueQuery, SaveUserKey, Store, StoreError};
 use crate::task::TaskFailed;
 use std::collections::HashSet;
@@ -20,9 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::task::JoinSet;
 
-/// Longest a scheduled job waits for one X.509 signature (a user
-/// certificate or a CRL) before it counts the token as unavailable.
-const TOKEN_DEADLINE: Duration = Duration::from_secs(60);
+/// Longest a scheduled job (maintenance, scheduled state backups) waits for
+/// the token: one certification, the org key's renewal, one user
+/// certificate or CRL, one backup signature. A token that misses it counts
+/// as unavailable, like one that fails.
+pub const TOKEN_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Maintenance errors (a run that fails is retried by the next one).
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,30 @@ pub enum MaintenanceError {
     /// certified without them).
     #[error(transparent)]
     Reserved(#[from] ReservedError),
+}
+
+impl MaintenanceError {
+    /// Whether the run failed because the token is down or did not answer
+    /// within the deadline: the token is to be treated as lost (recovered).
+    pub fn token_unavailable(&self) -> bool {
+        match self {
+            MaintenanceError::OrgKey(PgpError::Signer(e))
+            | MaintenanceError::Token(PgpError::Signer(e)) => e.is_unavailable(),
+            MaintenanceError::OrgKey(_)
+            | MaintenanceError::Token(_)
+            | MaintenanceError::Store(_)
+            | MaintenanceError::TaskFailed(_)
+            | MaintenanceError::Crl(_)
+            | MaintenanceError::Reserved(_) => false,
+        }
+    }
+}
+
+/// The token did not answer within `deadline` while doing `what`.
+fn missed_deadline(what: &'static str, deadline: Duration) -> PgpError {
+    PgpError::Signer(SignerError::Unavailable(Box::new(
+        crate::ca::DeadlinePassed { what, deadline },
+    )))
 }
 
 /// What one run did.
@@ -111,6 +137,11 @@ pub struct Maintenance {
     pub x509: crate::config::X509Config,
     /// Managed domains.
     pub domains: Vec<String>,
+    /// Longest the run waits for the token at a time (one certification,
+    /// the org key renewal, one user certificate or CRL); then the run fails
+    /// with the token unavailable. [`TOKEN_DEADLINE`] unless a test says
+    /// otherwise.
+    pub token_deadline: Duration,
 }
 
 fn secs(t: SystemTime) -> i64 {
@@ -193,8 +224,17 @@ impl Maintenance {
             return Ok(None);
         }
         let k = key.clone();
-        let renewed = tokio::task::spawn_blocking(move || k.org.renew(k.certifier.as_ref(), now))
+        let task = tokio::task::spawn_blocking(move || k.org.renew(k.certifier.as_ref(), now));
+        // After the deadline the renewal is left to finish or fail on its
+        // own; its result is dropped and nothing is stored.
+        let renewed = tokio::time::timeout(self.token_deadline, task)
             .await
+            .map_err(|_| {
+                MaintenanceError::OrgKey(missed_deadline(
+                    "renewing the org key",
+                    self.token_deadline,
+                ))
+            })?
             .map_err(TaskFailed::doing("renewing the org key"))?
             .map_err(MaintenanceError::OrgKey)?;
         let Some(renewed) = renewed else {
@@ -264,10 +304,19 @@ impl Maintenance {
             let Some(last) = batch.last() else { break };
             after = last.key.fingerprint.clone();
             let n = batch.len() as u64;
+            // Waiting for a permit or a result is waiting for the token: when
+            // no certification finishes within the deadline, the token hangs.
+            // The hung ones are left to finish or fail on their own.
+            let hung =
+                || MaintenanceError::Token(missed_deadline("certifying", self.token_deadline));
             let mut tasks = JoinSet::new();
             for due in batch {
                 // The semaphore is never closed, so acquiring only waits.
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                let Ok(permit) =
+                    tokio::time::timeout(self.token_deadline, Arc::clone(&permits).acquire_owned())
+                        .await
+                        .map_err(|_| hung())?
+                else {
                     unreachable!("the permit semaphore is never closed")
                 };
                 let k = Arc::clone(&shared);
@@ -280,7 +329,10 @@ impl Maintenance {
                 });
             }
             let mut saves = Vec::new();
-            while let Some(res) = tasks.join_next().await {
+            while let Some(res) = tokio::time::timeout(self.token_deadline, tasks.join_next())
+                .await
+                .map_err(|_| hung())?
+            {
                 let res = res.map_err(TaskFailed::doing("certifying a user key"))?;
                 if let Ok((_, skipped)) = &res {
                     for Skipped(fpr, email, why) in skipped {
@@ -377,7 +429,7 @@ impl Maintenance {
                 now,
                 margin,
                 "maintenance",
-                Some(TOKEN_DEADLINE),
+                Some(self.token_deadline),
             )
             .await
             .map_err(|e| match e {
@@ -441,7 +493,7 @@ impl Maintenance {
                 actor: "maintenance",
                 renew: true,
                 now,
-                deadline: TOKEN_DEADLINE,
+                deadline: self.token_deadline,
             },
         )
         .await
@@ -528,4 +580,125 @@ fn renew_one(
         Outcome::Renewed(save, outcome.certified.len() as u64),
         skipped,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::openpgp::{OrgKeyDraft, OrgKeyKeys};
+    use crate::signer::testing::SoftP256;
+    use crate::signer::{DigestAlgorithm, PublicKey};
+    use std::time::UNIX_EPOCH;
+
+    const T0: u64 = 1_800_000_000;
+    const DAY: u64 = 86_400;
+
+    /// The org key's primary key in a "token" that answers only once the
+    /// test drops the sender.
+    struct Hung {
+        inner: SoftP256,
+        wait: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Signer for Hung {
+        fn public_key(&self) -> &PublicKey {
+            self.inner.public_key()
+        }
+
+        fn sign_digest(&self, alg: DigestAlgorithm, digest: &[u8]) -> Result<Vec<u8>, SignerError> {
+            let _ = self.wait.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            self.inner.sign_digest(alg, digest)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_token_that_hangs_fails_the_run_as_unavailable_at_the_deadline() {
+        let org = OrgKey::generate(
+            &OrgKeyDraft {
+                user_id: "Org <org@example.com>".into(),
+                created: UNIX_EPOCH + Duration::from_secs(T0),
+                validity: Some(Duration::from_secs(10 * DAY)),
+            },
+            OrgKeyKeys {
+                primary: &SoftP256::new(1, false),
+                signing: &SoftP256::new(2, false),
+                encryption: SoftP256::new(3, false).public_key(),
+            },
+        )
+        .unwrap();
+        // Half a day before expiry: the org key's renewal is due.
+        let now = UNIX_EPOCH + Duration::from_secs(T0 + 10 * DAY - DAY / 2);
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(now));
+        let store = Store::open(&dir.path().join("s.db"), true, clock.clone())
+            .await
+            .unwrap();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let key = OrgSigner {
+            org,
+            certifier: Arc::new(Hung {
+                inner: SoftP256::new(1, false),
+                wait: std::sync::Mutex::new(wait),
+            }),
+            cas: crate::ca::CaSet::default(),
+        };
+        let m = Maintenance {
+            store: store.clone(),
+            config: MaintenanceConfig::default(),
+            certification_validity: Duration::from_secs(14 * DAY),
+            concurrency: 2,
+            clock,
+            x509: crate::config::X509Config::default(),
+            domains: vec!["example.com".into()],
+            token_deadline: Duration::from_millis(200),
+        };
+        let started = std::time::Instant::now();
+        let run = tokio::time::timeout(Duration::from_secs(5), m.run(&key, "t", &|_, _| {}));
+        let e = match run.await.expect("the run ends at the token deadline") {
+            Err(e) => e,
+            Ok(_) => panic!("a run with a hung token succeeded"),
+        };
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(e.token_unavailable(), "{e}");
+        assert!(e.to_string().contains("renewing the org key"), "{e}");
+        let why = match &e {
+            MaintenanceError::OrgKey(PgpError::Signer(s)) => {
+                std::error::Error::source(s).map(|w| w.to_string())
+            }
+            other => panic!("not the org key renewal: {other}"),
+        };
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("did not answer within 200ms")),
+            "{why:?}"
+        );
+        // The failed run is on record.
+        let rows = store.audit_rows(0, 10).await.unwrap();
+        assert!(
+            rows.iter()
+                .any(|r| r.event.operation == "maintenance" && r.event.outcome == "failed"),
+            "{rows:?}"
+        );
+        drop(release);
+    }
+
+    #[test]
+    fn only_token_trouble_counts_as_unavailable() {
+        let down = || SignerError::Unavailable("device error".into());
+        assert!(MaintenanceError::Token(PgpError::Signer(down())).token_unavailable());
+        assert!(MaintenanceError::OrgKey(PgpError::Signer(down())).token_unavailable());
+        assert!(
+            !MaintenanceError::Token(PgpError::Signer(SignerError::Sealed)).token_unavailable()
+        );
+        assert!(
+            !MaintenanceError::Token(PgpError::Signer(SignerError::Failed(
+                "bad signature".into()
+            )))
+            .token_unavailable()
+        );
+        assert!(
+            !MaintenanceError::Crl(crate::ca::CaError::Refused("no".into())).token_unavailable()
+        );
+    }
 }

@@ -22,6 +22,7 @@ pub(super) fn maintenance_for(cfg: &Config, store: Store, clock: Arc<dyn Clock>)
         clock,
         x509: cfg.x509.clone(),
         domains: cfg.domains.clone(),
+        token_deadline: crate::maintenance::TOKEN_DEADLINE,
     }
 }
 
@@ -101,7 +102,8 @@ async fn sync_org_key(state: &ApiState, org: &OrgKey) -> bool {
 
 /// The scheduler: while ignited, runs maintenance every `interval` (the
 /// first run right after ignition), until `stop` turns true. A failed run is
-/// retried after a tenth of the interval.
+/// retried after a tenth of the interval. A run that found the token down or
+/// hung marks it down, which starts recovery; while it is down no run starts.
 pub(super) async fn schedule(
     state: Arc<ApiState>,
     m: Maintenance,
@@ -114,6 +116,7 @@ pub(super) async fn schedule(
             break;
         }
         if Instant::now() >= next_run
+            && !state.is_token_down()
             && let SealState::Ignited(Some(key)) = state.seal_state()
             && sync_org_key(&state, &key.org).await
         {
@@ -157,6 +160,9 @@ pub(super) async fn schedule(
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "maintenance run failed; retrying later");
+                    if e.token_unavailable() {
+                        state.mark_token_down();
+                    }
                     state.set_maintenance_report(serde_json::json!({
                         "outcome": "failed",
                         "error": e.to_string(),

@@ -419,6 +419,43 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        self.insert_org_key_in(&mut tx, rec, replace).await?;
+        self.commit_audited(tx, audit, "committing the org key")
+            .await
+    }
+
+    /// Records a restored org key and, when the backup held one, its org
+    /// cert, each with its audit row, in one transaction: both or neither
+    /// (the org key as [`Store::insert_org_key`] with `replace`, the org
+    /// cert as [`Store::insert_org_cert`] replacing the active one).
+    pub async fn insert_restored_org_key(
+        &self,
+        key: &OrgKeyRecord,
+        replace: bool,
+        key_audit: &AuditEvent,
+        cert: Option<(&OrgCertRecord, &AuditEvent)>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.insert_org_key_in(&mut tx, key, replace).await?;
+        let mut audit = vec![key_audit.clone()];
+        if let Some((rec, cert_audit)) = cert {
+            crate::fail_at("restore-before-org-cert")
+                .map_err(|e| StoreError::db("recording the org cert")(sqlx::Error::Io(e)))?;
+            self.insert_org_cert_in(&mut tx, rec, true).await?;
+            audit.push(cert_audit.clone());
+        }
+        self.append_audit_in(&mut tx, &audit).await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing the restored org key"))
+    }
+
+    async fn insert_org_key_in(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        rec: &OrgKeyRecord,
+        replace: bool,
+    ) -> Result<(), StoreError> {
         let now = crate::clock::unix_secs(self.clock.now()) as i64;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT fingerprint FROM org_keys WHERE state = 'active'")
@@ -458,8 +495,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::db("recording the org key"))?;
-        self.commit_audited(tx, audit, "committing the org key")
-            .await
+        Ok(())
     }
 
     /// CKA_IDs (hex) of every org key ever generated, with their role names,
@@ -638,6 +674,67 @@ mod tests {
         assert_eq!(store.org_key_object_ids().await.unwrap().len(), 6);
         // Two successful generations, two audit rows; the refused one left none.
         assert_eq!(store.verify_audit().await.unwrap().rows, 2);
+    }
+
+    #[tokio::test]
+    async fn a_restored_org_key_is_recorded_with_its_org_cert_or_not_at_all() {
+        let (_d, store) = fresh().await;
+        let cert = |fpr: &str, key: &str| OrgCertRecord {
+            fingerprint: fpr.into(),
+            org_key: key.into(),
+            state: "active".into(),
+            source: "self-signed".into(),
+            key_id: "04".into(),
+            cert: "-----BEGIN CERTIFICATE-----".into(),
+            chain: String::new(),
+            subject: "CN=Org".into(),
+            not_after: 2_000_000_000,
+            created_at: 0,
+        };
+        let restore = AuditEvent::new("cli", "key-backup-restore", "ok");
+        let cert_ev = AuditEvent::new("cli", "org-cert-restore", "ok");
+        store
+            .insert_org_cert(&cert("C1", "AA"), false, &ev())
+            .await
+            .unwrap();
+        // The org cert cannot be recorded (it is one already): the org key
+        // is not recorded either.
+        let e = store
+            .insert_restored_org_key(
+                &record("BB"),
+                false,
+                &restore,
+                Some((&cert("C1", "BB"), &cert_ev)),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+        assert_eq!(store.active_org_key().await.unwrap(), None);
+        let active = store.active_org_cert().await.unwrap().unwrap();
+        assert_eq!(
+            (active.fingerprint.as_str(), active.org_key.as_str()),
+            ("C1", "AA")
+        );
+        assert_eq!(store.verify_audit().await.unwrap().rows, 1);
+        // Both, with both audit rows; the old org cert is retired.
+        store
+            .insert_restored_org_key(
+                &record("BB"),
+                false,
+                &restore,
+                Some((&cert("C2", "BB"), &cert_ev)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.active_org_key().await.unwrap().unwrap().fingerprint,
+            "BB"
+        );
+        assert_eq!(
+            store.active_org_cert().await.unwrap().unwrap().fingerprint,
+            "C2"
+        );
+        assert_eq!(store.verify_audit().await.unwrap().rows, 3);
     }
 
     #[tokio::test]

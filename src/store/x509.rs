@@ -220,8 +220,19 @@ impl Store {
         replace: bool,
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
-        let now = self.now_secs_i64();
         let mut tx = self.begin_write().await?;
+        self.insert_org_cert_in(&mut tx, rec, replace).await?;
+        self.commit_audited(tx, audit, "committing the org cert")
+            .await
+    }
+
+    pub(super) async fn insert_org_cert_in(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        rec: &OrgCertRecord,
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        let now = self.now_secs_i64();
         let existing: Option<String> =
             sqlx::query_scalar("SELECT fingerprint FROM org_certs WHERE state = 'active'")
                 .fetch_optional(&mut *tx)
@@ -273,8 +284,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::db("consuming the org cert request"))?;
-        self.commit_audited(tx, audit, "committing the org cert")
-            .await
+        Ok(())
     }
 
     /// Records a CSR waiting for an external CA.

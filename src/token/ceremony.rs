@@ -7,7 +7,7 @@
 use super::error::CkResultExt;
 use super::keys::{KeyKind, KeyUsage, TokenKey};
 use super::{Token, TokenError};
-use crate::signer::{EcCurve, PublicKey};
+use crate::signer::PublicKey;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -232,17 +232,13 @@ impl Token {
         ];
         match spec.public {
             PublicKey::Ec { curve, point } => {
-                let params = match curve {
-                    EcCurve::P256 => super::keys::OID_P256,
-                    EcCurve::P384 => super::keys::OID_P384,
-                };
-                public.push(Attribute::EcParams(params.to_vec()));
-                public.push(Attribute::EcPoint(super::keys::der_octet_string(point)));
+                public.push(Attribute::EcParams(super::keys::curve_params(*curve)?));
+                public.push(Attribute::EcPoint(super::keys::der_octet_string(point)?));
             }
             PublicKey::Ed25519(a) => {
-                let params = super::keys::ed25519_params(self.options().ed25519_params);
-                public.push(Attribute::EcParams(params.to_vec()));
-                public.push(Attribute::EcPoint(super::keys::der_octet_string(a)));
+                let params = super::keys::ed25519_params(self.options().ed25519_params)?;
+                public.push(Attribute::EcParams(params));
+                public.push(Attribute::EcPoint(super::keys::der_octet_string(a)?));
             }
             PublicKey::Rsa { n, e } => {
                 public.push(Attribute::Modulus(n.clone()));

@@ -81,6 +81,25 @@ pub enum TokenError {
     /// The token returned something malformed.
     #[error("unexpected value from the token: {0}")]
     BadValue(String),
+    /// Every pooled session stayed busy for the whole wait: the token hangs
+    /// (calls that never return hold the sessions) or is far past its load.
+    #[error("no token session became free within {waited:?} (all {sessions} in use)")]
+    Busy {
+        /// How long the call waited for a session
+        waited: std::time::Duration,
+        /// Size of the session pool
+        sessions: usize,
+    },
+    /// A DER attribute value (CKA_EC_PARAMS, CKA_EC_POINT) could not be
+    /// encoded, or the token returned one that does not decode.
+    #[error("{context}: {source}")]
+    Der {
+        /// Which attribute, doing what
+        context: &'static str,
+        /// Cause (from the `der` crate)
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A non-PKCS#11 failure inside cryptoki (conversion, missing symbol).
     #[error("{context}: {source}")]
     Other {
@@ -198,10 +217,14 @@ impl TokenError {
         }
     }
 
-    /// Whether this error means the device or session is gone (retry after
-    /// re-initializing), as opposed to a refusal of this request.
+    /// Whether this error means the device or session is gone, or the token
+    /// hangs (retry after re-initializing), as opposed to a refusal of this
+    /// request.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, TokenError::Unavailable { .. })
+        matches!(
+            self,
+            TokenError::Unavailable { .. } | TokenError::Busy { .. }
+        )
     }
 
     /// The CKR_* name a PKCS#11 function returned, if that is what failed.

@@ -5,6 +5,12 @@
 //! needs (SIGN for certify/sign keys, DERIVE or DECRYPT for the encryption
 //! key), is CKA_TOKEN, CKA_PRIVATE and CKA_SENSITIVE, cannot be modified
 //! afterwards, and is extractable only together with CKA_WRAP_WITH_TRUSTED.
+//!
+//! PKCS#11 carries two EC attributes as DER: CKA_EC_PARAMS (the curve's
+//! OID, or a PrintableString naming it) and CKA_EC_POINT (an OCTET STRING
+//! around the point). They are encoded and decoded here with the `der`
+//! crate, the one use of it outside `x509/`: these are attribute values of
+//! the PKCS#11 interface, not certificates, so they stay in the token layer.
 
 use super::error::CkResultExt;
 use super::{Token, TokenError};
@@ -14,16 +20,19 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use der::asn1::{ObjectIdentifier, OctetStringRef, PrintableStringRef};
+use der::{Decode, Encode};
 use std::sync::Arc;
 
-/// DER OID 1.2.840.10045.3.1.7 (prime256v1)
-pub(super) const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-/// DER OID 1.3.132.0.34 (secp384r1)
-pub(super) const OID_P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
-/// DER OID 1.3.101.112 (id-Ed25519)
-const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
-/// DER PrintableString "edwards25519"
-const PRINTABLE_ED25519: &[u8] = b"\x13\x0cedwards25519";
+// `new_unwrap` runs at compile time: a malformed OID fails the build.
+/// prime256v1 (secp256r1), RFC 5480
+const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+/// secp384r1, RFC 5480
+const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+/// id-Ed25519, RFC 8410
+const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+/// The curve name PKCS#11 3.0 allows instead of the OID (as a PrintableString).
+const NAME_ED25519: &str = "edwards25519";
 
 /// Key pair types the token generates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,58 +78,76 @@ pub struct TokenKey {
     pub public: PublicKey,
 }
 
+fn der_error(context: &'static str) -> impl FnOnce(der::Error) -> TokenError {
+    move |e| TokenError::Der {
+        context,
+        source: Box::new(e),
+    }
+}
+
+fn curve_oid(curve: EcCurve) -> ObjectIdentifier {
+    match curve {
+        EcCurve::P256 => OID_P256,
+        EcCurve::P384 => OID_P384,
+    }
+}
+
+/// CKA_EC_PARAMS of a NIST curve: its DER OID.
+pub(super) fn curve_params(curve: EcCurve) -> Result<Vec<u8>, TokenError> {
+    curve_oid(curve)
+        .to_der()
+        .map_err(der_error("encoding the curve OID (CKA_EC_PARAMS)"))
+}
+
+/// The NIST curve CKA_EC_PARAMS names, if it is one orgkey uses.
+fn curve_of_params(params: &[u8]) -> Option<EcCurve> {
+    let oid = ObjectIdentifier::from_der(params).ok()?;
+    [EcCurve::P256, EcCurve::P384]
+        .into_iter()
+        .find(|c| curve_oid(*c) == oid)
+}
+
 /// CKA_EC_PARAMS for Ed25519 as the profile says the token wants it.
-pub(super) fn ed25519_params(ed: Ed25519Params) -> &'static [u8] {
+pub(super) fn ed25519_params(ed: Ed25519Params) -> Result<Vec<u8>, TokenError> {
+    let context = "encoding the Ed25519 curve (CKA_EC_PARAMS)";
     match ed {
-        Ed25519Params::Oid => OID_ED25519,
-        Ed25519Params::Printable => PRINTABLE_ED25519,
+        Ed25519Params::Oid => OID_ED25519.to_der().map_err(der_error(context)),
+        Ed25519Params::Printable => PrintableStringRef::new(NAME_ED25519)
+            .and_then(|name| name.to_der())
+            .map_err(der_error(context)),
     }
 }
 
 /// CKA_EC_POINT is a DER OCTET STRING around the point.
-pub(super) fn der_octet_string(point: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x04];
-    if point.len() >= 0x80 {
-        out.push(0x81);
-    }
-    out.push(point.len() as u8);
-    out.extend_from_slice(point);
-    out
+pub(super) fn der_octet_string(point: &[u8]) -> Result<Vec<u8>, TokenError> {
+    OctetStringRef::new(point)
+        .and_then(|octets| octets.to_der())
+        .map_err(der_error("encoding CKA_EC_POINT"))
 }
 
-fn ec_params(kind: KeyKind, ed: Ed25519Params) -> Option<&'static [u8]> {
+fn ec_params(kind: KeyKind, ed: Ed25519Params) -> Result<Option<Vec<u8>>, TokenError> {
     match kind {
-        KeyKind::Ec(EcCurve::P256) => Some(OID_P256),
-        KeyKind::Ec(EcCurve::P384) => Some(OID_P384),
-        KeyKind::Ed25519 => Some(ed25519_params(ed)),
-        KeyKind::Rsa(_) => None,
+        KeyKind::Ec(curve) => curve_params(curve).map(Some),
+        KeyKind::Ed25519 => ed25519_params(ed).map(Some),
+        KeyKind::Rsa(_) => Ok(None),
     }
 }
 
-/// Strips a DER OCTET STRING wrapper from CKA_EC_POINT; some tokens return
+/// Strips the DER OCTET STRING wrapper from CKA_EC_POINT; some tokens return
 /// the raw point, which is passed through when it already has the right length.
 fn unwrap_octet_string(v: &[u8], expected_len: usize) -> Result<Vec<u8>, TokenError> {
     if v.len() == expected_len {
         return Ok(v.to_vec());
     }
-    let bad = || {
-        TokenError::BadValue(format!(
-            "CKA_EC_POINT of {} bytes is not a DER octet string",
-            v.len()
-        ))
-    };
-    if v.first() != Some(&0x04) || v.len() < 2 {
-        return Err(bad());
+    let point = <&OctetStringRef>::from_der(v)
+        .map_err(der_error("CKA_EC_POINT is not a DER octet string"))?;
+    if point.as_bytes().len() != expected_len {
+        return Err(TokenError::BadValue(format!(
+            "CKA_EC_POINT holds {} bytes where {expected_len} were expected",
+            point.as_bytes().len()
+        )));
     }
-    let (len, start) = match v[1] {
-        l if l < 0x80 => (l as usize, 2),
-        0x81 if v.len() > 2 => (v[2] as usize, 3),
-        _ => return Err(bad()),
-    };
-    if v.len() != start + len || len != expected_len {
-        return Err(bad());
-    }
-    Ok(v[start..].to_vec())
+    Ok(point.as_bytes().to_vec())
 }
 
 fn attr_bytes(attrs: &[Attribute], t: AttributeType) -> Option<&[u8]> {
@@ -160,16 +187,8 @@ pub(super) fn read_public(
     if key_type == KeyType::EC {
         let params =
             attr_bytes(&attrs, AttributeType::EcParams).ok_or_else(|| missing("CKA_EC_PARAMS"))?;
-        let curve = if params == OID_P256 {
-            EcCurve::P256
-        } else if params == OID_P384 {
-            EcCurve::P384
-        } else {
-            return Err(TokenError::Unsupported(format!(
-                "EC curve {}",
-                hex::encode(params)
-            )));
-        };
+        let curve = curve_of_params(params)
+            .ok_or_else(|| TokenError::Unsupported(format!("EC curve {}", hex::encode(params))))?;
         let raw =
             attr_bytes(&attrs, AttributeType::EcPoint).ok_or_else(|| missing("CKA_EC_POINT"))?;
         let point = unwrap_octet_string(raw, 1 + 2 * curve.field_len())?;
@@ -270,10 +289,9 @@ impl Token {
         }
         let mechanism = match spec.kind {
             KeyKind::Ec(_) | KeyKind::Ed25519 => {
-                let params = ec_params(spec.kind, self.options().ed25519_params)
-                    .unwrap_or_default()
-                    .to_vec();
-                public.push(Attribute::EcParams(params));
+                if let Some(params) = ec_params(spec.kind, self.options().ed25519_params)? {
+                    public.push(Attribute::EcParams(params));
+                }
                 if spec.kind == KeyKind::Ed25519 {
                     Mechanism::EccEdwardsKeyPairGen
                 } else {
@@ -351,10 +369,8 @@ impl Token {
                 scalar,
                 point,
             } => {
-                let params = ec_params(KeyKind::Ec(*curve), self.options().ed25519_params)
-                    .unwrap_or_default()
-                    .to_vec();
-                let wrapped = der_octet_string(point);
+                let params = curve_params(*curve)?;
+                let wrapped = der_octet_string(point)?;
                 private.push(Attribute::KeyType(KeyType::EC));
                 private.push(Attribute::EcParams(params.clone()));
                 private.push(Attribute::Value(scalar.to_vec()));
@@ -585,6 +601,63 @@ impl crate::signer::Decrypter for TokenDecrypter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn curve_params_are_the_der_encodings_tokens_expect() {
+        // The bytes the hand-written encodings had (SoftHSM2 accepts them).
+        let p256 = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        let p384 = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+        assert_eq!(curve_params(EcCurve::P256).unwrap(), p256);
+        assert_eq!(curve_params(EcCurve::P384).unwrap(), p384);
+        assert_eq!(
+            ed25519_params(Ed25519Params::Oid).unwrap(),
+            [0x06, 0x03, 0x2b, 0x65, 0x70]
+        );
+        assert_eq!(
+            ed25519_params(Ed25519Params::Printable).unwrap(),
+            b"\x13\x0cedwards25519"
+        );
+        assert_eq!(curve_of_params(&p256), Some(EcCurve::P256));
+        assert_eq!(curve_of_params(&p384), Some(EcCurve::P384));
+        // Ed25519, secp521r1, truncated and non-OID values are not NIST
+        // curves orgkey uses.
+        assert_eq!(curve_of_params(&[0x06, 0x03, 0x2b, 0x65, 0x70]), None);
+        assert_eq!(
+            curve_of_params(&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23]),
+            None
+        );
+        assert_eq!(curve_of_params(&p256[..6]), None);
+        assert_eq!(curve_of_params(b"\x13\x0cedwards25519"), None);
+    }
+
+    #[test]
+    fn ec_points_encode_as_the_old_bytes() {
+        for (len, header) in [
+            (32, vec![0x04, 0x20]),
+            (65, vec![0x04, 0x41]),
+            (97, vec![0x04, 0x61]),
+            (133, vec![0x04, 0x81, 0x85]),
+        ] {
+            let point = vec![0x04; len];
+            let mut want = header;
+            want.extend(&point);
+            assert_eq!(der_octet_string(&point).unwrap(), want, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_long_ec_point_round_trips() {
+        // Past 255 bytes the length takes two octets (the old encoder wrote
+        // `len as u8` after 0x81: 300 came out as 44).
+        let point: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let wrapped = der_octet_string(&point).unwrap();
+        assert_eq!(wrapped[..4], [0x04, 0x82, 0x01, 0x2c]);
+        assert_eq!(wrapped.len(), 304);
+        assert_eq!(unwrap_octet_string(&wrapped, 300).unwrap(), point);
+        // A length that disagrees with the content is refused.
+        assert!(unwrap_octet_string(&wrapped[..303], 300).is_err());
+        assert!(unwrap_octet_string(&wrapped, 299).is_err());
+    }
 
     #[test]
     fn ec_point_wrapper_is_stripped_or_passed_through() {

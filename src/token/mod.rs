@@ -24,7 +24,8 @@ use cryptoki::slot::Slot;
 use error::CkResultExt;
 use secrecy::SecretString;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 /// What the token says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,10 @@ pub struct TokenOptions {
     pub max_sessions: usize,
     /// CKA_EC_PARAMS encoding of Ed25519 on this token.
     pub ed25519_params: Ed25519Params,
+    /// Longest a call waits for a pooled session when all are in use
+    /// (`[token] deadline`); then it fails with [`TokenError::Busy`], which
+    /// counts as the token being unavailable.
+    pub session_wait: Duration,
 }
 
 /// An open PKCS#11 token.
@@ -56,7 +61,7 @@ pub struct Token {
     selector: TokenSelector,
     description: TokenDescription,
     options: TokenOptions,
-    pool: SessionPool,
+    pool: SessionPool<Session>,
     /// Token calls hold this for reading; [`Token::reconnect`] takes it for
     /// writing, because C_Finalize must not run while other threads are
     /// inside the module (p11-kit's client deadlocks then).
@@ -76,18 +81,173 @@ impl std::fmt::Debug for Token {
     }
 }
 
-struct PoolState {
-    idle: Vec<Session>,
+struct PoolState<S> {
+    idle: Vec<S>,
+    /// Sessions checked out or idle, plus slots reserved for sessions being
+    /// opened.
     open: usize,
     /// Bumped by [`Token::reconnect`]: sessions of an older generation died
     /// with the old module state and are not returned to the pool.
     generation: u64,
 }
 
-struct SessionPool {
-    state: Mutex<PoolState>,
+/// At most `max` sessions, handed out one call at a time. Generic over the
+/// session type so that its bookkeeping is tested without a token.
+struct SessionPool<S> {
+    state: Mutex<PoolState<S>>,
     returned: Condvar,
     max: usize,
+    /// Longest [`SessionPool::checkout`] waits for a free session.
+    wait: Duration,
+}
+
+impl<S> SessionPool<S> {
+    fn new(max: usize, wait: Duration) -> Self {
+        SessionPool {
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+                generation: 0,
+            }),
+            returned: Condvar::new(),
+            max: max.max(1),
+            wait,
+        }
+    }
+
+    /// An idle session, or a slot for a new one, waiting up to `wait` for
+    /// one to come back when all are in use. The guard gives it back.
+    fn checkout(&self) -> Result<Pooled<'_, S>, TokenError> {
+        let until = Instant::now() + self.wait;
+        let mut st = lock(&self.state);
+        loop {
+            let generation = st.generation;
+            if let Some(s) = st.idle.pop() {
+                return Ok(Pooled::new(self, Some(s), generation));
+            }
+            if st.open < self.max {
+                st.open += 1;
+                return Ok(Pooled::new(self, None, generation));
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(TokenError::Busy {
+                    waited: self.wait,
+                    sessions: self.max,
+                });
+            }
+            st = self
+                .returned
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Closes the idle sessions (checked-out ones come back as usual).
+    fn close_idle(&self) {
+        let idle = {
+            let mut st = lock(&self.state);
+            st.open = st.open.saturating_sub(st.idle.len());
+            std::mem::take(&mut st.idle)
+        };
+        drop(idle);
+        self.returned.notify_all();
+    }
+
+    /// Starts a new generation after the module was finalized: idle sessions
+    /// are dropped, checked-out ones are not taken back, every slot is free.
+    fn new_generation(&self) {
+        let idle = {
+            let mut st = lock(&self.state);
+            st.generation += 1;
+            st.open = 0;
+            std::mem::take(&mut st.idle)
+        };
+        drop(idle);
+        self.returned.notify_all();
+    }
+
+    fn open(&self) -> usize {
+        lock(&self.state).open
+    }
+}
+
+/// A session checked out of the pool (or a slot for one not opened yet).
+/// On drop, also when the call panicked, the session goes back to the pool,
+/// or is closed when it was lost ([`Pooled::discard`]) or the call panicked
+/// (it may be in the middle of an operation); either way its slot is free
+/// again and a waiter is woken, like cryptoki's `Session` closes itself.
+struct Pooled<'a, S> {
+    pool: &'a SessionPool<S>,
+    session: Option<S>,
+    generation: u64,
+    lost: bool,
+    /// Held while the session is in use, and until it is back in the pool or
+    /// closed: [`Token::reconnect`] must not finalize the module meanwhile.
+    /// Dropped after [`Drop::drop`] ran (fields drop after it).
+    gate: Option<RwLockReadGuard<'a, ()>>,
+}
+
+impl<'a, S> Pooled<'a, S> {
+    fn new(pool: &'a SessionPool<S>, session: Option<S>, generation: u64) -> Self {
+        Pooled {
+            pool,
+            session,
+            generation,
+            lost: false,
+            gate: None,
+        }
+    }
+
+    fn hold(&mut self, gate: RwLockReadGuard<'a, ()>) {
+        self.gate = Some(gate);
+    }
+
+    /// The session, opened with `open` first if this is a fresh slot. If
+    /// opening fails the slot is given back when the guard drops.
+    fn session(&mut self, open: impl FnOnce() -> Result<S, TokenError>) -> Result<&S, TokenError> {
+        match &mut self.session {
+            Some(s) => Ok(s),
+            empty => Ok(empty.insert(open()?)),
+        }
+    }
+
+    /// The session was lost (device or session gone): close it, do not
+    /// pool it.
+    fn discard(&mut self) {
+        self.lost = true;
+    }
+}
+
+impl<S> Drop for Pooled<'_, S> {
+    fn drop(&mut self) {
+        let session = self.session.take();
+        let keep = !self.lost && !std::thread::panicking();
+        let mut st = lock(&self.pool.state);
+        let close = if st.generation != self.generation {
+            // The module was finalized and initialized again since: the
+            // session died with it and its slot was freed then. Closing it
+            // now could close a new session that got the same handle.
+            std::mem::forget(session);
+            None
+        } else {
+            match session {
+                Some(s) if keep => {
+                    st.idle.push(s);
+                    None
+                }
+                other => {
+                    st.open = st.open.saturating_sub(1);
+                    other
+                }
+            }
+        };
+        drop(st);
+        // C_CloseSession outside the pool lock, still inside the gate.
+        drop(close);
+        self.pool.returned.notify_one();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -221,15 +381,7 @@ impl Token {
             selector: selector.clone(),
             description,
             options,
-            pool: SessionPool {
-                state: Mutex::new(PoolState {
-                    idle: Vec::new(),
-                    open: 0,
-                    generation: 0,
-                }),
-                returned: Condvar::new(),
-                max: options.max_sessions.max(1),
-            },
+            pool: SessionPool::new(options.max_sessions, options.session_wait),
             login_session: Mutex::new(None),
             gate: RwLock::new(()),
         })
@@ -334,11 +486,7 @@ impl Token {
     /// ignition proves the passphrase again either way.
     pub fn logout(&self) -> Result<(), TokenError> {
         let session = lock(&self.login_session).take();
-        {
-            let mut st = lock(&self.pool.state);
-            st.open = st.open.saturating_sub(st.idle.len());
-            st.idle.clear();
-        }
+        self.pool.close_idle();
         match session {
             Some(s) => end_login(&s),
             None => {
@@ -380,63 +528,28 @@ impl Token {
         lock(&self.login_session).is_some()
     }
 
-    /// Runs `f` with a pooled session. A session that reports device or
-    /// session loss is closed instead of going back to the pool.
+    /// Runs `f` with a pooled session, waiting up to the options'
+    /// `session_wait` for one ([`TokenError::Busy`] after that). A session
+    /// that reports device or session loss, or whose call panicked, is closed
+    /// instead of going back to the pool; its slot is free again either way.
     pub(crate) fn with_session<T>(
         &self,
         f: impl FnOnce(&Session) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
-        let (session, generation) = {
-            let mut st = lock(&self.pool.state);
-            loop {
-                if let Some(s) = st.idle.pop() {
-                    break (Some(s), st.generation);
-                }
-                if st.open < self.pool.max {
-                    st.open += 1;
-                    break (None, st.generation);
-                }
-                st = self
-                    .pool
-                    .returned
-                    .wait(st)
-                    .unwrap_or_else(|p| p.into_inner());
-            }
-        };
+        let mut pooled = self.pool.checkout()?;
         // Only the module calls hold the gate, not the wait for a session.
-        let gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let session = match session {
-            Some(s) => s,
-            None => match self
-                .ctx
+        pooled.hold(self.gate.read().unwrap_or_else(|p| p.into_inner()));
+        let session = pooled.session(|| {
+            self.ctx
                 .open_rw_session(self.slot())
                 .ck("opening a session")
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    let mut st = lock(&self.pool.state);
-                    if st.generation == generation {
-                        st.open = st.open.saturating_sub(1);
-                    }
-                    drop(st);
-                    self.pool.returned.notify_one();
-                    return Err(e);
-                }
-            },
-        };
-        let result = f(&session);
-        drop(gate);
-        let mut st = lock(&self.pool.state);
-        match &result {
-            _ if st.generation != generation => drop(session),
-            Err(e) if e.is_unavailable() => {
-                st.open = st.open.saturating_sub(1);
-                drop(session);
-            }
-            _ => st.idle.push(session),
+        })?;
+        let result = f(session);
+        if let Err(e) = &result
+            && e.is_unavailable()
+        {
+            pooled.discard();
         }
-        drop(st);
-        self.pool.returned.notify_one();
         result
     }
 
@@ -446,7 +559,7 @@ impl Token {
 
     /// Sessions this process has open on the token (pool plus login).
     pub fn open_sessions(&self) -> usize {
-        lock(&self.pool.state).open + usize::from(self.is_logged_in())
+        self.pool.open() + usize::from(self.is_logged_in())
     }
 
     pub(crate) fn slot(&self) -> Slot {
@@ -477,13 +590,7 @@ impl Token {
                 }
             }
         };
-        {
-            let mut st = lock(&self.pool.state);
-            st.generation += 1;
-            st.open = 0;
-            st.idle.clear();
-        }
-        self.pool.returned.notify_all();
+        self.pool.new_generation();
         drop(lock(&self.login_session).take());
         // C_Finalize takes down every session; an error just means there was
         // nothing left to finalize.
@@ -508,10 +615,170 @@ impl Token {
 impl Drop for Token {
     fn drop(&mut self) {
         // Close pool sessions before the login session so the logout is last.
-        lock(&self.pool.state).idle.clear();
+        self.pool.close_idle();
         let _ = lock(&self.login_session).take();
         // The module stays mapped (keep_module_loaded): leave it
         // uninitialized so a later Token in this process starts afresh.
         let _ = self.ctx.clone().finalize();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A stand-in session that counts how often one is closed (dropped).
+    struct FakeSession {
+        id: usize,
+        closed: Arc<AtomicUsize>,
+    }
+
+    impl Drop for FakeSession {
+        fn drop(&mut self) {
+            self.closed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    struct Fixture {
+        pool: SessionPool<FakeSession>,
+        opened: AtomicUsize,
+        closed: Arc<AtomicUsize>,
+    }
+
+    impl Fixture {
+        fn new(max: usize, wait: Duration) -> Self {
+            Fixture {
+                pool: SessionPool::new(max, wait),
+                opened: AtomicUsize::new(0),
+                closed: Arc::new(AtomicUsize::new(0)),
+            }
+        }
+
+        /// Checks a session out (opening one if needed) and returns its id.
+        fn use_one(&self, f: impl FnOnce(usize)) -> Result<usize, TokenError> {
+            let mut p = self.pool.checkout()?;
+            let id = p
+                .session(|| {
+                    Ok(FakeSession {
+                        id: self.opened.fetch_add(1, Ordering::SeqCst),
+                        closed: Arc::clone(&self.closed),
+                    })
+                })?
+                .id;
+            f(id);
+            Ok(id)
+        }
+    }
+
+    #[test]
+    fn sessions_are_reused() {
+        let fx = Fixture::new(2, Duration::from_secs(1));
+        assert_eq!(fx.use_one(|_| {}).unwrap(), 0);
+        assert_eq!(fx.use_one(|_| {}).unwrap(), 0);
+        assert_eq!(fx.pool.open(), 1);
+        assert_eq!(fx.closed.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_panic_in_the_call_gives_the_slot_back() {
+        let fx = Fixture::new(1, Duration::from_millis(200));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fx.use_one(|_| panic!("the call panicked")).unwrap();
+        }));
+        assert!(r.is_err());
+        // The session may be mid-operation: closed, not pooled; its slot is free.
+        assert_eq!(fx.pool.open(), 0);
+        assert_eq!(fx.closed.load(Ordering::SeqCst), 1);
+        let started = Instant::now();
+        assert_eq!(fx.use_one(|_| {}).unwrap(), 1, "a new session, at once");
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_waiter_times_out_as_busy_when_every_session_stays_in_use() {
+        let fx = Fixture::new(1, Duration::from_millis(150));
+        let (release, hang) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let fx = &fx;
+            s.spawn(move || {
+                fx.use_one(|_| {
+                    started_tx.send(()).unwrap();
+                    let _ = hang.recv();
+                })
+                .unwrap();
+            });
+            started.recv().unwrap();
+            let t = Instant::now();
+            let e = fx.use_one(|_| {}).unwrap_err();
+            assert!(t.elapsed() >= Duration::from_millis(150));
+            assert!(matches!(e, TokenError::Busy { sessions: 1, .. }), "{e}");
+            assert!(e.is_unavailable(), "a hung pool is a token in trouble");
+            drop(release);
+        });
+        // The hung call came back: its session is pooled again.
+        assert_eq!(fx.use_one(|_| {}).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_waiter_gets_the_session_that_comes_back() {
+        let fx = Fixture::new(1, Duration::from_secs(10));
+        let (started_tx, started) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                fx.use_one(|_| {
+                    started_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                })
+                .unwrap();
+            });
+            started.recv().unwrap();
+            let t = Instant::now();
+            assert_eq!(fx.use_one(|_| {}).unwrap(), 0);
+            assert!(t.elapsed() < Duration::from_secs(5), "woken, not timed out");
+        });
+    }
+
+    #[test]
+    fn lost_sessions_are_closed_and_their_slot_freed() {
+        let fx = Fixture::new(1, Duration::from_millis(100));
+        {
+            let mut p = fx.pool.checkout().unwrap();
+            p.session(|| {
+                Ok(FakeSession {
+                    id: 7,
+                    closed: Arc::clone(&fx.closed),
+                })
+            })
+            .unwrap();
+            p.discard();
+        }
+        assert_eq!(fx.closed.load(Ordering::SeqCst), 1);
+        assert_eq!(fx.pool.open(), 0);
+        // A failed open gives its slot back too.
+        {
+            let mut p = fx.pool.checkout().unwrap();
+            let e = p
+                .session(|| Err(TokenError::BadValue("no session".into())))
+                .err();
+            assert!(e.is_some());
+        }
+        assert_eq!(fx.pool.open(), 0);
+        assert_eq!(fx.use_one(|_| {}).unwrap(), 0);
+    }
+
+    #[test]
+    fn sessions_of_an_older_generation_are_not_pooled_or_closed() {
+        let fx = Fixture::new(1, Duration::from_millis(100));
+        let closed_before = fx.closed.load(Ordering::SeqCst);
+        fx.use_one(|_| fx.pool.new_generation()).unwrap();
+        // Not pooled, and not closed through the module either: its handle
+        // may belong to a new session by now.
+        assert_eq!(fx.closed.load(Ordering::SeqCst), closed_before);
+        assert_eq!(fx.pool.open(), 0);
+        assert_eq!(fx.use_one(|_| {}).unwrap(), 1);
+        assert_eq!(fx.pool.open(), 1);
     }
 }

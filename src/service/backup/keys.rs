@@ -426,21 +426,9 @@ pub async fn restore_keys(
             )));
         }
     }
-    let token_cfg = cfg.clone();
-    let backup = body.clone();
-    let (token, ids) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-        let token = Arc::new(open_token(&token_cfg)?);
-        token.login(&ignition)?;
-        match restore_into_token(&token, &backup, &kek) {
-            Ok(ids) => Ok((token, ids)),
-            Err(e) => {
-                let _ = token.logout();
-                Err(e)
-            }
-        }
-    })
-    .await
-    .map_err(TaskFailed::doing("restoring the keys"))??;
+    // Everything the store records is made before the token is touched, so
+    // nothing between the restore into the token and the one store
+    // transaction can fail on its own.
     let key = |role: &str| body.keys.iter().find(|k| k.role == role);
     let (Some(p), Some(s), Some(e)) = (key("certify"), key("sign"), key("encrypt")) else {
         return Err(ServiceError::Refused(
@@ -469,35 +457,53 @@ pub async fn restore_keys(
             path.display(),
             body.token
         ));
-    let mut stored = store
-        .insert_org_key(&rec, replace, &event)
+    let org_cert = match (&body.org_cert, key("org-cert")) {
+        (Some(c), Some(k)) => {
+            let cert = X509Cert::parse(c.cert.as_bytes())?;
+            let oc = OrgCertRecord {
+                fingerprint: c.fingerprint.clone(),
+                org_key: rec.fingerprint.clone(),
+                state: "active".into(),
+                source: c.source.clone(),
+                key_id: k.id.clone(),
+                cert: c.cert.clone(),
+                chain: c.chain.clone(),
+                subject: cert.subject(),
+                not_after: unix_secs(cert.not_after()) as i64,
+                created_at: 0,
+            };
+            let ev = AuditEvent::new(actor, "org-cert-restore", "ok").key(oc.fingerprint.clone());
+            Some((oc, ev))
+        }
+        // restore_into_token refuses an org cert without its key.
+        _ => None,
+    };
+    let token_cfg = cfg.clone();
+    let backup = body.clone();
+    let (token, ids) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
+        let token = Arc::new(open_token(&token_cfg)?);
+        token.login(&ignition)?;
+        match restore_into_token(&token, &backup, &kek) {
+            Ok(ids) => Ok((token, ids)),
+            Err(e) => {
+                let _ = token.logout();
+                Err(e)
+            }
+        }
+    })
+    .await
+    .map_err(TaskFailed::doing("restoring the keys"))??;
+    // One transaction: the org key and its org cert are recorded together
+    // or not at all, and then the restored keys are removed again.
+    let stored = store
+        .insert_restored_org_key(
+            &rec,
+            replace,
+            &event,
+            org_cert.as_ref().map(|(oc, ev)| (oc, ev)),
+        )
         .await
         .map_err(ServiceError::from);
-    if stored.is_ok()
-        && let (Some(c), Some(k)) = (&body.org_cert, key("org-cert"))
-    {
-        let cert = X509Cert::parse(c.cert.as_bytes())?;
-        let oc = OrgCertRecord {
-            fingerprint: c.fingerprint.clone(),
-            org_key: rec.fingerprint.clone(),
-            state: "active".into(),
-            source: c.source.clone(),
-            key_id: k.id.clone(),
-            cert: c.cert.clone(),
-            chain: c.chain.clone(),
-            subject: cert.subject(),
-            not_after: unix_secs(cert.not_after()) as i64,
-            created_at: 0,
-        };
-        stored = store
-            .insert_org_cert(
-                &oc,
-                true,
-                &AuditEvent::new(actor, "org-cert-restore", "ok").key(oc.fingerprint.clone()),
-            )
-            .await
-            .map_err(ServiceError::from);
-    }
     let failed = stored.is_err();
     tokio::task::spawn_blocking(move || {
         if failed {

@@ -4,10 +4,13 @@ use super::state::write_state_backup;
 use crate::api::SigningKey;
 use crate::clock::unix_secs;
 use crate::config::Config;
+use crate::openpgp::PgpError;
 use crate::service::ServiceError;
+use crate::signer::{DigestAlgorithm, PublicKey, Signer, SignerError};
 use crate::store::Store;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// While sealed, a due scheduled backup is retried this often (it needs the
 /// org signing subkey, which only an ignited appliance can use).
@@ -15,8 +18,11 @@ const SEALED_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Scheduled state backups inside `orgkey serve`: one as soon as the
 /// appliance is ignited with an org key, then every interval; keeps the
-/// newest `keep` files. Backups are signed in the token, so while sealed a
-/// due backup waits (reported as skipped) until ignition.
+/// newest `keep` files. Backups are signed in the token, so while sealed (or
+/// while the token is down) a due backup waits (reported as skipped) until
+/// ignition. A backup whose signature the token failed or did not make
+/// within [`crate::maintenance::TOKEN_DEADLINE`] marks the token down, which
+/// starts recovery.
 pub(crate) async fn schedule_state_backups(
     cfg: Config,
     state: Arc<crate::api::ApiState>,
@@ -54,6 +60,9 @@ pub(crate) async fn schedule_state_backups(
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "scheduled state backup FAILED");
+                if token_unavailable(&e) {
+                    state.mark_token_down();
+                }
                 serde_json::json!({
                     "outcome": "failed",
                     "error": e.to_string(),
@@ -92,7 +101,14 @@ async fn scheduled_backup(
         .to_string()
         .replace([':', '-'], "");
     let path = dir.join(format!("orgkey-state-{stamp}.pgp"));
-    let size = write_state_backup(cfg, store, &path, "appliance", key).await?;
+    let bounded = SigningKey {
+        signer: Arc::new(WithDeadline {
+            inner: Arc::clone(&key.signer),
+            deadline: crate::maintenance::TOKEN_DEADLINE,
+        }),
+        ..key.clone()
+    };
+    let size = write_state_backup(cfg, store, &path, "appliance", &bounded).await?;
     // Keep the newest `keep` scheduled backups (names sort by time).
     let mut ours: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(ServiceError::io(format!("listing {}", dir.display())))?
@@ -111,4 +127,119 @@ async fn scheduled_backup(
         }
     }
     Ok((path, size))
+}
+
+/// Whether a backup failed because the token is down or did not answer.
+fn token_unavailable(e: &ServiceError) -> bool {
+    match e {
+        ServiceError::Pgp(PgpError::Signer(e)) => e.is_unavailable(),
+        ServiceError::Token(e) => e.is_unavailable(),
+        _ => false,
+    }
+}
+
+/// A signer that waits for the token's signature `deadline` at most. The
+/// backup signature is made deep inside a blocking task that also streams
+/// the snapshot, so the wait is bounded here, per signature: the token call
+/// runs on a helper thread, which is left to finish or fail on its own after
+/// the deadline (its signature is dropped).
+struct WithDeadline {
+    inner: Arc<dyn Signer>,
+    deadline: Duration,
+}
+
+impl Signer for WithDeadline {
+    fn public_key(&self) -> &PublicKey {
+        self.inner.public_key()
+    }
+
+    fn sign_digest(&self, alg: DigestAlgorithm, digest: &[u8]) -> Result<Vec<u8>, SignerError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let inner = Arc::clone(&self.inner);
+        let digest = digest.to_vec();
+        std::thread::Builder::new()
+            .name("backup-signature".into())
+            .spawn(move || {
+                // The receiver is gone after the deadline: nobody to tell.
+                let _ = tx.send(inner.sign_digest(alg, &digest));
+            })
+            .map_err(|e| SignerError::Failed(Box::new(e)))?;
+        match rx.recv_timeout(self.deadline) {
+            Ok(result) => result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(SignerError::Unavailable(
+                Box::new(crate::ca::DeadlinePassed {
+                    what: "signing a state backup",
+                    deadline: self.deadline,
+                }),
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(SignerError::Failed(
+                "the signing thread ended without an answer".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signer::testing::SoftP256;
+
+    /// Answers only once `release` is dropped.
+    struct Hung {
+        inner: SoftP256,
+        wait: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Signer for Hung {
+        fn public_key(&self) -> &PublicKey {
+            self.inner.public_key()
+        }
+
+        fn sign_digest(&self, alg: DigestAlgorithm, digest: &[u8]) -> Result<Vec<u8>, SignerError> {
+            let _ = self.wait.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            self.inner.sign_digest(alg, digest)
+        }
+    }
+
+    #[test]
+    fn a_backup_signature_waits_for_the_token_until_the_deadline() {
+        let digest = [7u8; 32];
+        let working = WithDeadline {
+            inner: Arc::new(SoftP256::new(1, false)),
+            deadline: Duration::from_secs(10),
+        };
+        assert_eq!(
+            working
+                .sign_digest(DigestAlgorithm::Sha256, &digest)
+                .unwrap()
+                .len(),
+            64
+        );
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let hung = WithDeadline {
+            inner: Arc::new(Hung {
+                inner: SoftP256::new(1, false),
+                wait: std::sync::Mutex::new(wait),
+            }),
+            deadline: Duration::from_millis(200),
+        };
+        let started = std::time::Instant::now();
+        let e = hung
+            .sign_digest(DigestAlgorithm::Sha256, &digest)
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(e.is_unavailable(), "{e:?}");
+        let why = std::error::Error::source(&e).map(|s| s.to_string());
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("did not answer within 200ms")),
+            "{why:?}"
+        );
+        // Marks the token down (the scheduler's test for it).
+        assert!(token_unavailable(&ServiceError::Pgp(PgpError::Signer(e))));
+        assert!(!token_unavailable(&ServiceError::Pgp(PgpError::Signer(
+            SignerError::Sealed
+        ))));
+        drop(release);
+    }
 }
