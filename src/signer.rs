@@ -307,6 +307,39 @@ pub(crate) mod testing {
             Ok(out)
         }
     }
+
+    /// A token that hangs: signs (as [`SoftP256`]) only once the sender
+    /// returned with it is dropped.
+    pub(crate) struct Hung {
+        inner: SoftP256,
+        wait: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Hung {
+        /// A hung signer with the key of `SoftP256::new(seed, false)`, and
+        /// the sender whose drop releases it.
+        pub(crate) fn new(seed: u8) -> (Hung, std::sync::mpsc::Sender<()>) {
+            let (release, wait) = std::sync::mpsc::channel();
+            (
+                Hung {
+                    inner: SoftP256::new(seed, false),
+                    wait: std::sync::Mutex::new(wait),
+                },
+                release,
+            )
+        }
+    }
+
+    impl Signer for Hung {
+        fn public_key(&self) -> &PublicKey {
+            self.inner.public_key()
+        }
+
+        fn sign_digest(&self, alg: DigestAlgorithm, digest: &[u8]) -> Result<Vec<u8>, SignerError> {
+            let _ = self.wait.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            self.inner.sign_digest(alg, digest)
+        }
+    }
 }
 
 /// A private key that decrypts (the org encryption subkey), behind the seam

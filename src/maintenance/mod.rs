@@ -587,30 +587,12 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::openpgp::{OrgKeyDraft, OrgKeyKeys};
-    use crate::signer::testing::SoftP256;
-    use crate::signer::{DigestAlgorithm, PublicKey};
+    use crate::signer::testing::{Hung, SoftP256};
+
     use std::time::UNIX_EPOCH;
 
     const T0: u64 = 1_800_000_000;
     const DAY: u64 = 86_400;
-
-    /// The org key's primary key in a "token" that answers only once the
-    /// test drops the sender.
-    struct Hung {
-        inner: SoftP256,
-        wait: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-    }
-
-    impl Signer for Hung {
-        fn public_key(&self) -> &PublicKey {
-            self.inner.public_key()
-        }
-
-        fn sign_digest(&self, alg: DigestAlgorithm, digest: &[u8]) -> Result<Vec<u8>, SignerError> {
-            let _ = self.wait.lock().unwrap_or_else(|p| p.into_inner()).recv();
-            self.inner.sign_digest(alg, digest)
-        }
-    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_token_that_hangs_fails_the_run_as_unavailable_at_the_deadline() {
@@ -634,13 +616,10 @@ mod tests {
         let store = Store::open(&dir.path().join("s.db"), true, clock.clone())
             .await
             .unwrap();
-        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (hung_signer, release) = Hung::new(1);
         let key = OrgSigner {
             org,
-            certifier: Arc::new(Hung {
-                inner: SoftP256::new(1, false),
-                wait: std::sync::Mutex::new(wait),
-            }),
+            certifier: Arc::new(hung_signer),
             cas: crate::ca::CaSet::default(),
         };
         let m = Maintenance {

@@ -407,27 +407,8 @@ pub fn decrypt_signed_by_org_key<R: Read + Send + Sync>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openpgp::{OrgKeyDraft, OrgKeyKeys};
+    use crate::openpgp::users::faulty_token_tests::org_key;
     use crate::signer::testing::SoftP256;
-
-    fn org_key() -> OrgKey {
-        let primary = SoftP256::new(1, false);
-        let signing = SoftP256::new(2, false);
-        let enc = SoftP256::new(3, false);
-        OrgKey::generate(
-            &OrgKeyDraft {
-                user_id: "Org <org@example.com>".into(),
-                created: SystemTime::now() - Duration::from_secs(60),
-                validity: Some(Duration::from_secs(365 * 86_400)),
-            },
-            OrgKeyKeys {
-                primary: &primary,
-                signing: &signing,
-                encryption: enc.public_key(),
-            },
-        )
-        .unwrap()
-    }
 
     #[test]
     fn a_state_backup_is_never_finished_with_a_bad_token_signature() {

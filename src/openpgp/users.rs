@@ -1266,13 +1266,14 @@ mod canonical_form_tests {
 }
 
 #[cfg(test)]
-mod faulty_token_tests {
+pub(crate) mod faulty_token_tests {
     use super::*;
     use crate::openpgp::{OrgKeyDraft, OrgKeyKeys, PendingSignature, SignMode};
     use crate::signer::testing::SoftP256;
     use pgp::cert::CertBuilder;
 
-    pub(super) fn org_key() -> OrgKey {
+    /// An org key made with in-memory signers 1 (primary), 2 (signing), 3 (encryption).
+    pub(crate) fn org_key() -> OrgKey {
         let primary = SoftP256::new(1, false);
         let signing = SoftP256::new(2, false);
         let enc = SoftP256::new(3, false);

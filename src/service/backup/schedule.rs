@@ -182,24 +182,7 @@ impl Signer for WithDeadline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signer::testing::SoftP256;
-
-    /// Answers only once `release` is dropped.
-    struct Hung {
-        inner: SoftP256,
-        wait: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-    }
-
-    impl Signer for Hung {
-        fn public_key(&self) -> &PublicKey {
-            self.inner.public_key()
-        }
-
-        fn sign_digest(&self, alg: DigestAlgorithm, digest: &[u8]) -> Result<Vec<u8>, SignerError> {
-            let _ = self.wait.lock().unwrap_or_else(|p| p.into_inner()).recv();
-            self.inner.sign_digest(alg, digest)
-        }
-    }
+    use crate::signer::testing::{Hung, SoftP256};
 
     #[test]
     fn a_backup_signature_waits_for_the_token_until_the_deadline() {
@@ -215,12 +198,9 @@ mod tests {
                 .len(),
             64
         );
-        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (hung_signer, release) = Hung::new(1);
         let hung = WithDeadline {
-            inner: Arc::new(Hung {
-                inner: SoftP256::new(1, false),
-                wait: std::sync::Mutex::new(wait),
-            }),
+            inner: Arc::new(hung_signer),
             deadline: Duration::from_millis(200),
         };
         let started = std::time::Instant::now();
