@@ -9,8 +9,12 @@ pub mod auth;
 pub mod client;
 mod error;
 mod hkp;
+mod ignition;
 mod limits;
 mod routes;
+mod shared;
+mod sign;
+mod status;
 mod users;
 mod x509;
 
@@ -369,8 +373,8 @@ pub fn fuzz_request_input(data: &[u8]) -> bool {
     let hkp = std::str::from_utf8(data)
         .ok()
         .is_some_and(|s| hkp::parse_search(s).is_ok());
-    let ignition = routes::parse_ignition_body(data).is_ok();
-    let change = routes::parse_passphrase_change(data).is_ok();
+    let ignition = ignition::parse_ignition_body(data).is_ok();
+    let change = ignition::parse_passphrase_change(data).is_ok();
     let revoke = x509::parse_revoke_body(data).is_ok();
     let bridge = x509::parse_bridge_body(data).is_ok();
     hkp || ignition || change || revoke || bridge
@@ -379,6 +383,60 @@ pub fn fuzz_request_input(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The route files, by module name.
+    const ROUTE_FILES: &[(&str, &str)] = &[
+        ("status", include_str!("status.rs")),
+        ("sign", include_str!("sign.rs")),
+        ("ignition", include_str!("ignition.rs")),
+        ("users", include_str!("users.rs")),
+        ("hkp", include_str!("hkp.rs")),
+        ("x509", include_str!("x509.rs")),
+    ];
+
+    /// The names a file reaches through `super::`: `super::a::b` gives
+    /// `a`, `use super::{a, b::c}` gives `a` and `b`.
+    fn super_names(text: &str) -> Vec<String> {
+        let ident = |s: &str| -> String {
+            s.trim_start()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect()
+        };
+        let mut names = Vec::new();
+        for (i, _) in text.match_indices("super::") {
+            let rest = &text[i + "super::".len()..];
+            match rest.strip_prefix('{') {
+                Some(inner) => {
+                    let group = &inner[..inner.find('}').unwrap_or(inner.len())];
+                    names.extend(group.split(',').map(ident).filter(|n| !n.is_empty()));
+                }
+                None => names.push(ident(rest)),
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn route_files_share_only_the_shared_module_never_each_other() {
+        let route_modules = [
+            "routes", "status", "sign", "ignition", "users", "hkp", "x509",
+        ];
+        for (name, text) in ROUTE_FILES {
+            for used in super_names(text) {
+                assert!(
+                    used == *name || !route_modules.contains(&used.as_str()),
+                    "src/api/{name}.rs reaches into the route file {used}.rs: \
+                     move what both need to shared.rs"
+                );
+            }
+        }
+        assert!(super_names("use super::shared::{a, b};").contains(&"shared".to_string()));
+        assert_eq!(
+            super_names("use super::{ApiError, users::x};"),
+            ["ApiError", "users"]
+        );
+    }
 
     #[test]
     fn backoff_starts_after_the_configured_failures_and_doubles_to_a_cap() {

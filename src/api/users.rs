@@ -2,7 +2,10 @@
 //! removal and activity.
 
 use super::auth::{Client, Scope, authenticate};
-use super::routes::{AppState, internal, rfc3339, signer_error, signing_key};
+use super::shared::{
+    AppState, internal, normalize_email, reserved_emails, rfc3339, signer_error, signing_key,
+    within_deadline,
+};
 use super::{ApiError, ApiState};
 use crate::config::managed_domain_of;
 use crate::openpgp::{CertifyOutcome, CertifyRequest, PgpError, UserKey, certify as certify_key};
@@ -53,17 +56,6 @@ fn pgp_error(st: &ApiState, e: PgpError, client: &str) -> ApiError {
             ApiError::internal()
         }
     }
-}
-
-/// Normalizes an email from a URL or query the way user IDs are normalized
-/// (ASCII domains): lower-case, no surrounding angle brackets.
-pub(super) fn normalize_email(s: &str) -> Option<String> {
-    let s = s.trim().trim_start_matches('<').trim_end_matches('>');
-    let (local, domain) = s.rsplit_once('@')?;
-    if local.is_empty() || domain.is_empty() || s.chars().any(|c| c.is_whitespace()) {
-        return None;
-    }
-    Some(s.to_lowercase())
 }
 
 fn store_err(what: &'static str) -> impl FnOnce(StoreError) -> ApiError {
@@ -119,7 +111,7 @@ pub(super) async fn certify(
             .org_key_fingerprints()
             .await
             .map_err(store_err("reading org keys failed"))?;
-        let reserved = super::routes::reserved_emails(&st).await?;
+        let reserved = reserved_emails(&st).await?;
         let k = Arc::clone(&key);
         let validity = st.users.certification_validity;
         let task = tokio::task::spawn_blocking(move || {
@@ -141,7 +133,7 @@ pub(super) async fn certify(
                 },
             )
         });
-        let outcome = super::routes::within_deadline(&st, "certifying", task)
+        let outcome = within_deadline(&st, "certifying", task)
             .await?
             .map_err(|e| pgp_error(&st, e, &client.name))?;
         if outcome.certified.is_empty() {
