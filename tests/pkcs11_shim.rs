@@ -404,7 +404,7 @@ async fn a_device_error_during_a_scheduled_state_backup_starts_recovery() {
     assert!(audit.contains("token unavailable"), "{audit}");
     wait_for_audit(&a, "token-recovered\tok", 15).await;
     wait_for_state(&s, "ignited", 10).await;
-    let status = get_json(&s, "/v1/status").await;
+    let status = admin_status(&s, &admin).await;
     assert_eq!(status["backup"]["outcome"], "failed", "{status}");
     s.stop();
 }

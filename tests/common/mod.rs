@@ -417,6 +417,20 @@ pub async fn get(s: &Server, path: &str) -> reqwest::Response {
     http().get(s.url(path)).send().await.unwrap()
 }
 
+/// `GET /v1/status` with the token of an admin client: the answer with the
+/// details only admins see (token, maintenance, backups, caches).
+pub async fn admin_status(s: &Server, admin: &str) -> serde_json::Value {
+    http()
+        .get(s.url("/v1/status"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// GET `path` and parse the JSON body.
 pub async fn get_json(s: &Server, path: &str) -> serde_json::Value {
     get(s, path).await.json().await.unwrap()
