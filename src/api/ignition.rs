@@ -41,7 +41,7 @@ pub(super) async fn ignite(
     body: Body,
 ) -> Result<Response, ApiError> {
     let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
-    let raw = small_json_body(&headers, body).await?;
+    let raw = small_json_body(&st, &client.name, &headers, body).await?;
     let parsed = parse_ignition_body(&raw);
     wipe(raw);
     let req = parsed
@@ -74,7 +74,7 @@ pub(super) async fn change_passphrase(
 ) -> Result<Response, ApiError> {
     use secrecy::ExposeSecret;
     let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
-    let raw = small_json_body(&headers, body).await?;
+    let raw = small_json_body(&st, &client.name, &headers, body).await?;
     let parsed = parse_passphrase_change(&raw);
     wipe(raw);
     let req = parsed.map_err(|_| {

@@ -15,11 +15,13 @@ mod routes;
 mod shared;
 mod sign;
 mod status;
+mod transport;
 mod users;
 mod x509;
 
 pub use error::ApiError;
 pub use limits::RateLimiter;
+pub use transport::ConnectionLimits;
 
 use crate::clock::Clock;
 use crate::config::{IgnitionConfig, TlsFiles};
@@ -184,6 +186,9 @@ pub struct ApiState {
     pub ignition: IgnitionConfig,
     /// `/v1/sign` body limit in bytes.
     pub max_body: u64,
+    /// How long a client has to send a request body (`[server]
+    /// body_timeout`), from when the handler starts reading it.
+    pub body_timeout: Duration,
     /// Token facts for `/v1/status`.
     pub token: TokenFacts,
     /// Certification of managed-domain users.
@@ -296,6 +301,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// TLS files; None for plaintext.
     pub tls: Option<TlsFiles>,
+    /// Connection cap and timeouts.
+    pub limits: ConnectionLimits,
 }
 
 /// API server errors.
@@ -332,6 +339,7 @@ pub async fn serve(
         shutdown_handle.graceful_shutdown(Some(Duration::from_secs(10)));
     });
     let tls = listener.tls.is_some();
+    let limits = listener.limits;
     let server = async {
         match &listener.tls {
             Some(files) => {
@@ -343,17 +351,47 @@ pub async fn serve(
                             files: format!("{} / {}", files.cert.display(), files.key.display()),
                             source,
                         })?;
-                axum_server::bind_rustls(listener.addr, cfg)
-                    .handle(handle.clone())
-                    .serve(app.into_make_service())
+                let mut server = axum_server::bind_rustls(listener.addr, cfg)
+                    .map(|tls| {
+                        transport::WatchingAcceptor::new(
+                            tls.handshake_timeout(limits.header_read_timeout),
+                            limits,
+                        )
+                    })
+                    .handle(handle.clone());
+                server
+                    .http_builder()
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.hyper_header_read_timeout());
+                server
+                    .serve(transport::Admission::new(
+                        app.into_make_service(),
+                        limits.max_connections,
+                    ))
                     .await
                     .map_err(ServeError::from)
             }
-            None => axum_server::bind(listener.addr)
-                .handle(handle.clone())
-                .serve(app.into_make_service())
-                .await
-                .map_err(ServeError::from),
+            None => {
+                let mut server = axum_server::bind(listener.addr)
+                    .acceptor(transport::WatchingAcceptor::new(
+                        axum_server::accept::DefaultAcceptor::new(),
+                        limits,
+                    ))
+                    .handle(handle.clone());
+                server
+                    .http_builder()
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.hyper_header_read_timeout());
+                server
+                    .serve(transport::Admission::new(
+                        app.into_make_service(),
+                        limits.max_connections,
+                    ))
+                    .await
+                    .map_err(ServeError::from)
+            }
         }
     };
     let announce = async {

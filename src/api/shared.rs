@@ -129,8 +129,52 @@ pub(super) fn signer_error(st: &ApiState, e: &SignerError) -> ApiError {
     }
 }
 
-/// Reads a small JSON body with a size limit and the right content type.
-pub(super) async fn small_json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// When a request body must have arrived by: `[server] body_timeout` from
+/// now (when the handler starts reading it). A client that sends slowly, or
+/// stops mid-body, holds a request no longer than that.
+pub(super) fn body_deadline(st: &ApiState) -> tokio::time::Instant {
+    tokio::time::Instant::now() + st.body_timeout
+}
+
+/// The answer to a body that missed its deadline: 408, and the connection
+/// is closed after it (the rest of the body may still be coming).
+pub(super) fn body_too_slow(st: &ApiState, client: &str, received: u64) -> ApiError {
+    tracing::warn!(
+        client,
+        received,
+        body_timeout = ?st.body_timeout,
+        "a request body did not arrive within [server] body_timeout; connection closed"
+    );
+    ApiError::body_timeout(st.body_timeout)
+}
+
+/// Reads a whole request body of at most `limit` bytes by the body
+/// deadline.
+pub(super) async fn read_body(
+    st: &ApiState,
+    client: &str,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let collect = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout_at(body_deadline(st), collect).await {
+        Err(_) => Err(body_too_slow(st, client, 0)),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::too_large(limit as u64))
+        }
+        Ok(Err(_)) => Err(ApiError::bad_request("could not read the request body")),
+    }
+}
+
+/// Reads a small JSON body with a size limit and the right content type,
+/// by the body deadline.
+pub(super) async fn small_json_body(
+    st: &ApiState,
+    client: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -143,14 +187,7 @@ pub(super) async fn small_json_body(headers: &HeaderMap, body: Body) -> Result<B
             "expected Content-Type: application/json",
         ));
     }
-    let limited = http_body_util::Limited::new(body, MAX_JSON_BODY);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::too_large(MAX_JSON_BODY as u64))
-        }
-        Err(_) => Err(ApiError::bad_request("could not read the request body")),
-    }
+    read_body(st, client, body, MAX_JSON_BODY).await
 }
 
 /// Normalizes an email from a URL or query the way user IDs are normalized

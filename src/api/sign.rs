@@ -3,7 +3,7 @@
 
 use super::ApiError;
 use super::auth::{Scope, authenticate};
-use super::shared::{AppState, internal, signer_error, signing_key};
+use super::shared::{AppState, body_deadline, body_too_slow, internal, signer_error, signing_key};
 use crate::openpgp::{PendingSignature, PgpError, SignMode};
 use crate::store::AuditEvent;
 use axum::body::Body;
@@ -51,8 +51,15 @@ pub(super) async fn sign(
     let key = signing_key(&st)?;
     let mut pending = PendingSignature::new(&key.org, key.signer.as_ref(), mode)
         .map_err(internal("starting a signature failed"))?;
+    let deadline = body_deadline(&st);
     let mut body = body;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            // No signature for a body that did not arrive in time.
+            Err(_) => return Err(body_too_slow(&st, &client.name, pending.len())),
+        };
         let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
         if let Ok(chunk) = frame.into_data() {
             if pending.len() + chunk.len() as u64 > st.max_body {

@@ -3,19 +3,18 @@
 
 use super::auth::{Client, Scope, authenticate};
 use super::shared::{
-    AppState, internal, normalize_email, reserved_emails, rfc3339, signer_error, signing_key,
-    within_deadline,
+    AppState, internal, normalize_email, read_body, reserved_emails, rfc3339, signer_error,
+    signing_key, within_deadline,
 };
 use super::{ApiError, ApiState};
 use crate::config::managed_domain_of;
 use crate::openpgp::{CertifyOutcome, CertifyRequest, PgpError, UserKey, certify as certify_key};
 use crate::store::{AuditEvent, SaveUserKey, StoreError, UserRecord, UserState};
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,16 +24,6 @@ pub(super) const MAX_CERT_BODY: usize = 1024 * 1024;
 
 /// Attempts when a concurrent write to the same key wins the race.
 const SAVE_ATTEMPTS: usize = 3;
-
-async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::too_large(limit as u64))
-        }
-        Err(_) => Err(ApiError::bad_request("could not read the request body")),
-    }
-}
 
 fn pgp_error(st: &ApiState, e: PgpError, client: &str) -> ApiError {
     match e {
@@ -77,7 +66,7 @@ pub(super) async fn certify(
     {
         return Err(ApiError::too_large(MAX_CERT_BODY as u64));
     }
-    let bytes = read_limited(body, MAX_CERT_BODY).await?;
+    let bytes = read_body(&st, &client.name, body, MAX_CERT_BODY).await?;
     if bytes.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -3,8 +3,8 @@
 
 use super::auth::{Scope, authenticate};
 use super::shared::{
-    AppState, internal, normalize_email, reserved_emails, servable_user, signer_error, signing_key,
-    small_json_body, within_deadline,
+    AppState, internal, normalize_email, read_body, reserved_emails, servable_user, signer_error,
+    signing_key, small_json_body, within_deadline,
 };
 use super::{ApiError, ApiState, SigningKey};
 use crate::ca::{self, CaError, Issue, LoadedCa, Source};
@@ -16,7 +16,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -178,16 +177,7 @@ pub(super) async fn issue(
     let client = authenticate(&st, &headers, Some(Scope::Issue)).await?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
-    let bytes = match http_body_util::Limited::new(body, MAX_CSR_BODY)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::too_large(MAX_CSR_BODY as u64));
-        }
-        Err(_) => return Err(ApiError::bad_request("could not read the request body")),
-    };
+    let bytes = read_body(&st, &client.name, body, MAX_CSR_BODY).await?;
     let key = signing_key(&st)?;
     let mut req = parse_user_csr(&bytes).map_err(|e| ca_error(&st, e.into(), &client.name))?;
     // The only name a certificate carries is one the org key certified.
@@ -244,7 +234,7 @@ pub(super) async fn issue_from_openpgp(
     let client = authenticate(&st, &headers, Some(Scope::Issue)).await?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
-    let raw = small_json_body(&headers, body).await?;
+    let raw = small_json_body(&st, &client.name, &headers, body).await?;
     let req = parse_bridge_body(&raw)
         .map_err(|_| ApiError::bad_request("expected a JSON object {\"email\": \"...\"}"))?;
     let email = normalize_email(&req.email)
@@ -319,7 +309,7 @@ pub(super) async fn revoke(
     body: Body,
 ) -> Result<Response, ApiError> {
     let client = authenticate(&st, &headers, Some(Scope::Revoke)).await?;
-    let raw = small_json_body(&headers, body).await?;
+    let raw = small_json_body(&st, &client.name, &headers, body).await?;
     let req = parse_revoke_body(&raw).map_err(|_| {
         ApiError::bad_request("expected a JSON object {\"serial\": \"<hex>\", \"reason\": \"...\"}")
     })?;

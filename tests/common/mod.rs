@@ -230,6 +230,12 @@ impl Appliance {
         self.start_server(c, &[], &[])
     }
 
+    /// Starts `orgkey serve` on a free loopback port through `c` (a wrapper
+    /// such as `bash -c 'ulimit ...; exec "$0" "$@"' orgkey`).
+    pub fn serve_command(&self, c: Command) -> Server {
+        self.start_server(c, &[], &[])
+    }
+
     fn start_server(&self, mut c: Command, extra: &[&str], env: &[(&str, &str)]) -> Server {
         // The log goes to a file: a pipe nobody reads would block the
         // server once it fills (a token outage logs a line per request).
