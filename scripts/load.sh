@@ -40,6 +40,8 @@ export ORGKEY_CONFIG="$work/data/orgkey.toml" ORGKEY_LOG=warn
 "$bin" org-key generate --uid "Load <load@example.com>" --passphrase-file "$work/pin" >/dev/null
 "$bin" org-cert self-sign --subject "CN=Load Org CA" --passphrase-file "$work/pin" >/dev/null
 "$bin" client add load --scopes sign,certify,issue --token-out "$work/token" 2>/dev/null
+# /v1/status shows token sessions and caches to admin clients only.
+"$bin" client add ops --scopes admin --token-out "$work/admin.token" 2>/dev/null
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/u.key" \
   -out "$work/u.csr" -subj "/emailAddress=load@example.com" 2>/dev/null
 
@@ -56,7 +58,7 @@ sample() {
   rss=$(awk '/^RssAnon/ {a=$2} /^RssFile/ {f=$2} /^RssShmem/ {s=$2} END {print a+f+s " (anon " a ", file " f+s ")"}' "/proc/$server/status")
   fds=$(ls "/proc/$server/fd" | wc -l)
   threads=$(awk '/^Threads/ {print $2}' "/proc/$server/status")
-  status=$(curl -s "$url/v1/status")
+  status=$(curl -s -H "Authorization: Bearer $(cat "$work/admin.token")" "$url/v1/status")
   sessions=$(echo "$status" | sed -n 's/.*"token_sessions":\([0-9]*\).*/\1/p')
   cache=$(echo "$status" | sed -n 's/.*"openpgp_verification_cache":\([0-9]*\).*/\1/p')
   echo "rss_kib=$rss fds=$fds threads=$threads token_sessions=$sessions openpgp_verification_cache=$cache"

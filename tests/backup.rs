@@ -670,7 +670,7 @@ async fn serve_writes_scheduled_state_backups_and_reports_them() {
     // Sealed, the org key cannot sign a backup: it waits for ignition.
     let mut status = serde_json::Value::Null;
     for _ in 0..100 {
-        status = get_json(&s, "/v1/status").await;
+        status = admin_status(&s, &admin).await;
         if !status["backup"].is_null() {
             break;
         }
@@ -679,7 +679,7 @@ async fn serve_writes_scheduled_state_backups_and_reports_them() {
     assert_eq!(status["backup"]["outcome"], "skipped", "{status}");
     assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
     for _ in 0..200 {
-        status = get_json(&s, "/v1/status").await;
+        status = admin_status(&s, &admin).await;
         if status["backup"]["outcome"] != "skipped" {
             break;
         }

@@ -412,7 +412,7 @@ async fn seal_and_restart_return_to_sealed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let st: serde_json::Value = get_json(&s, "/v1/status").await;
+    let st: serde_json::Value = admin_status(&s, &admin).await;
     assert_eq!(st["state"], "ignited");
     assert_eq!(st["token"]["label"], "orgkey");
     assert!(!st.to_string().contains(PASSPHRASE));
@@ -469,6 +469,86 @@ async fn seal_and_restart_return_to_sealed() {
     drop(s);
     let list = a.ok(&["audit", "list"], false);
     assert!(list.contains("\tseal\tok"), "{list}");
+}
+
+/// `/v1/status` without a token tells a probe what it needs and nothing
+/// about the host; the details (token, backups with their file, maintenance)
+/// need an admin token, and a bad token is refused as everywhere.
+#[tokio::test]
+async fn status_details_are_for_admins_only() {
+    let a = Appliance::with_org_key("p256");
+    a.set_config("backup.dir", "scheduled");
+    a.set_config("backup.interval", "1m");
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gw", "sign");
+    let s = a.serve(&["--ignition-passphrase-file", a.pin_file.to_str().unwrap()]);
+    // Wait for the scheduled backup: its report names the file.
+    let mut details = serde_json::Value::Null;
+    for _ in 0..300 {
+        details = admin_status(&s, &admin).await;
+        if details["backup"]["outcome"] == "ok" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(details["backup"]["outcome"], "ok", "{details}");
+    let file = details["backup"]["file"].as_str().unwrap().to_string();
+    assert!(file.contains("scheduled"), "{file}");
+    assert_eq!(details["token"]["label"], "orgkey");
+    assert!(details["token_sessions"].is_u64(), "{details}");
+    assert!(details["openpgp_verification_cache"].is_u64(), "{details}");
+    assert!(
+        details["org_key"]["signing_subkey"].is_string(),
+        "{details}"
+    );
+    let fpr = details["org_key"]["fingerprint"].as_str().unwrap();
+
+    let public_view = |st: serde_json::Value| {
+        let keys: Vec<&String> = st.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["org_key", "state", "token_down", "version"],
+            "public status: {st}"
+        );
+        assert_eq!(st["state"], "ignited");
+        assert_eq!(st["token_down"], false);
+        assert_eq!(st["org_key"]["fingerprint"], fpr);
+        assert!(st["org_key"].as_object().unwrap().contains_key("expires"));
+        assert_eq!(st["org_key"].as_object().unwrap().len(), 2, "{st}");
+        let text = st.to_string();
+        assert!(!text.contains(&file), "{text}");
+        assert!(!text.contains(a.dir.path().to_str().unwrap()), "{text}");
+    };
+    public_view(get_json(&s, "/v1/status").await);
+    // A valid client without the admin scope sees the public answer.
+    let r = http()
+        .get(s.url("/v1/status"))
+        .bearer_auth(&gw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    public_view(r.json().await.unwrap());
+    // A bad token is 401, not a silent public answer.
+    for bad in [
+        format!("{}x", &admin),
+        "okc_0123456789abcdef_nope".to_string(),
+    ] {
+        let r = http()
+            .get(s.url("/v1/status"))
+            .bearer_auth(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 401, "unauthorized").await;
+    }
+    let r = http()
+        .get(s.url("/v1/status"))
+        .header("authorization", "Basic YWRtaW46YWRtaW4=")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 401, "unauthorized").await;
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 //! test-only module wrapping SoftHSM2) answers CKR_PIN_LOCKED, flips a bit
 //! in every Nth signature, or fails every Nth C_Sign with CKR_DEVICE_ERROR.
 //! The appliance must report a locked PIN, never return a bad signature,
-//! and recover from the device error by itself.
+//! and recover from the device error by itself. The shim also plays a token
+//! that refuses CKA_WRAP_WITH_TRUSTED in key templates, which the HSM
+//! profile must account for.
 
 mod common;
 use common::*;
@@ -404,7 +406,76 @@ async fn a_device_error_during_a_scheduled_state_backup_starts_recovery() {
     assert!(audit.contains("token unavailable"), "{audit}");
     wait_for_audit(&a, "token-recovered\tok", 15).await;
     wait_for_state(&s, "ignited", 10).await;
-    let status = get_json(&s, "/v1/status").await;
+    let status = admin_status(&s, &admin).await;
     assert_eq!(status["backup"]["outcome"], "failed", "{status}");
     s.stop();
+}
+
+/// Points `a` at a copy of the suite's HSM profile changed by `edit`.
+fn use_profile(a: &Appliance, edit: impl FnOnce(&mut toml::Table)) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join(format!("hsm-profiles/{}.toml", test_profile())))
+        .unwrap();
+    let mut profile: toml::Table = text.parse().unwrap();
+    edit(&mut profile);
+    let path = a.path("profile.toml");
+    std::fs::write(&path, toml::to_string(&profile).unwrap()).unwrap();
+    a.set_config("token.profile", path.display().to_string());
+}
+
+const GENERATE: &[&str] = &[
+    "org-key",
+    "generate",
+    "--algorithm",
+    "p256",
+    "--uid",
+    "Example Org Key <orgkey@example.com>",
+];
+
+/// A token that refuses CKA_WRAP_WITH_TRUSTED in key templates (the
+/// YubiHSM 2 does): with a profile that says so, org keys are generated
+/// without it, non-exportable, and pass `token check`; with a profile that
+/// does not, the refusal names the profile setting and leaves nothing behind.
+#[test]
+fn a_token_that_refuses_wrap_with_trusted_is_handled_by_its_profile() {
+    let refusing = [("ORGKEY_SHIM_REJECT_WRAP_WITH_TRUSTED", "1")];
+
+    // The default profile (exportable keys, the attribute taken as
+    // accepted): the token's refusal says which setting to change.
+    let a = Appliance::new();
+    through_shim(&a, &refusing);
+    if !profile().keys.exportable {
+        use_profile(&a, |p| {
+            config_table(p, "keys").insert("exportable".into(), true.into());
+        });
+    }
+    let err = a.refused(GENERATE, true, "CKR_ATTRIBUTE_TYPE_INVALID");
+    assert!(err.contains("wrap_with_trusted = false"), "{err}");
+    assert!(err.contains("[keys]"), "{err}");
+    a.refused(&["org-key", "show"], false, "no org key yet");
+    let check = a.ok(&["token", "check"], true);
+    assert!(check.contains("0 private key object(s)"), "{check}");
+
+    // A profile that says the token lacks it: the keys are made without it.
+    let b = Appliance::new();
+    through_shim(&b, &refusing);
+    use_profile(&b, |p| {
+        let keys = config_table(p, "keys");
+        keys.insert("exportable".into(), true.into());
+        keys.insert("wrap_with_trusted".into(), false.into());
+    });
+    let out = b.ok(GENERATE, true);
+    assert!(out.contains("non-exportable"), "{out}");
+    assert!(out.contains("wrap_with_trusted = false"), "{out}");
+    let show = b.ok(&["org-key", "show"], false);
+    assert!(show.contains("exportable:       no"), "{show}");
+    let check = b.ok(&["token", "check"], true);
+    assert!(check.contains("token check passed"), "{check}");
+    assert_eq!(
+        check
+            .matches("EXTRACTABLE=false NEVER_EXTRACTABLE=true WRAP_WITH_TRUSTED=false")
+            .count(),
+        3,
+        "{check}"
+    );
 }

@@ -351,7 +351,7 @@ async fn bad_certify_requests_get_clear_errors_and_change_nothing() {
 /// key's self-signatures may (decision 0013).
 #[tokio::test]
 async fn requests_do_not_grow_the_openpgp_verification_cache() {
-    let (a, s, _admin, gw) = ignited().await;
+    let (a, s, admin, gw) = ignited().await;
     let signer = a.client("signer", "sign");
     let alice = Gpg::new();
     let fpr = alice.gen_key("Alice <alice@example.com>", "ed25519", "1y", &[]);
@@ -362,7 +362,7 @@ async fn requests_do_not_grow_the_openpgp_verification_cache() {
         post(&s, "/v1/certify", &gw, key.clone()).await.status(),
         200
     );
-    let before = cache(&get_json(&s, "/v1/status").await);
+    let before = cache(&admin_status(&s, &admin).await);
     for i in 0..20 {
         let r = post(&s, "/v1/sign", &signer, format!("message {i}").into()).await;
         assert_eq!(r.status(), 200);
@@ -373,7 +373,7 @@ async fn requests_do_not_grow_the_openpgp_verification_cache() {
             200
         );
     }
-    assert_eq!(cache(&get_json(&s, "/v1/status").await), before);
+    assert_eq!(cache(&admin_status(&s, &admin).await), before);
 
     // A key it has not seen before is verified (and cached) once.
     let bob = Gpg::new();
@@ -384,7 +384,7 @@ async fn requests_do_not_grow_the_openpgp_verification_cache() {
             .status(),
         200
     );
-    assert!(cache(&get_json(&s, "/v1/status").await) > before);
+    assert!(cache(&admin_status(&s, &admin).await) > before);
 }
 
 /// `(key fingerprint, validity, user ID)` of every user ID gpg lists for

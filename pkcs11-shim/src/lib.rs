@@ -13,6 +13,10 @@
 //!   when it begins and a line with its return value (decimal CK_RV) when it
 //!   ends, so tests can count attempts and see one in progress.
 //! - `ORGKEY_SHIM_LOGIN_DELAY_MS=N`: every C_Login first sleeps N ms.
+//! - `ORGKEY_SHIM_REJECT_WRAP_WITH_TRUSTED=1`: C_GenerateKeyPair,
+//!   C_CreateObject and C_UnwrapKey answer CKR_ATTRIBUTE_TYPE_INVALID when a
+//!   template carries CKA_WRAP_WITH_TRUSTED, as the YubiHSM 2 module does
+//!   (hsm-profiles/yubihsm2.toml).
 
 #![allow(non_snake_case)]
 
@@ -30,6 +34,7 @@ struct Shim {
     delay_ms: u64,
     login_log: Option<std::path::PathBuf>,
     login_delay_ms: u64,
+    reject_wrap_with_trusted: bool,
     signs: AtomicU64,
 }
 
@@ -64,6 +69,9 @@ fn load() -> Result<Shim, String> {
     ours.C_GetFunctionList = Some(C_GetFunctionList);
     ours.C_Login = Some(shim_login);
     ours.C_Sign = Some(shim_sign);
+    ours.C_GenerateKeyPair = Some(shim_generate_key_pair);
+    ours.C_CreateObject = Some(shim_create_object);
+    ours.C_UnwrapKey = Some(shim_unwrap_key);
     Ok(Shim {
         _lib: lib,
         real,
@@ -74,6 +82,7 @@ fn load() -> Result<Shim, String> {
         delay_ms: env_u64("ORGKEY_SHIM_DELAY_MS"),
         login_log: std::env::var_os("ORGKEY_SHIM_LOGIN_LOG").map(Into::into),
         login_delay_ms: env_u64("ORGKEY_SHIM_LOGIN_DELAY_MS"),
+        reject_wrap_with_trusted: env_u64("ORGKEY_SHIM_REJECT_WRAP_WITH_TRUSTED") == 1,
         signs: AtomicU64::new(0),
     })
 }
@@ -158,6 +167,111 @@ unsafe extern "C" fn shim_sign(
         }
     }
     rv
+}
+
+/// Whether the shim refuses this template: it carries CKA_WRAP_WITH_TRUSTED
+/// and the shim plays a token that does not know the attribute.
+///
+/// # Safety
+/// `template` points to `count` attributes (or is null with `count` 0), as
+/// PKCS#11 requires of the caller.
+unsafe fn refused(s: &Shim, template: *const CK_ATTRIBUTE, count: CK_ULONG) -> bool {
+    if !s.reject_wrap_with_trusted || template.is_null() {
+        return false;
+    }
+    // SAFETY: see the function's contract.
+    let attrs = unsafe { std::slice::from_raw_parts(template, count as usize) };
+    attrs.iter().any(|a| a.type_ == CKA_WRAP_WITH_TRUSTED)
+}
+
+unsafe extern "C" fn shim_generate_key_pair(
+    session: CK_SESSION_HANDLE,
+    mechanism: *mut CK_MECHANISM,
+    public: *mut CK_ATTRIBUTE,
+    public_count: CK_ULONG,
+    private: *mut CK_ATTRIBUTE,
+    private_count: CK_ULONG,
+    public_handle: *mut CK_OBJECT_HANDLE,
+    private_handle: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    let Some(s) = shim() else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: the caller's templates, as PKCS#11 requires them.
+    if unsafe { refused(s, public, public_count) || refused(s, private, private_count) } {
+        return CKR_ATTRIBUTE_TYPE_INVALID;
+    }
+    match s.real.C_GenerateKeyPair {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        Some(f) => unsafe {
+            f(
+                session,
+                mechanism,
+                public,
+                public_count,
+                private,
+                private_count,
+                public_handle,
+                private_handle,
+            )
+        },
+        None => CKR_FUNCTION_NOT_SUPPORTED,
+    }
+}
+
+unsafe extern "C" fn shim_create_object(
+    session: CK_SESSION_HANDLE,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    handle: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    let Some(s) = shim() else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: the caller's template, as PKCS#11 requires it.
+    if unsafe { refused(s, template, count) } {
+        return CKR_ATTRIBUTE_TYPE_INVALID;
+    }
+    match s.real.C_CreateObject {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        Some(f) => unsafe { f(session, template, count, handle) },
+        None => CKR_FUNCTION_NOT_SUPPORTED,
+    }
+}
+
+unsafe extern "C" fn shim_unwrap_key(
+    session: CK_SESSION_HANDLE,
+    mechanism: *mut CK_MECHANISM,
+    unwrapping_key: CK_OBJECT_HANDLE,
+    wrapped: *mut CK_BYTE,
+    wrapped_len: CK_ULONG,
+    template: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    handle: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    let Some(s) = shim() else {
+        return CKR_GENERAL_ERROR;
+    };
+    // SAFETY: the caller's template, as PKCS#11 requires it.
+    if unsafe { refused(s, template, count) } {
+        return CKR_ATTRIBUTE_TYPE_INVALID;
+    }
+    match s.real.C_UnwrapKey {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        Some(f) => unsafe {
+            f(
+                session,
+                mechanism,
+                unwrapping_key,
+                wrapped,
+                wrapped_len,
+                template,
+                count,
+                handle,
+            )
+        },
+        None => CKR_FUNCTION_NOT_SUPPORTED,
+    }
 }
 
 /// The module's entry point.

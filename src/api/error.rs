@@ -139,6 +139,19 @@ impl ApiError {
         )
     }
 
+    /// 408 for a request body that did not arrive within `[server]
+    /// body_timeout`; the connection is closed after it.
+    pub fn body_timeout(after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(after)
+            ),
+        )
+    }
+
     /// 413 for bodies over the limit.
     pub fn too_large(limit: u64) -> Self {
         Self::new(
@@ -156,6 +169,12 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: this connection
+            // cannot carry another request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status == StatusCode::UNAUTHORIZED && self.code == "unauthorized" {
             resp.headers_mut()

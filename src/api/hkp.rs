@@ -8,8 +8,7 @@
 //! counts as activity of the user it looks up.
 
 use super::auth::{Scope, authenticate};
-use super::routes::{AppState, internal, load_org_key, servable_user};
-use super::users::normalize_email;
+use super::shared::{AppState, internal, load_org_key, normalize_email, servable_user};
 use super::{ApiError, ApiState};
 use crate::openpgp::{OrgKey, UserKey, hkp_index};
 use crate::store::UserState;

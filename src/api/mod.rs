@@ -9,13 +9,19 @@ pub mod auth;
 pub mod client;
 mod error;
 mod hkp;
+mod ignition;
 mod limits;
 mod routes;
+mod shared;
+mod sign;
+mod status;
+mod transport;
 mod users;
 mod x509;
 
 pub use error::ApiError;
 pub use limits::RateLimiter;
+pub use transport::ConnectionLimits;
 
 use crate::clock::Clock;
 use crate::config::{IgnitionConfig, TlsFiles};
@@ -180,6 +186,9 @@ pub struct ApiState {
     pub ignition: IgnitionConfig,
     /// `/v1/sign` body limit in bytes.
     pub max_body: u64,
+    /// How long a client has to send a request body (`[server]
+    /// body_timeout`), from when the handler starts reading it.
+    pub body_timeout: Duration,
     /// Token facts for `/v1/status`.
     pub token: TokenFacts,
     /// Certification of managed-domain users.
@@ -292,6 +301,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// TLS files; None for plaintext.
     pub tls: Option<TlsFiles>,
+    /// Connection cap and timeouts.
+    pub limits: ConnectionLimits,
 }
 
 /// API server errors.
@@ -328,6 +339,7 @@ pub async fn serve(
         shutdown_handle.graceful_shutdown(Some(Duration::from_secs(10)));
     });
     let tls = listener.tls.is_some();
+    let limits = listener.limits;
     let server = async {
         match &listener.tls {
             Some(files) => {
@@ -339,17 +351,47 @@ pub async fn serve(
                             files: format!("{} / {}", files.cert.display(), files.key.display()),
                             source,
                         })?;
-                axum_server::bind_rustls(listener.addr, cfg)
-                    .handle(handle.clone())
-                    .serve(app.into_make_service())
+                let mut server = axum_server::bind_rustls(listener.addr, cfg)
+                    .map(|tls| {
+                        transport::WatchingAcceptor::new(
+                            tls.handshake_timeout(limits.header_read_timeout),
+                            limits,
+                        )
+                    })
+                    .handle(handle.clone());
+                server
+                    .http_builder()
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.hyper_header_read_timeout());
+                server
+                    .serve(transport::Admission::new(
+                        app.into_make_service(),
+                        limits.max_connections,
+                    ))
                     .await
                     .map_err(ServeError::from)
             }
-            None => axum_server::bind(listener.addr)
-                .handle(handle.clone())
-                .serve(app.into_make_service())
-                .await
-                .map_err(ServeError::from),
+            None => {
+                let mut server = axum_server::bind(listener.addr)
+                    .acceptor(transport::WatchingAcceptor::new(
+                        axum_server::accept::DefaultAcceptor::new(),
+                        limits,
+                    ))
+                    .handle(handle.clone());
+                server
+                    .http_builder()
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.hyper_header_read_timeout());
+                server
+                    .serve(transport::Admission::new(
+                        app.into_make_service(),
+                        limits.max_connections,
+                    ))
+                    .await
+                    .map_err(ServeError::from)
+            }
         }
     };
     let announce = async {
@@ -369,8 +411,8 @@ pub fn fuzz_request_input(data: &[u8]) -> bool {
     let hkp = std::str::from_utf8(data)
         .ok()
         .is_some_and(|s| hkp::parse_search(s).is_ok());
-    let ignition = routes::parse_ignition_body(data).is_ok();
-    let change = routes::parse_passphrase_change(data).is_ok();
+    let ignition = ignition::parse_ignition_body(data).is_ok();
+    let change = ignition::parse_passphrase_change(data).is_ok();
     let revoke = x509::parse_revoke_body(data).is_ok();
     let bridge = x509::parse_bridge_body(data).is_ok();
     hkp || ignition || change || revoke || bridge
@@ -379,6 +421,60 @@ pub fn fuzz_request_input(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The route files, by module name.
+    const ROUTE_FILES: &[(&str, &str)] = &[
+        ("status", include_str!("status.rs")),
+        ("sign", include_str!("sign.rs")),
+        ("ignition", include_str!("ignition.rs")),
+        ("users", include_str!("users.rs")),
+        ("hkp", include_str!("hkp.rs")),
+        ("x509", include_str!("x509.rs")),
+    ];
+
+    /// The names a file reaches through `super::`: `super::a::b` gives
+    /// `a`, `use super::{a, b::c}` gives `a` and `b`.
+    fn super_names(text: &str) -> Vec<String> {
+        let ident = |s: &str| -> String {
+            s.trim_start()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect()
+        };
+        let mut names = Vec::new();
+        for (i, _) in text.match_indices("super::") {
+            let rest = &text[i + "super::".len()..];
+            match rest.strip_prefix('{') {
+                Some(inner) => {
+                    let group = &inner[..inner.find('}').unwrap_or(inner.len())];
+                    names.extend(group.split(',').map(ident).filter(|n| !n.is_empty()));
+                }
+                None => names.push(ident(rest)),
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn route_files_share_only_the_shared_module_never_each_other() {
+        let route_modules = [
+            "routes", "status", "sign", "ignition", "users", "hkp", "x509",
+        ];
+        for (name, text) in ROUTE_FILES {
+            for used in super_names(text) {
+                assert!(
+                    used == *name || !route_modules.contains(&used.as_str()),
+                    "src/api/{name}.rs reaches into the route file {used}.rs: \
+                     move what both need to shared.rs"
+                );
+            }
+        }
+        assert!(super_names("use super::shared::{a, b};").contains(&"shared".to_string()));
+        assert_eq!(
+            super_names("use super::{ApiError, users::x};"),
+            ["ApiError", "users"]
+        );
+    }
 
     #[test]
     fn backoff_starts_after_the_configured_failures_and_doubles_to_a_cap() {

@@ -2,17 +2,19 @@
 //! removal and activity.
 
 use super::auth::{Client, Scope, authenticate};
-use super::routes::{AppState, internal, rfc3339, signer_error, signing_key};
+use super::shared::{
+    AppState, internal, normalize_email, read_body, reserved_emails, rfc3339, signer_error,
+    signing_key, within_deadline,
+};
 use super::{ApiError, ApiState};
 use crate::config::managed_domain_of;
 use crate::openpgp::{CertifyOutcome, CertifyRequest, PgpError, UserKey, certify as certify_key};
 use crate::store::{AuditEvent, SaveUserKey, StoreError, UserRecord, UserState};
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,16 +24,6 @@ pub(super) const MAX_CERT_BODY: usize = 1024 * 1024;
 
 /// Attempts when a concurrent write to the same key wins the race.
 const SAVE_ATTEMPTS: usize = 3;
-
-async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::too_large(limit as u64))
-        }
-        Err(_) => Err(ApiError::bad_request("could not read the request body")),
-    }
-}
 
 fn pgp_error(st: &ApiState, e: PgpError, client: &str) -> ApiError {
     match e {
@@ -55,17 +47,6 @@ fn pgp_error(st: &ApiState, e: PgpError, client: &str) -> ApiError {
     }
 }
 
-/// Normalizes an email from a URL or query the way user IDs are normalized
-/// (ASCII domains): lower-case, no surrounding angle brackets.
-pub(super) fn normalize_email(s: &str) -> Option<String> {
-    let s = s.trim().trim_start_matches('<').trim_end_matches('>');
-    let (local, domain) = s.rsplit_once('@')?;
-    if local.is_empty() || domain.is_empty() || s.chars().any(|c| c.is_whitespace()) {
-        return None;
-    }
-    Some(s.to_lowercase())
-}
-
 fn store_err(what: &'static str) -> impl FnOnce(StoreError) -> ApiError {
     internal(what)
 }
@@ -85,7 +66,7 @@ pub(super) async fn certify(
     {
         return Err(ApiError::too_large(MAX_CERT_BODY as u64));
     }
-    let bytes = read_limited(body, MAX_CERT_BODY).await?;
+    let bytes = read_body(&st, &client.name, body, MAX_CERT_BODY).await?;
     if bytes.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -119,7 +100,7 @@ pub(super) async fn certify(
             .org_key_fingerprints()
             .await
             .map_err(store_err("reading org keys failed"))?;
-        let reserved = super::routes::reserved_emails(&st).await?;
+        let reserved = reserved_emails(&st).await?;
         let k = Arc::clone(&key);
         let validity = st.users.certification_validity;
         let task = tokio::task::spawn_blocking(move || {
@@ -141,7 +122,7 @@ pub(super) async fn certify(
                 },
             )
         });
-        let outcome = super::routes::within_deadline(&st, "certifying", task)
+        let outcome = within_deadline(&st, "certifying", task)
             .await?
             .map_err(|e| pgp_error(&st, e, &client.name))?;
         if outcome.certified.is_empty() {

@@ -2,8 +2,10 @@
 //! managed user's OpenPGP key, revocation, CRLs and certificate status.
 
 use super::auth::{Scope, authenticate};
-use super::routes::{AppState, internal, reserved_emails, signer_error, signing_key};
-use super::users::normalize_email;
+use super::shared::{
+    AppState, internal, normalize_email, read_body, reserved_emails, servable_user, signer_error,
+    signing_key, small_json_body, within_deadline,
+};
 use super::{ApiError, ApiState, SigningKey};
 use crate::ca::{self, CaError, Issue, LoadedCa, Source};
 use crate::openpgp::UserKey;
@@ -14,7 +16,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -78,7 +79,7 @@ async fn active_ca(st: &ApiState, key: &Arc<SigningKey>) -> Result<Arc<LoadedCa>
         return Ok(Arc::clone(ca));
     }
     let ig = Arc::clone(&st.igniter);
-    let cas = super::routes::within_deadline(
+    let cas = within_deadline(
         st,
         "loading org cert keys",
         tokio::task::spawn_blocking(move || ig.load_cas()),
@@ -176,16 +177,7 @@ pub(super) async fn issue(
     let client = authenticate(&st, &headers, Some(Scope::Issue)).await?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
-    let bytes = match http_body_util::Limited::new(body, MAX_CSR_BODY)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::too_large(MAX_CSR_BODY as u64));
-        }
-        Err(_) => return Err(ApiError::bad_request("could not read the request body")),
-    };
+    let bytes = read_body(&st, &client.name, body, MAX_CSR_BODY).await?;
     let key = signing_key(&st)?;
     let mut req = parse_user_csr(&bytes).map_err(|e| ca_error(&st, e.into(), &client.name))?;
     // The only name a certificate carries is one the org key certified.
@@ -196,7 +188,7 @@ pub(super) async fn issue(
         .map_err(internal("reading a user failed"))?
         .filter(|u| u.state == UserState::Active)
     {
-        Some(user) if super::routes::servable_user(&st, &user).await? => certified_name(&user),
+        Some(user) if servable_user(&st, &user).await? => certified_name(&user),
         _ => None,
     };
     let ca = active_ca(&st, &key).await?;
@@ -242,7 +234,7 @@ pub(super) async fn issue_from_openpgp(
     let client = authenticate(&st, &headers, Some(Scope::Issue)).await?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
-    let raw = super::routes::small_json_body(&headers, body).await?;
+    let raw = small_json_body(&st, &client.name, &headers, body).await?;
     let req = parse_bridge_body(&raw)
         .map_err(|_| ApiError::bad_request("expected a JSON object {\"email\": \"...\"}"))?;
     let email = normalize_email(&req.email)
@@ -262,7 +254,7 @@ pub(super) async fn issue_from_openpgp(
             )
         })?;
     // Not a row stored before user IDs had to be canonical, nor a reserved address.
-    if !super::routes::servable_user(&st, &user).await? {
+    if !servable_user(&st, &user).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_user",
@@ -317,7 +309,7 @@ pub(super) async fn revoke(
     body: Body,
 ) -> Result<Response, ApiError> {
     let client = authenticate(&st, &headers, Some(Scope::Revoke)).await?;
-    let raw = super::routes::small_json_body(&headers, body).await?;
+    let raw = small_json_body(&st, &client.name, &headers, body).await?;
     let req = parse_revoke_body(&raw).map_err(|_| {
         ApiError::bad_request("expected a JSON object {\"serial\": \"<hex>\", \"reason\": \"...\"}")
     })?;

@@ -110,6 +110,14 @@ pub fn run(config: &Path, cmd: OrgKeyCmd) -> anyhow::Result<ExitCode> {
                     "non-exportable (CKA_EXTRACTABLE false): use the HSM vendor's backup scheme"
                 }
             );
+            let profile = &cfg.token.profile;
+            if !rec.exportable && !a.non_exportable && !profile.keys.wrap_with_trusted {
+                println!(
+                    "(the {} HSM profile says this token does not accept CKA_WRAP_WITH_TRUSTED, \
+                     [keys] wrap_with_trusted = false, so its keys are never exportable)",
+                    profile.name
+                );
+            }
         }
         OrgKeyCmd::Show => {
             let Some(s) = rt.block_on(org_key_summary(&cfg, clock()))? else {

@@ -46,6 +46,14 @@ pub enum ConfigError {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// Default limit for `/v1/sign` bodies.
 pub const DEFAULT_MAX_BODY: u64 = 64 * 1024 * 1024;
+/// Default time a client has to send a request head (and a TLS handshake).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a connection may wait between requests.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time a client has to send a request body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default cap on open client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default SQLite file name inside the data dir.
 pub const DEFAULT_DB_FILE: &str = "orgkey.db";
 
@@ -138,6 +146,10 @@ struct RawServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_body: Option<String>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    body_timeout: Option<String>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -417,6 +429,20 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Maximum `/v1/sign` body size in bytes.
     pub max_body: u64,
+    /// How long a client has, on a new connection (after the TLS
+    /// handshake, which has as long again) or once it sent the first byte
+    /// of a further request, to send the whole request head.
+    pub header_read_timeout: Duration,
+    /// How long a connection may sit between requests (after a response,
+    /// before the next request's first byte), and how long a response may
+    /// wait for a client that does not read it.
+    pub idle_timeout: Duration,
+    /// How long a client has to send a request body, from when the server
+    /// starts reading it.
+    pub body_timeout: Duration,
+    /// Most client connections open at once; further ones are closed at
+    /// once until one ends.
+    pub max_connections: usize,
 }
 
 /// TLS certificate and key files.
@@ -803,10 +829,52 @@ fn server_config(raw: RawServer, base: &Path) -> Result<ServerConfig, ConfigErro
             "[server] max_body must be above 0".into(),
         ));
     }
+    let timeout = |name: &str, raw: Option<&str>, default: Duration, max: Duration| {
+        let what = format!("[server] {name}");
+        let d = match raw {
+            Some(s) => parse_duration(&what, s)?,
+            None => default,
+        };
+        if d < Duration::from_millis(100) || d > max {
+            return Err(ConfigError::Invalid(format!(
+                "{what} must be between 100ms and {}",
+                humantime::format_duration(max)
+            )));
+        }
+        Ok(d)
+    };
+    let header_read_timeout = timeout(
+        "header_read_timeout",
+        raw.header_read_timeout.as_deref(),
+        DEFAULT_HEADER_READ_TIMEOUT,
+        Duration::from_secs(600),
+    )?;
+    let idle_timeout = timeout(
+        "idle_timeout",
+        raw.idle_timeout.as_deref(),
+        DEFAULT_IDLE_TIMEOUT,
+        Duration::from_secs(3600),
+    )?;
+    let body_timeout = timeout(
+        "body_timeout",
+        raw.body_timeout.as_deref(),
+        DEFAULT_BODY_TIMEOUT,
+        Duration::from_secs(3600),
+    )?;
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if !(1..=1 << 20).contains(&max_connections) {
+        return Err(ConfigError::Invalid(
+            "[server] max_connections must be between 1 and 1048576".into(),
+        ));
+    }
     Ok(ServerConfig {
         listen,
         tls,
         max_body,
+        header_read_timeout,
+        idle_timeout,
+        body_timeout,
+        max_connections,
     })
 }
 
@@ -1019,6 +1087,22 @@ mod tests {
                 "backoff_max must not be below",
             ),
             ("[server]\nmax_body = \"0\"\n", "max_body must be above 0"),
+            (
+                "[server]\nheader_read_timeout = \"0s\"\n",
+                "header_read_timeout must be between 100ms and 10m",
+            ),
+            (
+                "[server]\nidle_timeout = \"2h\"\n",
+                "idle_timeout must be between 100ms and 1h",
+            ),
+            (
+                "[server]\nbody_timeout = \"soon\"\n",
+                "[server] body_timeout",
+            ),
+            (
+                "[server]\nmax_connections = 0\n",
+                "max_connections must be between 1",
+            ),
             ("[token.x]\n", "unknown field"),
             ("[store]\nbusy_timeout = \"soon\"\n", "[store] busy_timeout"),
         ] {
@@ -1035,6 +1119,10 @@ mod tests {
         assert!(c.server.listen.ip().is_loopback());
         assert!(c.server.tls.is_none());
         assert_eq!(c.server.max_body, 64 << 20);
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.body_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.max_connections, 1024);
         assert_eq!(c.store.sqlite, Path::new("/srv/orgkey/./orgkey.db"));
         assert_eq!(c.token.profile.name, "softhsm2");
         assert_eq!(c.ignition.backoff_after, 5);
@@ -1209,5 +1297,36 @@ mod example_tests {
             c.token.environment["SOFTHSM2_CONF"],
             "/srv/orgkey/./softhsm2.conf"
         );
+    }
+
+    #[test]
+    fn the_example_gives_the_connection_limits_their_defaults() {
+        let text = include_str!("../../orgkey.example.toml");
+        let keys = [
+            "header_read_timeout",
+            "idle_timeout",
+            "body_timeout",
+            "max_connections",
+        ];
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(setting) if keys.iter().any(|k| setting.starts_with(&format!("{k} = "))) => {
+                    setting
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let set = uncommented
+            .lines()
+            .filter(|l| keys.iter().any(|k| l.starts_with(&format!("{k} = "))))
+            .count();
+        assert_eq!(set, keys.len(), "each setting is in the example once");
+        let c = Config::from_toml(&uncommented, Path::new("/srv/orgkey/orgkey.toml")).unwrap();
+        assert_eq!(c.server.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
+        assert_eq!(c.server.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(c.server.body_timeout, DEFAULT_BODY_TIMEOUT);
+        assert_eq!(c.server.max_connections, DEFAULT_MAX_CONNECTIONS);
     }
 }

@@ -144,6 +144,26 @@ pub struct ProfileAlgorithms {
 pub struct ProfileKeys {
     /// Default: create org keys extractable under a trusted wrapping key only.
     pub exportable: bool,
+    /// Whether the token accepts CKA_WRAP_WITH_TRUSTED in key templates
+    /// (when absent: yes, it is standard PKCS#11). Some refuse it
+    /// (CKR_ATTRIBUTE_TYPE_INVALID); their keys are never exportable, since
+    /// an extractable key without the attribute could be wrapped out under
+    /// any wrapping key.
+    #[serde(default = "standard_attribute")]
+    pub wrap_with_trusted: bool,
+}
+
+fn standard_attribute() -> bool {
+    true
+}
+
+impl ProfileKeys {
+    /// Whether org keys are made exportable (under a trusted wrapping key
+    /// only): as `requested` (`None`: the profile's `exportable`), and only
+    /// on a token that accepts CKA_WRAP_WITH_TRUSTED.
+    pub fn exportable_keys(&self, requested: Option<bool>) -> bool {
+        requested.unwrap_or(self.exportable) && self.wrap_with_trusted
+    }
 }
 
 /// `[wrap]`
@@ -284,6 +304,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("softhsm2") && e.contains("yubihsm2"), "{e}");
+    }
+
+    #[test]
+    fn keys_are_exportable_only_where_the_token_takes_wrap_with_trusted() {
+        let keys = |exportable, wrap_with_trusted| ProfileKeys {
+            exportable,
+            wrap_with_trusted,
+        };
+        assert!(keys(true, true).exportable_keys(None));
+        assert!(!keys(true, true).exportable_keys(Some(false)));
+        assert!(keys(false, true).exportable_keys(Some(true)));
+        assert!(!keys(true, false).exportable_keys(None));
+        assert!(!keys(true, false).exportable_keys(Some(true)));
+        // Absent, the attribute is taken to be accepted (standard PKCS#11).
+        let text: String = BUILTIN[0]
+            .1
+            .lines()
+            .filter(|l| !l.starts_with("wrap_with_trusted"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(text.len(), BUILTIN[0].1.len());
+        assert!(
+            HsmProfile::parse(&text, "x")
+                .unwrap()
+                .keys
+                .wrap_with_trusted
+        );
+        // The YubiHSM 2 refuses it (its profile notes).
+        assert!(
+            !HsmProfile::builtin("yubihsm2")
+                .unwrap()
+                .keys
+                .wrap_with_trusted
+        );
     }
 
     #[test]

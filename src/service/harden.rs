@@ -26,6 +26,58 @@ pub fn disable_core_dumps() -> Result<(), ServiceError> {
     })
 }
 
+/// File descriptors `serve` needs besides its client connections: the
+/// store (a few SQLite connections, each with its database, WAL and
+/// shared-memory files), the token module's files or sockets, the listener,
+/// the log, a state backup being written. Generous on purpose.
+const FDS_BESIDES_CONNECTIONS: u64 = 256;
+
+/// Raises the soft limit on open files (RLIMIT_NOFILE) as far as
+/// `max_connections` client connections and orgkey's own files need (never
+/// past the hard limit), and returns how many client connections fit:
+/// `max_connections`, or fewer, with a warning, when the hard limit is
+/// lower. A connection cap above what the process may open would not
+/// protect it: accepting and opening the store would fail first.
+pub fn fit_connections_to_fd_limit(max_connections: usize) -> usize {
+    let wanted = (max_connections as u64).saturating_add(FDS_BESIDES_CONNECTIONS);
+    let limit = rustix::process::getrlimit(Resource::Nofile);
+    // None is "unlimited".
+    let target = limit.maximum.map_or(wanted, |hard| wanted.min(hard));
+    let available = match limit.current {
+        Some(soft) if soft < target => {
+            let raised = Rlimit {
+                current: Some(target),
+                maximum: limit.maximum,
+            };
+            match rustix::process::setrlimit(Resource::Nofile, raised) {
+                Ok(()) => target,
+                Err(e) => {
+                    tracing::warn!(error = %e, soft, target, "could not raise the open-file limit (RLIMIT_NOFILE)");
+                    soft
+                }
+            }
+        }
+        Some(soft) => soft,
+        None => u64::MAX,
+    };
+    if available >= wanted {
+        return max_connections;
+    }
+    let reserve = FDS_BESIDES_CONNECTIONS.min(available / 2);
+    let fits = usize::try_from(available - reserve)
+        .unwrap_or(usize::MAX)
+        .clamp(1, max_connections);
+    tracing::warn!(
+        open_file_limit = available,
+        max_connections,
+        serving = fits,
+        "the open-file limit leaves room for fewer client connections than [server] \
+         max_connections: raise it (LimitNOFILE= in a systemd unit, ulimit -n) or lower \
+         max_connections"
+    );
+    fits
+}
+
 /// The ignition passphrase held for relogin: zeroized on drop (it is a
 /// `SecretString`), and its bytes locked in RAM while held.
 pub(crate) struct HeldPassphrase {

@@ -129,6 +129,7 @@ pub fn open_token(cfg: &Config) -> Result<Token, ServiceError> {
     let options = TokenOptions {
         max_sessions: cfg.token.sessions,
         ed25519_params: cfg.token.profile.algorithms.ed25519_params,
+        wrap_with_trusted: cfg.token.profile.keys.wrap_with_trusted,
         session_wait: cfg.token.deadline,
     };
     Ok(Token::open(&module, &cfg.token.selector, options)?)

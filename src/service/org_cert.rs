@@ -237,7 +237,7 @@ pub async fn self_sign_org_cert(
         }
         None => now + NEVER_EXPIRING_ORG_KEY_CA_VALIDITY,
     };
-    let exportable = cfg.token.profile.keys.exportable;
+    let exportable = cfg.token.profile.keys.exportable_keys(None);
     let subject = req.subject.clone();
     let (cert, key_id) = with_token(cfg, passphrase.clone(), move |token| {
         let key = generate_ca_key(token, kind, exportable)?;
@@ -279,7 +279,7 @@ pub async fn org_cert_csr(
     let ctx = context(cfg, Arc::clone(&clock)).await?;
     let alg = choose_algorithm(req.algorithm, &ctx.org_key_algorithm)?;
     let kind = kind_for(alg)?;
-    let exportable = cfg.token.profile.keys.exportable;
+    let exportable = cfg.token.profile.keys.exportable_keys(None);
     let subject = req.subject.clone();
     let (csr, key_id) = with_token(cfg, passphrase.clone(), move |token| {
         let key = generate_ca_key(token, kind, exportable)?;
@@ -405,7 +405,7 @@ pub async fn import_ca_keypair(
         ));
     }
     refuse_user_emails(&ctx.store, &cert).await?;
-    let exportable = cfg.token.profile.keys.exportable;
+    let exportable = cfg.token.profile.keys.exportable_keys(None);
     let token_key = with_token(cfg, passphrase.clone(), move |token| {
         let k = token.import_key_pair(&key, "orgkey org cert (imported)", exportable)?;
         drop(key);

@@ -115,7 +115,9 @@ pub async fn generate_org_key(
              certifications are left to expire. If that is intended, run again with --replace --yes"
         )));
     }
-    let exportable = req.exportable.unwrap_or(profile.keys.exportable);
+    // Profile data: a token that refuses CKA_WRAP_WITH_TRUSTED gets
+    // non-exportable keys whatever was asked.
+    let exportable = profile.keys.exportable_keys(req.exportable);
     let created = clock.now_secs();
     let token_cfg = cfg.clone();
     let request = req.clone();

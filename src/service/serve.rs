@@ -3,7 +3,8 @@
 
 use super::{ServiceError, TokenIgniter, open_store, open_token};
 use crate::api::{
-    ApiState, Backoff, IgniteError, Igniter, Listener, SealState, TokenFacts, UserPolicy,
+    ApiState, Backoff, ConnectionLimits, IgniteError, Igniter, Listener, SealState, TokenFacts,
+    UserPolicy,
 };
 use crate::clock::Clock;
 use crate::config::Config;
@@ -90,6 +91,7 @@ pub async fn serve(
         backoff: tokio::sync::Mutex::new(Backoff::default()),
         ignition: cfg.ignition,
         max_body: cfg.server.max_body,
+        body_timeout: cfg.server.body_timeout,
         token: TokenFacts {
             label: d.label,
             serial: d.serial,
@@ -145,6 +147,11 @@ pub async fn serve(
     let listener = Listener {
         addr,
         tls: cfg.server.tls.clone(),
+        limits: ConnectionLimits {
+            header_read_timeout: cfg.server.header_read_timeout,
+            idle_timeout: cfg.server.idle_timeout,
+            max_connections: super::harden::fit_connections_to_fd_limit(cfg.server.max_connections),
+        },
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);

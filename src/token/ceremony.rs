@@ -207,7 +207,6 @@ impl Token {
             Attribute::Token(true),
             Attribute::Private(true),
             Attribute::Sensitive(true),
-            Attribute::Extractable(spec.exportable),
             Attribute::Id(spec.id.to_vec()),
             Attribute::Label(spec.label.as_bytes().to_vec()),
             Attribute::Sign(spec.usage == KeyUsage::Sign),
@@ -218,9 +217,10 @@ impl Token {
             // No CKA_MODIFIABLE false: SoftHSM2 refuses it in an unwrap
             // template (CKR_ATTRIBUTE_READ_ONLY); `token check` warns.
         ];
-        if spec.exportable {
-            private.push(Attribute::WrapWithTrusted(true));
-        }
+        private.extend(super::keys::export_attributes(
+            spec.exportable,
+            &self.options(),
+        )?);
         let mut public = vec![
             Attribute::Class(ObjectClass::PUBLIC_KEY),
             Attribute::KeyType(key_type),
@@ -255,7 +255,8 @@ impl Token {
             let kek_handle = created?;
             let priv_h = s
                 .unwrap_key(&Mechanism::AesKeyWrapPad, kek_handle, blob, &private)
-                .ck("unwrapping a private key (C_UnwrapKey)");
+                .ck("unwrapping a private key (C_UnwrapKey)")
+                .map_err(super::keys::template_error(&private));
             let _ = s.destroy_object(kek_handle);
             let priv_h = priv_h?;
             let pub_h = match s.create_object(&public) {

@@ -75,6 +75,23 @@ pub enum TokenError {
         /// Hex CKA_ID
         id: String,
     },
+    /// The token refused CKA_WRAP_WITH_TRUSTED in a key template
+    /// (CKR_ATTRIBUTE_TYPE_INVALID) although its HSM profile says it takes
+    /// the attribute.
+    #[error(
+        "{context}: the token refused an attribute of a key template that carried \
+         CKA_WRAP_WITH_TRUSTED (CKR_ATTRIBUTE_TYPE_INVALID). If the token does not support that \
+         attribute, set `wrap_with_trusted = false` under [keys] in its HSM profile ([token] \
+         profile): org keys are then made non-exportable (back them up with the HSM vendor's \
+         scheme)"
+    )]
+    WrapWithTrustedRefused {
+        /// What orgkey was doing
+        context: &'static str,
+        /// The function and its return value
+        #[source]
+        source: Pkcs11Cause,
+    },
     /// The token or profile cannot do what was asked.
     #[error("not supported by this token: {0}")]
     Unsupported(String),
@@ -143,6 +160,12 @@ impl Pkcs11Cause {
     /// cannot wrap keys of its type.
     pub fn is_key_not_wrappable(&self) -> bool {
         matches!(&self.0, CkError::Pkcs11(RvError::KeyNotWrappable, _))
+    }
+
+    /// Whether the token does not know an attribute of the template
+    /// (`CKR_ATTRIBUTE_TYPE_INVALID`).
+    pub fn is_attribute_type_invalid(&self) -> bool {
+        matches!(&self.0, CkError::Pkcs11(RvError::AttributeTypeInvalid, _))
     }
 }
 
@@ -232,6 +255,7 @@ impl TokenError {
         match self {
             TokenError::Unavailable { code, .. } => Some(code.clone()),
             TokenError::Pkcs11 { source, .. }
+            | TokenError::WrapWithTrustedRefused { source, .. }
             | TokenError::Module { source, .. }
             | TokenError::Other { source, .. } => source.code(),
             _ => None,
@@ -241,6 +265,18 @@ impl TokenError {
     /// Whether the token refused to wrap a key (`CKR_KEY_NOT_WRAPPABLE`).
     pub fn is_key_not_wrappable(&self) -> bool {
         matches!(self, TokenError::Pkcs11 { source, .. } if source.is_key_not_wrappable())
+    }
+
+    /// After a key template with CKA_WRAP_WITH_TRUSTED failed: a refusal of
+    /// an attribute becomes [`TokenError::WrapWithTrustedRefused`], which
+    /// names the profile setting; anything else stays as it is.
+    pub(crate) fn with_wrap_with_trusted_sent(self) -> Self {
+        match self {
+            TokenError::Pkcs11 { context, source } if source.is_attribute_type_invalid() => {
+                TokenError::WrapWithTrustedRefused { context, source }
+            }
+            other => other,
+        }
     }
 }
 
@@ -289,6 +325,36 @@ mod tests {
             e.to_string(),
             "generating the signing key: C_GenerateKeyPair returned CKR_TEMPLATE_INCONSISTENT"
         );
+    }
+
+    #[test]
+    fn a_refused_wrap_with_trusted_names_the_profile_setting() {
+        let refused = || {
+            TokenError::from_ck(
+                "generating a key pair (C_GenerateKeyPair)",
+                CkError::Pkcs11(RvError::AttributeTypeInvalid, Function::GenerateKeyPair),
+            )
+        };
+        let e = refused().with_wrap_with_trusted_sent();
+        assert!(
+            matches!(e, TokenError::WrapWithTrustedRefused { .. }),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("`wrap_with_trusted = false` under [keys]"),
+            "{msg}"
+        );
+        assert!(msg.contains("CKR_ATTRIBUTE_TYPE_INVALID"), "{msg}");
+        assert_eq!(e.code().as_deref(), Some("CKR_ATTRIBUTE_TYPE_INVALID"));
+        // Only that refusal is explained so.
+        let other = TokenError::from_ck(
+            "generating a key pair (C_GenerateKeyPair)",
+            CkError::Pkcs11(RvError::TemplateInconsistent, Function::GenerateKeyPair),
+        )
+        .with_wrap_with_trusted_sent();
+        assert!(matches!(other, TokenError::Pkcs11 { .. }), "{other:?}");
+        assert!(matches!(refused(), TokenError::Pkcs11 { .. }));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Templates follow one rule: a private key gets exactly the usage its role
 //! needs (SIGN for certify/sign keys, DERIVE or DECRYPT for the encryption
 //! key), is CKA_TOKEN, CKA_PRIVATE and CKA_SENSITIVE, cannot be modified
-//! afterwards, and is extractable only together with CKA_WRAP_WITH_TRUSTED.
+//! afterwards, and is extractable only together with CKA_WRAP_WITH_TRUSTED
+//! (so not at all on a token whose HSM profile says it refuses that
+//! attribute, `[keys] wrap_with_trusted = false`).
 //!
 //! PKCS#11 carries two EC attributes as DER: CKA_EC_PARAMS (the curve's
 //! OID, or a PrintableString naming it) and CKA_EC_POINT (an OCTET STRING
@@ -240,6 +242,45 @@ fn find_one(
     }
 }
 
+/// A private key's export attributes: CKA_EXTRACTABLE true together with
+/// CKA_WRAP_WITH_TRUSTED (only a wrapping key the security officer trusts
+/// can export it), or CKA_EXTRACTABLE false. Whether the token takes
+/// CKA_WRAP_WITH_TRUSTED is profile data (`[keys] wrap_with_trusted`); where
+/// it does not, no key is made exportable: an extractable key without the
+/// attribute could be wrapped out under any key.
+pub(super) fn export_attributes(
+    exportable: bool,
+    options: &super::TokenOptions,
+) -> Result<Vec<Attribute>, TokenError> {
+    match (exportable, options.wrap_with_trusted) {
+        (false, _) => Ok(vec![Attribute::Extractable(false)]),
+        (true, true) => Ok(vec![
+            Attribute::Extractable(true),
+            Attribute::WrapWithTrusted(true),
+        ]),
+        (true, false) => Err(TokenError::Unsupported(
+            "an exportable key needs CKA_WRAP_WITH_TRUSTED, which this token does not accept \
+             (HSM profile: [keys] wrap_with_trusted = false); make it non-exportable"
+                .into(),
+        )),
+    }
+}
+
+/// The error of a call whose template carried `attrs`: a refused
+/// CKA_WRAP_WITH_TRUSTED names the profile setting.
+pub(super) fn template_error(attrs: &[Attribute]) -> impl FnOnce(TokenError) -> TokenError {
+    let sent = attrs
+        .iter()
+        .any(|a| matches!(a, Attribute::WrapWithTrusted(true)));
+    move |e| {
+        if sent {
+            e.with_wrap_with_trusted_sent()
+        } else {
+            e
+        }
+    }
+}
+
 fn wipe_attributes(attrs: &mut [Attribute]) {
     use zeroize::Zeroize;
     for a in attrs {
@@ -274,7 +315,6 @@ impl Token {
             Attribute::Token(true),
             Attribute::Private(true),
             Attribute::Sensitive(true),
-            Attribute::Extractable(spec.exportable),
             Attribute::Id(id.clone()),
             Attribute::Label(label),
             Attribute::Sign(sign),
@@ -284,9 +324,7 @@ impl Token {
             Attribute::SignRecover(false),
             Attribute::Modifiable(false),
         ];
-        if spec.exportable {
-            private.push(Attribute::WrapWithTrusted(true));
-        }
+        private.extend(export_attributes(spec.exportable, &self.options())?);
         let mechanism = match spec.kind {
             KeyKind::Ec(_) | KeyKind::Ed25519 => {
                 if let Some(params) = ec_params(spec.kind, self.options().ed25519_params)? {
@@ -308,7 +346,8 @@ impl Token {
         self.with_session(|s| {
             let (pub_h, priv_h) = s
                 .generate_key_pair(&mechanism, &public, &private)
-                .ck("generating a key pair (C_GenerateKeyPair)")?;
+                .ck("generating a key pair (C_GenerateKeyPair)")
+                .map_err(template_error(&private))?;
             match read_public(s, pub_h) {
                 Ok(public) => Ok(TokenKey {
                     id: id.clone(),
@@ -342,7 +381,6 @@ impl Token {
             Attribute::Token(true),
             Attribute::Private(true),
             Attribute::Sensitive(true),
-            Attribute::Extractable(exportable),
             Attribute::Id(id.clone()),
             Attribute::Label(label.clone()),
             Attribute::Sign(true),
@@ -352,9 +390,7 @@ impl Token {
             Attribute::SignRecover(false),
             Attribute::Modifiable(false),
         ];
-        if exportable {
-            private.push(Attribute::WrapWithTrusted(true));
-        }
+        private.extend(export_attributes(exportable, &self.options())?);
         let mut public = vec![
             Attribute::Class(ObjectClass::PUBLIC_KEY),
             Attribute::Token(true),
@@ -396,7 +432,8 @@ impl Token {
         let result = self.with_session(|s| {
             let priv_h = s
                 .create_object(&private)
-                .ck("importing a private key (C_CreateObject)")?;
+                .ck("importing a private key (C_CreateObject)")
+                .map_err(template_error(&private))?;
             let pub_h = match s.create_object(&public) {
                 Ok(h) => h,
                 Err(e) => {

@@ -47,6 +47,9 @@ pub struct TokenOptions {
     pub max_sessions: usize,
     /// CKA_EC_PARAMS encoding of Ed25519 on this token.
     pub ed25519_params: Ed25519Params,
+    /// Whether key templates may carry CKA_WRAP_WITH_TRUSTED (the profile's
+    /// `[keys] wrap_with_trusted`).
+    pub wrap_with_trusted: bool,
     /// Longest a call waits for a pooled session when all are in use
     /// (`[token] deadline`); then it fails with [`TokenError::Busy`], which
     /// counts as the token being unavailable.

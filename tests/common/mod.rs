@@ -230,6 +230,12 @@ impl Appliance {
         self.start_server(c, &[], &[])
     }
 
+    /// Starts `orgkey serve` on a free loopback port through `c` (a wrapper
+    /// such as `bash -c 'ulimit ...; exec "$0" "$@"' orgkey`).
+    pub fn serve_command(&self, c: Command) -> Server {
+        self.start_server(c, &[], &[])
+    }
+
     fn start_server(&self, mut c: Command, extra: &[&str], env: &[(&str, &str)]) -> Server {
         // The log goes to a file: a pipe nobody reads would block the
         // server once it fills (a token outage logs a line per request).
@@ -415,6 +421,20 @@ impl Drop for Gpg {
 /// GET `path` on the server.
 pub async fn get(s: &Server, path: &str) -> reqwest::Response {
     http().get(s.url(path)).send().await.unwrap()
+}
+
+/// `GET /v1/status` with the token of an admin client: the answer with the
+/// details only admins see (token, maintenance, backups, caches).
+pub async fn admin_status(s: &Server, admin: &str) -> serde_json::Value {
+    http()
+        .get(s.url("/v1/status"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// GET `path` and parse the JSON body.

@@ -6,6 +6,7 @@ use crate::backup::keyfile::{
     self, Body, Kdf, StoredKey, StoredOrgCert, StoredOrgKey, StoredPublic,
 };
 use crate::clock::{Clock, unix_secs};
+use crate::config::profile::ProfileKeys;
 use crate::config::{Config, OrgKeyAlgorithm};
 use crate::openpgp::{OrgKey, decrypt_with_org_key, encrypt_to_org_key};
 use crate::service::org_key::kinds;
@@ -313,6 +314,7 @@ fn restore_into_token(
     token: &Arc<Token>,
     body: &Body,
     kek: &zeroize::Zeroizing<[u8; 32]>,
+    keys: &ProfileKeys,
 ) -> Result<Vec<Vec<u8>>, ServiceError> {
     let org = OrgKey::parse(body.org_key.cert.as_bytes())?;
     if org.fingerprint() != body.org_key.fingerprint {
@@ -351,7 +353,8 @@ fn restore_into_token(
                     usage: usage_from(&k.usage)?,
                     id: &id,
                     label: &k.label,
-                    exportable: k.exportable,
+                    // Exportable again where this token allows it.
+                    exportable: keys.exportable_keys(Some(k.exportable)),
                     public: &public,
                 },
             )
@@ -446,7 +449,7 @@ pub async fn restore_keys(
         primary_created: p.created,
         signing_created: s.created,
         encryption_created: e.created,
-        exportable: p.exportable,
+        exportable: cfg.token.profile.keys.exportable_keys(Some(p.exportable)),
         generated_at: p.created,
     };
     let event = AuditEvent::new(actor, "key-backup-restore", "ok")
@@ -483,7 +486,7 @@ pub async fn restore_keys(
     let (token, ids) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
         let token = Arc::new(open_token(&token_cfg)?);
         token.login(&ignition)?;
-        match restore_into_token(&token, &backup, &kek) {
+        match restore_into_token(&token, &backup, &kek, &token_cfg.token.profile.keys) {
             Ok(ids) => Ok((token, ids)),
             Err(e) => {
                 let _ = token.logout();

@@ -1,0 +1,318 @@
+//! Ignition and sealing: `POST /v1/ignition` (log in to the token with the
+//! ignition passphrase, under the back-off), `DELETE /v1/ignition` (seal)
+//! and `POST /v1/ignition/passphrase` (change the passphrase on the token).
+
+use super::auth::{Client, Scope, authenticate};
+use super::shared::{AppState, small_json_body, within_deadline};
+use super::{ApiError, ApiState, IgniteError, SealState};
+use crate::store::AuditEvent;
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Instant;
+use zeroize::Zeroize;
+
+pub(super) fn parse_ignition_body(raw: &[u8]) -> Result<IgnitionRequest, serde_json::Error> {
+    serde_json::from_slice(raw)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IgnitionRequest {
+    passphrase: SecretString,
+}
+
+fn wipe(bytes: Bytes) {
+    // Best effort: the passphrase bytes are overwritten when this is the
+    // only reference to the buffer.
+    if let Ok(mut m) = bytes.try_into_mut() {
+        m.as_mut().zeroize();
+    }
+}
+
+pub(super) async fn ignite(
+    State(st): AppState,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
+    let raw = small_json_body(&st, &client.name, &headers, body).await?;
+    let parsed = parse_ignition_body(&raw);
+    wipe(raw);
+    let req = parsed
+        .map_err(|_| ApiError::bad_request("expected a JSON object {\"passphrase\": \"...\"}"))?;
+    audited_ignition(&st, &client, req.passphrase).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PassphraseChange {
+    passphrase: SecretString,
+    new_passphrase: SecretString,
+}
+
+pub(super) fn parse_passphrase_change(raw: &[u8]) -> Result<PassphraseChange, serde_json::Error> {
+    serde_json::from_slice(raw)
+}
+
+/// Shortest new ignition passphrase (the CLI's rule too).
+const MIN_PASSPHRASE_CHARS: usize = 10;
+
+/// `POST /v1/ignition/passphrase`: changes the ignition passphrase on the
+/// token through the running appliance, so the passphrase it holds for
+/// relogin stays the token's. A wrong current passphrase counts as a failed
+/// ignition (same back-off).
+pub(super) async fn change_passphrase(
+    State(st): AppState,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use secrecy::ExposeSecret;
+    let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
+    let raw = small_json_body(&st, &client.name, &headers, body).await?;
+    let parsed = parse_passphrase_change(&raw);
+    wipe(raw);
+    let req = parsed.map_err(|_| {
+        ApiError::bad_request(
+            "expected a JSON object {\"passphrase\": \"...\", \"new_passphrase\": \"...\"}",
+        )
+    })?;
+    if req.new_passphrase.expose_secret().chars().count() < MIN_PASSPHRASE_CHARS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "weak_passphrase",
+            format!("the new ignition passphrase needs at least {MIN_PASSPHRASE_CHARS} characters"),
+        ));
+    }
+    let mut backoff = ignition_lock(&st).await?;
+    if let Some(wait) = backoff.blocked_for(Instant::now()) {
+        let secs = wait.as_secs_f64().ceil() as u64;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ignition_backoff",
+            format!("too many wrong passphrases; try again in {secs} s"),
+        )
+        .retry_after(secs));
+    }
+    let igniter = Arc::clone(&st.igniter);
+    let result = within_deadline(
+        &st,
+        "changing the ignition passphrase",
+        tokio::task::spawn_blocking(move || {
+            igniter.change_passphrase(&req.passphrase, &req.new_passphrase)
+        }),
+    )
+    .await?;
+    match result {
+        Ok(()) => {
+            backoff.succeeded();
+            audit_or_503(&st, AuditEvent::new(&client.name, "ignition-change", "ok")).await?;
+            tracing::info!(client = %client.name, "ignition passphrase changed");
+            Ok(Json(serde_json::json!({ "changed": true })).into_response())
+        }
+        Err(IgniteError::BadPassphrase) => {
+            let delay = backoff.failed(&st.ignition, Instant::now());
+            tracing::warn!(client = %client.name, failures = backoff.failures(), "wrong current ignition passphrase");
+            audit_or_503(
+                &st,
+                AuditEvent::new(&client.name, "ignition-change", "denied").detail(format!(
+                    "bad current passphrase (consecutive failures: {})",
+                    backoff.failures()
+                )),
+            )
+            .await?;
+            let mut err = ApiError::from_ignite(&IgniteError::BadPassphrase);
+            if let Some(d) = delay {
+                err = err.retry_after(d.as_secs());
+            }
+            Err(err)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, client = %client.name, "changing the ignition passphrase failed");
+            audit_or_503(
+                &st,
+                AuditEvent::new(&client.name, "ignition-change", "failed").detail(e.to_string()),
+            )
+            .await?;
+            Err(ApiError::from_ignite(&e))
+        }
+    }
+}
+
+async fn audit_or_503(st: &ApiState, event: AuditEvent) -> Result<(), ApiError> {
+    st.audit.append(event).await.map(|_| ()).map_err(|e| {
+        tracing::error!(error = %e, "audit write failed");
+        ApiError::audit_unavailable()
+    })
+}
+
+/// The ignition lock (ignition attempts, seals and token recovery take
+/// turns), waited for up to the token deadline.
+pub(super) async fn ignition_lock(
+    st: &ApiState,
+) -> Result<tokio::sync::MutexGuard<'_, super::Backoff>, ApiError> {
+    tokio::time::timeout(st.deadline, st.backoff.lock())
+        .await
+        .map_err(|_| {
+            tracing::error!(
+                "the ignition lock was not free within the deadline (token recovery hangs?)"
+            );
+            ApiError::token_unavailable()
+        })
+}
+
+fn already_ignited(fpr: String) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "already_ignited",
+        format!(
+            "the appliance is already ignited with org key {fpr}; the passphrase was not used \
+             (seal it first to ignite again)"
+        ),
+    )
+}
+
+async fn audited_ignition(
+    st: &Arc<ApiState>,
+    client: &Client,
+    passphrase: SecretString,
+) -> Result<Response, ApiError> {
+    // Ignited with an org key: refuse rather than answer "ignited" to a
+    // passphrase nobody checked. Ignited without one (the key was generated
+    // after ignition) goes through a full ignition again to load it.
+    let already = |st: &ApiState| match st.seal_state() {
+        SealState::Ignited(Some(k)) => Some(k.org.fingerprint()),
+        SealState::Ignited(None) | SealState::Sealed => None,
+    };
+    if let Some(fpr) = already(st) {
+        return Err(already_ignited(fpr));
+    }
+    // Held across the attempt: concurrent guesses are counted one by one.
+    let mut backoff = ignition_lock(st).await?;
+    if let Some(fpr) = already(st) {
+        return Err(already_ignited(fpr));
+    }
+    let now = Instant::now();
+    if let Some(wait) = backoff.blocked_for(now) {
+        let secs = wait.as_secs_f64().ceil() as u64;
+        audit_or_503(
+            st,
+            AuditEvent::new(&client.name, "ignition", "refused").detail(format!(
+                "back-off after {} failures, {secs}s left",
+                backoff.failures()
+            )),
+        )
+        .await?;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ignition_backoff",
+            format!("too many wrong passphrases; try again in {secs} s"),
+        )
+        .retry_after(secs));
+    }
+    // Every attempt ends the current login (the passphrase must be proven
+    // by the token): until it succeeds the appliance is sealed.
+    st.set_seal_state(SealState::Sealed);
+    let igniter = Arc::clone(&st.igniter);
+    let result = within_deadline(
+        st,
+        "ignition",
+        tokio::task::spawn_blocking(move || igniter.ignite(&passphrase)),
+    )
+    .await?;
+    match result {
+        Ok(key) => {
+            let fpr = key.as_ref().map(|k| k.org.fingerprint());
+            let mut ev = AuditEvent::new(&client.name, "ignition", "ok");
+            if let Some(f) = &fpr {
+                ev = ev.key(f.clone());
+            }
+            if let Err(e) = st.audit.append(ev).await {
+                // Do not stay ignited without a record of it.
+                tracing::error!(error = %e, "audit write failed; sealing again");
+                let ig = Arc::clone(&st.igniter);
+                let _ = tokio::task::spawn_blocking(move || ig.seal()).await;
+                return Err(ApiError::audit_unavailable());
+            }
+            backoff.succeeded();
+            st.set_seal_state(SealState::Ignited(key));
+            tracing::info!(client = %client.name, org_key = ?fpr, "appliance ignited");
+            Ok(Json(serde_json::json!({ "state": "ignited", "org_key": fpr })).into_response())
+        }
+        Err(IgniteError::BadPassphrase) => {
+            let delay = backoff.failed(&st.ignition, Instant::now());
+            tracing::warn!(client = %client.name, failures = backoff.failures(), "wrong ignition passphrase");
+            audit_or_503(
+                st,
+                AuditEvent::new(&client.name, "ignition", "denied").detail(format!(
+                    "bad passphrase (consecutive failures: {})",
+                    backoff.failures()
+                )),
+            )
+            .await?;
+            let mut err = ApiError::from_ignite(&IgniteError::BadPassphrase);
+            if let Some(d) = delay {
+                err = err.retry_after(d.as_secs());
+            }
+            Err(err)
+        }
+        Err(e) => {
+            let outcome = match &e {
+                IgniteError::Locked => "denied",
+                _ => "failed",
+            };
+            let err = ApiError::from_ignite(&e);
+            tracing::error!(error = %e, client = %client.name, "ignition failed");
+            audit_or_503(
+                st,
+                AuditEvent::new(&client.name, "ignition", outcome).detail(e.to_string()),
+            )
+            .await?;
+            Err(err)
+        }
+    }
+}
+
+pub(super) async fn seal(State(st): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
+    let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
+    // Sealed in memory at once: nothing is signed from here on, whatever
+    // the token does. Token recovery re-checks this before it marks the
+    // appliance ignited, so a recovery that is logging in now cannot undo
+    // the seal.
+    st.set_seal_state(SealState::Sealed);
+    let guard = ignition_lock(&st).await;
+    st.set_seal_state(SealState::Sealed);
+    let ig = Arc::clone(&st.igniter);
+    // A hung token only delays the logout.
+    let res = within_deadline(
+        &st,
+        "sealing",
+        tokio::task::spawn_blocking(move || ig.seal()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(IgniteError::Unavailable(
+            "token unavailable: the token did not answer".into(),
+        ))
+    });
+    drop(guard);
+    if let Err(e) = &res {
+        tracing::error!(error = %e, "logout failed (the appliance refuses to sign either way)");
+    }
+    audit_or_503(
+        &st,
+        AuditEvent::new(
+            &client.name,
+            "seal",
+            if res.is_ok() { "ok" } else { "failed" },
+        ),
+    )
+    .await?;
+    tracing::info!(client = %client.name, "appliance sealed");
+    Ok(Json(serde_json::json!({ "state": "sealed" })).into_response())
+}

@@ -1,0 +1,114 @@
+//! Public appliance routes: liveness, readiness, status and the public org
+//! key.
+
+use super::auth::{Scope, authenticate};
+use super::shared::{AppState, internal, load_org_key, rfc3339};
+use super::{ApiError, SealState};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+pub(super) async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub(super) async fn ready(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError> {
+    if st.is_token_down() {
+        return Err(ApiError::token_unavailable());
+    }
+    match st.seal_state() {
+        SealState::Sealed => Err(ApiError::sealed()),
+        SealState::Ignited(None) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_org_key",
+            "no org key has been generated",
+        )),
+        SealState::Ignited(Some(_)) => Ok(Json(serde_json::json!({ "ready": true }))),
+    }
+}
+
+/// `GET /v1/status`. Anyone gets what a load balancer or a monitoring
+/// probe needs: seal state, whether the token is down, the version and the
+/// org key's fingerprint and expiry. A caller with a bearer token of the
+/// admin scope also gets the details an operator needs, which would tell an
+/// outsider about the host: the token's label, serial and sessions, the
+/// last maintenance run, the last state backup (its file, or the error) and
+/// the verification cache. A token that is presented must be valid (401
+/// otherwise, as on every route); a valid one without the admin scope gets
+/// the public answer.
+pub(super) async fn status(
+    State(st): AppState,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let admin = if headers.contains_key(header::AUTHORIZATION) {
+        let client = authenticate(&st, &headers, None).await?;
+        client.scopes.contains(&Scope::Admin)
+    } else {
+        false
+    };
+    let state = match st.seal_state() {
+        SealState::Sealed => "sealed",
+        SealState::Ignited(_) => "ignited",
+    };
+    let org_json = match load_org_key(&st).await? {
+        Some(org) => {
+            let expires = org
+                .expires(st.clock.now())
+                .map_err(internal("stored org key is unreadable"))?
+                .map(rfc3339);
+            if admin {
+                serde_json::json!({
+                    "fingerprint": org.fingerprint(),
+                    "algorithm": org.algorithm(),
+                    "user_ids": org.user_ids(),
+                    "created": rfc3339(org.created()),
+                    "expires": expires,
+                    "signing_subkey": org.signing_subkey().fingerprint,
+                })
+            } else {
+                serde_json::json!({ "fingerprint": org.fingerprint(), "expires": expires })
+            }
+        }
+        None => serde_json::Value::Null,
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("state".into(), state.into());
+    out.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    out.insert("token_down".into(), st.is_token_down().into());
+    out.insert("org_key".into(), org_json);
+    if admin {
+        let details = [
+            ("token", serde_json::json!(st.token)),
+            ("token_sessions", st.igniter.token_sessions().into()),
+            (
+                "openpgp_verification_cache",
+                crate::openpgp::verification_cache_entries().into(),
+            ),
+            (
+                "maintenance",
+                serde_json::json!(*st.maintenance.read().unwrap_or_else(|p| p.into_inner())),
+            ),
+            (
+                "backup",
+                serde_json::json!(*st.backup.read().unwrap_or_else(|p| p.into_inner())),
+            ),
+        ];
+        out.extend(details.map(|(k, v)| (k.to_string(), v)));
+    }
+    Ok(Json(serde_json::Value::Object(out)))
+}
+
+pub(super) async fn org_key(State(st): AppState) -> Result<Response, ApiError> {
+    let org = load_org_key(&st).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_org_key",
+            "no org key has been generated",
+        )
+    })?;
+    let armored = org
+        .armored()
+        .map_err(internal("armoring the org key failed"))?;
+    Ok(([(header::CONTENT_TYPE, "application/pgp-keys")], armored).into_response())
+}
