@@ -117,6 +117,87 @@ pub trait Igniter: Send + Sync + 'static {
     fn load_cas(&self) -> Result<crate::ca::CaSet, IgniteError>;
 }
 
+/// The last scheduled state backup as `/v1/status` reports it (to admins):
+/// `{"outcome": "ok"|"failed"|"skipped", ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BackupStatus {
+    /// Written.
+    Ok {
+        /// The backup file.
+        file: String,
+        /// Plaintext bytes of store in it.
+        bytes: u64,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// Failed (also audited).
+    Failed {
+        /// Why (the error and its causes).
+        error: String,
+        /// Unix seconds.
+        at: u64,
+    },
+    /// Not due yet, or waiting for ignition.
+    Skipped {
+        /// Why.
+        reason: String,
+        /// Unix seconds.
+        at: u64,
+    },
+}
+
+/// The counts of a maintenance run, as `/v1/status` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MaintenanceCounts {
+    /// Unix seconds the run used as "now".
+    pub at: u64,
+    /// New org key expiry (Unix seconds) if the org key was renewed.
+    pub org_key_renewed_until: Option<u64>,
+    /// Keys that were due.
+    pub due: u64,
+    /// Keys whose certifications were renewed.
+    pub renewed: u64,
+    /// User IDs certified in those keys.
+    pub certifications: u64,
+    /// Keys that could not be certified any more.
+    pub refused: u64,
+    /// Keys a concurrent certify call certified during the run.
+    pub concurrent: u64,
+    /// Stored users no longer certified (non-canonical or reserved).
+    pub skipped_user_ids: u64,
+    /// Users skipped for inactivity.
+    pub inactive_users: u64,
+    /// S/MIME user certificates renewed.
+    pub user_certs_renewed: u64,
+    /// User certificates that could not be renewed.
+    pub user_certs_failed: u64,
+    /// CRLs made because the last one's nextUpdate was near.
+    pub crls_refreshed: u64,
+    /// Pending issuances left by a crash, marked abandoned.
+    pub stale_issuances: u64,
+}
+
+/// The last maintenance run as `/v1/status` reports it (to admins).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MaintenanceStatus {
+    /// The run finished.
+    Ok {
+        /// What it did.
+        report: MaintenanceCounts,
+    },
+    /// The run failed (it is retried sooner).
+    Failed {
+        /// Why.
+        error: String,
+        /// Unix seconds.
+        at: u64,
+    },
+}
+
 /// Facts for `/v1/status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TokenFacts {
@@ -194,11 +275,11 @@ pub struct ApiState {
     /// Certification of managed-domain users.
     pub users: UserPolicy,
     /// Outcome of the last maintenance run, for `/v1/status`.
-    pub maintenance: RwLock<Option<serde_json::Value>>,
+    pub maintenance: RwLock<Option<MaintenanceStatus>>,
     /// Org cert and user certificate settings.
     pub x509: crate::config::X509Config,
     /// Outcome of the last scheduled state backup, for `/v1/status`.
-    pub backup: RwLock<Option<serde_json::Value>>,
+    pub backup: RwLock<Option<BackupStatus>>,
     /// Per-client rate limits.
     pub limiter: RateLimiter,
     /// Longest a request waits for the token.
@@ -279,12 +360,12 @@ impl ApiState {
     }
 
     /// Records the outcome of a scheduled state backup for `/v1/status`.
-    pub fn set_backup_report(&self, report: serde_json::Value) {
+    pub fn set_backup_report(&self, report: BackupStatus) {
         *self.backup.write().unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
 
     /// Records the outcome of a maintenance run for `/v1/status`.
-    pub fn set_maintenance_report(&self, report: serde_json::Value) {
+    pub fn set_maintenance_report(&self, report: MaintenanceStatus) {
         *self.maintenance.write().unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
 }
@@ -421,6 +502,46 @@ pub fn fuzz_request_input(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_reports_keep_their_wire_shape() {
+        let ok = BackupStatus::Ok {
+            file: "backups/orgkey-state-1.pgp".into(),
+            bytes: 42,
+            at: 7,
+        };
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            serde_json::json!({"outcome": "ok", "file": "backups/orgkey-state-1.pgp", "bytes": 42, "at": 7})
+        );
+        let skipped = BackupStatus::Skipped {
+            reason: "sealed".into(),
+            at: 7,
+        };
+        assert_eq!(
+            serde_json::to_value(&skipped).unwrap()["outcome"],
+            "skipped"
+        );
+        let failed = MaintenanceStatus::Failed {
+            error: "token unavailable".into(),
+            at: 9,
+        };
+        assert_eq!(
+            serde_json::to_value(&failed).unwrap(),
+            serde_json::json!({"outcome": "failed", "error": "token unavailable", "at": 9})
+        );
+        let run = MaintenanceStatus::Ok {
+            report: MaintenanceCounts {
+                due: 3,
+                ..Default::default()
+            },
+        };
+        let v = serde_json::to_value(&run).unwrap();
+        assert_eq!(
+            (v["outcome"].as_str(), v["report"]["due"].as_u64()),
+            (Some("ok"), Some(3))
+        );
+    }
 
     /// The route files, by module name.
     const ROUTE_FILES: &[(&str, &str)] = &[

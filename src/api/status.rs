@@ -87,11 +87,16 @@ pub(super) async fn status(
             ),
             (
                 "maintenance",
-                serde_json::json!(*st.maintenance.read().unwrap_or_else(|p| p.into_inner())),
+                serde_json::json!(
+                    st.maintenance
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                ),
             ),
             (
                 "backup",
-                serde_json::json!(*st.backup.read().unwrap_or_else(|p| p.into_inner())),
+                serde_json::json!(st.backup.read().unwrap_or_else(|p| p.into_inner()).clone()),
             ),
         ];
         out.extend(details.map(|(k, v)| (k.to_string(), v)));

@@ -76,6 +76,7 @@ fn missed_deadline(what: &'static str, deadline: Duration) -> PgpError {
 }
 
 /// What one run did.
+/// Serialized, it is the detail of the run's audit row.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
     /// Unix seconds the run used as "now".

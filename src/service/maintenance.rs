@@ -2,7 +2,7 @@
 //! scheduler inside `orgkey serve`.
 
 use super::{ServiceError, load_signing_key, open_store, open_token};
-use crate::api::{ApiState, SealState};
+use crate::api::{ApiState, MaintenanceCounts, MaintenanceStatus, SealState};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::maintenance::{Maintenance, OrgSigner, Report};
@@ -152,10 +152,9 @@ pub(super) async fn schedule(
                         org_key_renewed = report.org_key_renewed_until.is_some(),
                         "maintenance run done"
                     );
-                    state.set_maintenance_report(serde_json::json!({
-                        "outcome": "ok",
-                        "report": report,
-                    }));
+                    state.set_maintenance_report(MaintenanceStatus::Ok {
+                        report: counts(&report),
+                    });
                     next_run = Instant::now() + m.config.interval;
                 }
                 Err(e) => {
@@ -163,11 +162,10 @@ pub(super) async fn schedule(
                     if e.token_unavailable() {
                         state.mark_token_down();
                     }
-                    state.set_maintenance_report(serde_json::json!({
-                        "outcome": "failed",
-                        "error": e.to_string(),
-                        "at": crate::clock::unix_secs(m.clock.now()),
-                    }));
+                    state.set_maintenance_report(MaintenanceStatus::Failed {
+                        error: crate::text::error_chain(&e),
+                        at: crate::clock::unix_secs(m.clock.now()),
+                    });
                     next_run = Instant::now() + m.config.interval / 10;
                 }
             }
@@ -176,5 +174,24 @@ pub(super) async fn schedule(
             _ = stop.changed() => {}
             () = tokio::time::sleep(poll) => {}
         }
+    }
+}
+
+/// What the API shows of a run's report.
+fn counts(r: &crate::maintenance::Report) -> MaintenanceCounts {
+    MaintenanceCounts {
+        at: r.at,
+        org_key_renewed_until: r.org_key_renewed_until,
+        due: r.due,
+        renewed: r.renewed,
+        certifications: r.certifications,
+        refused: r.refused,
+        concurrent: r.concurrent,
+        skipped_user_ids: r.skipped_user_ids,
+        inactive_users: r.inactive_users,
+        user_certs_renewed: r.user_certs_renewed,
+        user_certs_failed: r.user_certs_failed,
+        crls_refreshed: r.crls_refreshed,
+        stale_issuances: r.stale_issuances,
     }
 }

@@ -1,7 +1,7 @@
 //! Scheduled state backups inside `orgkey serve`.
 
 use super::state::write_state_backup;
-use crate::api::SigningKey;
+use crate::api::{BackupStatus, SigningKey};
 use crate::clock::unix_secs;
 use crate::config::Config;
 use crate::openpgp::PgpError;
@@ -43,31 +43,30 @@ pub(crate) async fn schedule_state_backups(
             Some(k) => Some(scheduled_backup(&cfg, &state.store, k).await),
             None => None,
         };
+        let at = unix_secs(state.clock.now());
         let report = match result {
-            None => serde_json::json!({
-                "outcome": "skipped",
-                "reason": "waiting for an ignited org key (state backups are signed in the token)",
-                "at": unix_secs(state.clock.now()),
-            }),
-            Some(Ok((path, size))) => {
-                tracing::info!(file = %path.display(), size, "state backup written");
-                serde_json::json!({
-                    "outcome": "ok",
-                    "file": path.display().to_string(),
-                    "bytes": size,
-                    "at": unix_secs(state.clock.now()),
-                })
+            None => BackupStatus::Skipped {
+                reason: "waiting for an ignited org key (state backups are signed in the token)"
+                    .into(),
+                at,
+            },
+            Some(Ok((path, bytes))) => {
+                tracing::info!(file = %path.display(), bytes, "state backup written");
+                BackupStatus::Ok {
+                    file: path.display().to_string(),
+                    bytes,
+                    at,
+                }
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "scheduled state backup FAILED");
                 if token_unavailable(&e) {
                     state.mark_token_down();
                 }
-                serde_json::json!({
-                    "outcome": "failed",
-                    "error": e.to_string(),
-                    "at": unix_secs(state.clock.now()),
-                })
+                BackupStatus::Failed {
+                    error: crate::text::error_chain(&e),
+                    at,
+                }
             }
         };
         state.set_backup_report(report);
