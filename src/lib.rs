@@ -11,9 +11,11 @@
 //! `backup` the key backup file format, `reserved` the organization's own
 //! addresses. `config`, `clock`, `task` (failed background tasks) and `text`
 //! (the characters that never pass unescaped) are leaves anyone may use;
-//! `fuzzing` holds the fuzz targets' entry points. Only `token` uses
-//! cryptoki, only `openpgp` uses sequoia, only `x509` uses the X.509 crates,
-//! only `api` uses the HTTP stack.
+//! `fuzzing` holds the fuzz targets' entry points. `metrics` (the process's
+//! instruments, rendered for Prometheus) is a leaf too: the layers that see
+//! an event record it there. Only `token` uses cryptoki, only `openpgp` uses
+//! sequoia, only `x509` uses the X.509 crates, only `api` uses the HTTP
+//! stack, only `metrics` uses prometheus-client.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -27,6 +29,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod maintenance;
+pub mod metrics;
 pub mod openpgp;
 pub mod reserved;
 pub mod service;

@@ -812,6 +812,8 @@ const ROUTES: &[(&str, &str, Option<&[&str]>)] = &[
     ("GET", "/v1/org-cert", None),
     ("GET", "/v1/x509/crl", None),
     ("GET", "/v1/x509/crl/1", None),
+    // Public by decision 0021; `[metrics] listen` moves it off this listener.
+    ("GET", "/metrics", None),
     ("POST", "/v1/sign", Some(&["sign"])),
     ("POST", "/v1/ignition", Some(&["admin"])),
     ("DELETE", "/v1/ignition", Some(&["admin"])),

@@ -5,6 +5,7 @@
 use super::auth::{Client, Scope, authenticate};
 use super::shared::{AppState, small_json_body, within_deadline};
 use super::{ApiError, ApiState, IgniteError, SealState};
+use crate::metrics::IgnitionFailure;
 use crate::store::AuditEvent;
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -92,6 +93,7 @@ pub(super) async fn change_passphrase(
     let mut backoff = ignition_lock(&st).await?;
     if let Some(wait) = backoff.blocked_for(Instant::now()) {
         let secs = wait.as_secs_f64().ceil() as u64;
+        crate::metrics::ignition_failed(IgnitionFailure::Backoff);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "ignition_backoff",
@@ -107,7 +109,11 @@ pub(super) async fn change_passphrase(
             igniter.change_passphrase(&req.passphrase, &req.new_passphrase)
         }),
     )
-    .await?;
+    .await
+    .inspect_err(count_unanswered)?;
+    if let Err(e) = &result {
+        count_failure(e);
+    }
     match result {
         Ok(()) => {
             backoff.succeeded();
@@ -142,6 +148,27 @@ pub(super) async fn change_passphrase(
             Err(ApiError::from_ignite(&e))
         }
     }
+}
+
+/// Counts an ignition (or passphrase change) the token did not answer in
+/// time, or whose task failed, in the metrics.
+fn count_unanswered(e: &ApiError) {
+    crate::metrics::ignition_failed(if e.status == StatusCode::SERVICE_UNAVAILABLE {
+        IgnitionFailure::Unavailable
+    } else {
+        IgnitionFailure::Other
+    });
+}
+
+/// Counts a failed ignition (or passphrase change) in the metrics.
+fn count_failure(e: &IgniteError) {
+    crate::metrics::ignition_failed(match e {
+        IgniteError::BadPassphrase => IgnitionFailure::BadPassphrase,
+        IgniteError::Locked => IgnitionFailure::Locked,
+        IgniteError::Mismatch(_) => IgnitionFailure::Mismatch,
+        IgniteError::Unavailable(_) | IgniteError::Store(_) => IgnitionFailure::Unavailable,
+        IgniteError::Internal(_) => IgnitionFailure::Other,
+    });
 }
 
 async fn audit_or_503(st: &ApiState, event: AuditEvent) -> Result<(), ApiError> {
@@ -200,6 +227,7 @@ async fn audited_ignition(
     let now = Instant::now();
     if let Some(wait) = backoff.blocked_for(now) {
         let secs = wait.as_secs_f64().ceil() as u64;
+        crate::metrics::ignition_failed(IgnitionFailure::Backoff);
         audit_or_503(
             st,
             AuditEvent::new(&client.name, "ignition", "refused").detail(format!(
@@ -224,7 +252,11 @@ async fn audited_ignition(
         "ignition",
         tokio::task::spawn_blocking(move || igniter.ignite(&passphrase)),
     )
-    .await?;
+    .await
+    .inspect_err(count_unanswered)?;
+    if let Err(e) = &result {
+        count_failure(e);
+    }
     match result {
         Ok(key) => {
             let fpr = key.as_ref().map(|k| k.org.fingerprint());

@@ -11,6 +11,7 @@ mod error;
 mod hkp;
 mod ignition;
 mod limits;
+mod metrics;
 mod routes;
 mod shared;
 mod sign;
@@ -288,6 +289,9 @@ pub struct ApiState {
     pub token_down: std::sync::atomic::AtomicBool,
     /// Wakes the recovery task.
     pub token_event: tokio::sync::Notify,
+    /// `/metrics` is a route of the API listener (no `[metrics] listen` of
+    /// its own; see [`serve_metrics`]).
+    pub metrics_on_api: bool,
 }
 
 impl ApiState {
@@ -361,11 +365,17 @@ impl ApiState {
 
     /// Records the outcome of a scheduled state backup for `/v1/status`.
     pub fn set_backup_report(&self, report: BackupStatus) {
+        if let BackupStatus::Ok { at, .. } = &report {
+            crate::metrics::backup_succeeded(*at);
+        }
         *self.backup.write().unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
 
     /// Records the outcome of a maintenance run for `/v1/status`.
     pub fn set_maintenance_report(&self, report: MaintenanceStatus) {
+        if let MaintenanceStatus::Ok { report } = &report {
+            crate::metrics::maintenance_succeeded(report.at);
+        }
         *self.maintenance.write().unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
 }
@@ -484,6 +494,53 @@ pub async fn serve(
     res
 }
 
+/// Most connections the `[metrics] listen` listener keeps open: a
+/// Prometheus server scrapes over one, a few more leave room for a second
+/// server and an operator's curl.
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
+/// Serves `GET /metrics` alone on `listener` (`[metrics] listen`) until
+/// `shutdown` resolves. Plain HTTP: no credential crosses it, and the
+/// operator picks a management address for it. Slow and idle clients are
+/// cut off as on the API listener (`limits`), and at most
+/// [`METRICS_MAX_CONNECTIONS`] connections are open.
+pub async fn serve_metrics(
+    state: Arc<ApiState>,
+    listener: std::net::TcpListener,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    listener.set_nonblocking(true)?;
+    let limits = ConnectionLimits {
+        max_connections: limits.max_connections.min(METRICS_MAX_CONNECTIONS),
+        ..limits
+    };
+    let handle = axum_server::Handle::new();
+    let shutdown_handle = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        shutdown_handle.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let mut server = axum_server::from_tcp(listener)
+        .acceptor(transport::WatchingAcceptor::new(
+            axum_server::accept::DefaultAcceptor::new(),
+            limits,
+        ))
+        .handle(handle);
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.hyper_header_read_timeout());
+    server
+        .serve(transport::Admission::new(
+            routes::metrics_router(state).into_make_service(),
+            limits.max_connections,
+        ))
+        .await
+        .map_err(ServeError::from)
+}
+
 /// Parsers of request input, for the fuzz targets (`orgkey::fuzzing`): an
 /// HKP search string and the JSON bodies of the ignition, revocation and
 /// OpenPGP-bridge routes. Returns whether the input was accepted.
@@ -551,6 +608,7 @@ mod tests {
         ("users", include_str!("users.rs")),
         ("hkp", include_str!("hkp.rs")),
         ("x509", include_str!("x509.rs")),
+        ("metrics", include_str!("metrics.rs")),
     ];
 
     /// The names a file reaches through `super::`: `super::a::b` gives
@@ -579,7 +637,7 @@ mod tests {
     #[test]
     fn route_files_share_only_the_shared_module_never_each_other() {
         let route_modules = [
-            "routes", "status", "sign", "ignition", "users", "hkp", "x509",
+            "routes", "status", "sign", "ignition", "users", "hkp", "x509", "metrics",
         ];
         for (name, text) in ROUTE_FILES {
             for used in super_names(text) {

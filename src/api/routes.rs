@@ -1,8 +1,9 @@
 //! The router: every route and the handler that serves it. Handlers live in
 //! one file per route group (`status`, `sign`, `ignition`, `users`, `hkp`,
-//! `x509`), which share `shared` and never import each other.
+//! `x509`, `metrics`), which share `shared` and never import each other.
+//! Every request is measured (`metrics::RequestMetrics`).
 
-use super::{ApiError, ApiState, hkp, ignition, sign, status, users, x509};
+use super::{ApiError, ApiState, hkp, ignition, metrics, sign, status, users, x509};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -34,8 +35,31 @@ pub(super) fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/x509/crl", get(x509::crl))
         .route("/v1/x509/crl/{id}", get(x509::crl_by_id))
         .route("/v1/x509/certs/{serial}", get(x509::cert_status))
+        .merge(metrics_route(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(metrics::RequestMetrics)
+        .with_state(state)
+}
+
+/// `/metrics` on the API listener, unless `[metrics] listen` gives it a
+/// listener of its own (then it is served only there).
+fn metrics_route(state: &ApiState) -> Router<Arc<ApiState>> {
+    let router = Router::new();
+    if state.metrics_on_api {
+        router.route("/metrics", get(metrics::metrics))
+    } else {
+        router
+    }
+}
+
+/// The router of the `[metrics] listen` listener: `/metrics` only.
+pub(super) fn metrics_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(metrics::RequestMetrics)
         .with_state(state)
 }
 

@@ -79,6 +79,14 @@ struct RawConfig {
     backup: RawBackup,
     #[serde(default)]
     rate_limits: RawRateLimits,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +195,16 @@ pub struct Config {
     pub backup: BackupConfig,
     /// Per-client request rate limits.
     pub rate_limits: RateLimits,
+    /// Where `/metrics` is served.
+    pub metrics: MetricsConfig,
+}
+
+/// Where `GET /metrics` (Prometheus) is served.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// A listen address of its own (plain HTTP, `/metrics` only); `None`:
+    /// `/metrics` is a route of the API listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// A token bucket: `per_second` requests on average, bursts of up to `burst`.
@@ -675,6 +693,7 @@ fn validate(
     crl_outlives_maintenance_interval(&x509, &maintenance)?;
     let backup = backup_config(raw.backup, &data_dir, base)?;
     let rate_limits = rate_limits(raw.rate_limits)?;
+    let metrics = metrics_config(raw.metrics, &server)?;
     Ok(Config {
         path: path.to_path_buf(),
         data_dir,
@@ -688,7 +707,28 @@ fn validate(
         x509,
         backup,
         rate_limits,
+        metrics,
     })
+}
+
+/// `[metrics] listen`: an address of its own, never the API's.
+fn metrics_config(raw: RawMetrics, server: &ServerConfig) -> Result<MetricsConfig, ConfigError> {
+    let listen = match raw.listen.as_deref() {
+        None => None,
+        Some(s) => {
+            let addr: SocketAddr = s.parse().map_err(|_| {
+                ConfigError::Invalid(format!("[metrics] listen = {s:?}: expected IP:PORT"))
+            })?;
+            if addr.port() != 0 && addr == server.listen {
+                return Err(ConfigError::Invalid(format!(
+                    "[metrics] listen = {s:?} is [server] listen too: give /metrics an address of its own, \
+                     or leave [metrics] listen out to serve it on the API listener"
+                )));
+            }
+            Some(addr)
+        }
+    };
+    Ok(MetricsConfig { listen })
 }
 
 /// Lower-case, deduplicated, each a DNS name.
@@ -1268,6 +1308,34 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.server.tls.unwrap().cert, Path::new("/srv/orgkey/c.pem"));
+    }
+
+    #[test]
+    fn metrics_get_an_address_of_their_own_or_none() {
+        assert_eq!(load(MINIMAL).unwrap().metrics.listen, None);
+        let c = load(&format!("{MINIMAL}[metrics]\nlisten = \"10.0.0.5:9464\"\n")).unwrap();
+        assert_eq!(c.metrics.listen, Some("10.0.0.5:9464".parse().unwrap()));
+        assert!(
+            load(&format!(
+                "{MINIMAL}[metrics]\nlisten = \"localhost:9464\"\n"
+            ))
+            .is_err()
+        );
+        assert!(load(&format!("{MINIMAL}[metrics]\npath = \"/m\"\n")).is_err());
+        let same = format!(
+            "{MINIMAL}[server]\nlisten = \"127.0.0.1:8443\"\n[metrics]\nlisten = \"127.0.0.1:8443\"\n"
+        );
+        assert!(
+            load(&same)
+                .unwrap_err()
+                .to_string()
+                .contains("[metrics] listen")
+        );
+        // Port 0 (tests) is a new port each time.
+        let both_any = format!(
+            "{MINIMAL}[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
+        );
+        assert!(load(&both_any).is_ok());
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub async fn serve(
              tls_key, listen on 127.0.0.1, or pass --insecure-plaintext if a TLS proxy sits in front"
         )));
     }
+    // Bound before anything is opened or ignited: a taken address fails
+    // the start at once.
+    let metrics_socket = cfg.metrics.listen.map(bind_metrics).transpose()?;
     let store = open_store(&cfg, Arc::clone(&clock)).await?;
     let token_cfg = cfg.clone();
     let token = tokio::task::spawn_blocking(move || open_token(&token_cfg))
@@ -108,6 +111,7 @@ pub async fn serve(
         deadline: cfg.token.deadline,
         token_down: std::sync::atomic::AtomicBool::new(false),
         token_event: tokio::sync::Notify::new(),
+        metrics_on_api: cfg.metrics.listen.is_none(),
     });
 
     if let Some(pass) = opts.ignition_passphrase {
@@ -171,6 +175,14 @@ pub async fn serve(
         Arc::clone(&state),
         stop_tx.subscribe(),
     ));
+    let metrics = metrics_socket.map(|socket| {
+        spawn_metrics_listener(
+            Arc::clone(&state),
+            socket,
+            listener.limits,
+            stop_tx.subscribe(),
+        )
+    });
     let shutdown = async move {
         shutdown_signal().await;
         let _ = stop_on_signal.send(true);
@@ -191,6 +203,9 @@ pub async fn serve(
     // (each is one transaction), then the scheduler stops.
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), backups).await;
+    if let Some(m) = metrics {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(15), m).await;
+    }
     recovery.abort();
     if tokio::time::timeout(std::time::Duration::from_secs(30), scheduler)
         .await
@@ -203,6 +218,39 @@ pub async fn serve(
     let _ = tokio::task::spawn_blocking(move || ig.seal()).await;
     store.close().await;
     result.map_err(ServiceError::from)
+}
+
+/// Binds `[metrics] listen`.
+fn bind_metrics(
+    addr: std::net::SocketAddr,
+) -> Result<(std::net::TcpListener, std::net::SocketAddr), ServiceError> {
+    let socket = std::net::TcpListener::bind(addr)
+        .map_err(ServiceError::io(format!("binding [metrics] listen {addr}")))?;
+    let bound = socket
+        .local_addr()
+        .map_err(ServiceError::io("reading the metrics listener's address"))?;
+    Ok((socket, bound))
+}
+
+/// Serves `/metrics` on the bound `[metrics] listen` socket until `stop`.
+/// The address is announced on stdout before the API's own line (scripts
+/// and tests read up to that one), so a port 0 can be found.
+fn spawn_metrics_listener(
+    state: Arc<ApiState>,
+    (socket, bound): (std::net::TcpListener, std::net::SocketAddr),
+    limits: ConnectionLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tracing::info!(addr = %bound, "metrics listening");
+    println!("orgkey metrics on http://{bound}/metrics");
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(async move {
+        if let Err(e) = crate::api::serve_metrics(state, socket, limits, stopped).await {
+            tracing::error!(error = %e, "the metrics listener failed; /metrics is not served");
+        }
+    })
 }
 
 /// Waits for the token to be marked lost, then re-initializes the module and

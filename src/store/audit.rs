@@ -308,7 +308,10 @@ impl AuditWriter {
                     }
                 }
                 let events: Vec<AuditEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
-                match store.append_audit(&events).await {
+                let started = std::time::Instant::now();
+                let appended = store.append_audit(&events).await;
+                crate::metrics::audit_commit(started.elapsed(), appended.is_ok());
+                match appended {
                     Ok(seqs) => {
                         for ((_, ack), seq) in batch.into_iter().zip(seqs) {
                             let _ = ack.send(Ok(seq));

@@ -540,6 +540,21 @@ impl Store {
             .collect())
     }
 
+    /// The earliest nextUpdate among the newest CRLs of the org certs that
+    /// have not expired at `now` (the ones maintenance keeps fresh): the CRL
+    /// that goes stale first. `None` when none of them has a CRL yet.
+    pub async fn earliest_crl_next_update(&self, now: i64) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT MIN((SELECT c.next_update FROM crls c WHERE c.org_cert = o.fingerprint \
+                         ORDER BY c.number DESC LIMIT 1)) \
+             FROM org_certs o WHERE o.not_after > $1",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::db("reading the CRLs' next updates"))
+    }
+
     /// The newest CRL of an org cert.
     pub async fn latest_crl(&self, org_cert: &str) -> Result<Option<CrlRecord>, StoreError> {
         let row = sqlx::query(

@@ -461,7 +461,10 @@ impl Token {
             .ctx
             .open_rw_session(self.slot())
             .ck("opening a session")?;
-        match session.login(UserType::User, Some(passphrase)) {
+        let started = Instant::now();
+        let login = session.login(UserType::User, Some(passphrase));
+        crate::metrics::token_operation(crate::metrics::TokenOperation::Login, started.elapsed());
+        match login {
             Ok(()) => {}
             Err(cryptoki::error::Error::Pkcs11(
                 cryptoki::error::RvError::UserAlreadyLoggedIn,
@@ -540,6 +543,7 @@ impl Token {
         f: impl FnOnce(&Session) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
         let mut pooled = self.pool.checkout()?;
+        let _in_use = crate::metrics::token_session_in_use();
         // Only the module calls hold the gate, not the wait for a session.
         pooled.hold(self.gate.read().unwrap_or_else(|p| p.into_inner()));
         let session = pooled.session(|| {

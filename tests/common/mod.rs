@@ -254,21 +254,32 @@ impl Appliance {
             .stderr(log);
         let mut child = c.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = match line.trim().strip_prefix("orgkey listening on ") {
-            Some(u) => u.to_string(),
-            None => {
-                let _ = child.wait();
-                panic!(
-                    "serve did not start: {line}{}",
-                    std::fs::read_to_string(self.path("serve.log")).unwrap_or_default()
-                );
+        // `[metrics] listen` is announced first; the API's line is the last
+        // the server prints (nobody reads its stdout after it).
+        let mut stdout = BufReader::new(stdout);
+        let mut metrics_url = None;
+        let url = loop {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            if let Some(u) = line.trim().strip_prefix("orgkey metrics on ") {
+                metrics_url = Some(u.to_string());
+                continue;
+            }
+            match line.trim().strip_prefix("orgkey listening on ") {
+                Some(u) => break u.to_string(),
+                None => {
+                    let _ = child.wait();
+                    panic!(
+                        "serve did not start: {line}{}",
+                        std::fs::read_to_string(self.path("serve.log")).unwrap_or_default()
+                    );
+                }
             }
         };
         Server {
             child,
             url,
+            metrics_url,
             log: self.path("serve.log"),
         }
     }
@@ -286,6 +297,8 @@ pub fn write_secret(p: &Path, s: &str) {
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// `http://ADDR/metrics` when `[metrics] listen` is set.
+    pub metrics_url: Option<String>,
     /// The server's log file.
     pub log: PathBuf,
 }
