@@ -11,6 +11,7 @@ mod error;
 mod hkp;
 mod ignition;
 mod limits;
+mod openapi;
 mod routes;
 mod shared;
 mod sign;
@@ -551,6 +552,7 @@ mod tests {
         ("users", include_str!("users.rs")),
         ("hkp", include_str!("hkp.rs")),
         ("x509", include_str!("x509.rs")),
+        ("openapi", include_str!("openapi.rs")),
     ];
 
     /// The names a file reaches through `super::`: `super::a::b` gives
@@ -579,7 +581,7 @@ mod tests {
     #[test]
     fn route_files_share_only_the_shared_module_never_each_other() {
         let route_modules = [
-            "routes", "status", "sign", "ignition", "users", "hkp", "x509",
+            "routes", "status", "sign", "ignition", "users", "hkp", "x509", "openapi",
         ];
         for (name, text) in ROUTE_FILES {
             for used in super_names(text) {
