@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, and integration tests against real
 # SoftHSM2 tokens, a real SQLite store, a real HTTP server, gpg and openssl;
-# then the integration tests once more against Kryoptic tokens.
+# then schemathesis against a live appliance (the API contract); then the
+# integration tests once more against Kryoptic tokens.
 # Installs the Debian packages it needs when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,14 @@ source scripts/lib/deps.sh
 orgkey_install_deps
 
 cargo test --locked --all-targets "$@"
+
+# The API contract against a live appliance: schemathesis (PyPI, installed
+# into target/venv on the first run and kept) fuzzes it from
+# docs/openapi.json, well under a minute. ORGKEY_TEST_SCHEMATHESIS=0 skips it.
+if [ "${ORGKEY_TEST_SCHEMATHESIS:-1}" != 0 ]; then
+  echo "== API contract: schemathesis against a live appliance ==" >&2
+  bash scripts/schemathesis.sh
+fi
 
 # The integration suite again against a second PKCS#11 implementation,
 # Kryoptic (built from crates.io into target/kryoptic/ on the first run, a few

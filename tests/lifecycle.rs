@@ -808,6 +808,7 @@ const ROUTES: &[(&str, &str, Option<&[&str]>)] = &[
     ("GET", "/v1/ready", None),
     ("GET", "/v1/status", None),
     ("GET", "/v1/org-key", None),
+    ("GET", "/v1/openapi.json", None),
     ("GET", "/pks/lookup?op=get&search=alice%40example.com", None),
     ("GET", "/v1/org-cert", None),
     ("GET", "/v1/x509/crl", None),

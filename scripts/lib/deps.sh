@@ -17,6 +17,7 @@ ORGKEY_DEBIAN_PACKAGES=(
   jq            # docs/api.md's ignition example (run by tests/docs_examples.rs)
   make          # scripts/kryoptic.sh builds OpenSSL for Kryoptic
   perl          # OpenSSL's Configure
+  python3-venv  # scripts/schemathesis.sh: schemathesis (PyPI) in a virtualenv under target/
 )
 
 orgkey_install_deps() {

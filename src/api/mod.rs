@@ -12,6 +12,7 @@ mod hkp;
 mod ignition;
 mod limits;
 mod metrics;
+mod openapi;
 mod routes;
 mod shared;
 mod sign;
@@ -609,6 +610,7 @@ mod tests {
         ("hkp", include_str!("hkp.rs")),
         ("x509", include_str!("x509.rs")),
         ("metrics", include_str!("metrics.rs")),
+        ("openapi", include_str!("openapi.rs")),
     ];
 
     /// The names a file reaches through `super::`: `super::a::b` gives
@@ -637,7 +639,7 @@ mod tests {
     #[test]
     fn route_files_share_only_the_shared_module_never_each_other() {
         let route_modules = [
-            "routes", "status", "sign", "ignition", "users", "hkp", "x509", "metrics",
+            "routes", "status", "sign", "ignition", "users", "hkp", "x509", "metrics", "openapi",
         ];
         for (name, text) in ROUTE_FILES {
             for used in super_names(text) {

@@ -1,9 +1,10 @@
 //! The router: every route and the handler that serves it. Handlers live in
 //! one file per route group (`status`, `sign`, `ignition`, `users`, `hkp`,
-//! `x509`, `metrics`), which share `shared` and never import each other.
-//! Every request is measured (`metrics::RequestMetrics`).
+//! `x509`, `metrics`, `openapi`), which share `shared` and never import each
+//! other. Every request is measured (`metrics::RequestMetrics`), and every
+//! route here is in docs/openapi.json (tests/openapi.rs checks it).
 
-use super::{ApiError, ApiState, hkp, ignition, metrics, sign, status, users, x509};
+use super::{ApiError, ApiState, hkp, ignition, metrics, openapi, sign, status, users, x509};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -15,6 +16,7 @@ pub(super) fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/ready", get(status::ready))
         .route("/v1/status", get(status::status))
         .route("/v1/org-key", get(status::org_key))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/sign", post(sign::sign))
         .route(
             "/v1/ignition",

@@ -9,12 +9,25 @@ use crate::reserved::ReservedEmails;
 use crate::signer::SignerError;
 use crate::store::UserRecord;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 
 pub(super) type AppState = State<Arc<ApiState>>;
+
+/// A route's one path parameter as the handler takes it: decoded, or the
+/// reason it could not be (percent-encoded bytes that are not UTF-8).
+pub(super) type PathParam = Result<Path<String>, PathRejection>;
+
+/// The path parameter, or 400 `bad_request` with the JSON error body. Taken
+/// in the handler, after authentication: axum's own rejection would answer
+/// before it, in plain text.
+pub(super) fn path_param(p: PathParam) -> Result<String, ApiError> {
+    p.map(|Path(s)| s)
+        .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+}
 
 /// Logs an internal failure and answers 500 with the fixed public message.
 pub(super) fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> ApiError {

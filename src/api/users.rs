@@ -3,8 +3,8 @@
 
 use super::auth::{Client, Scope, authenticate};
 use super::shared::{
-    AppState, internal, normalize_email, read_body, reserved_emails, rfc3339, signer_error,
-    signing_key, within_deadline,
+    AppState, PathParam, internal, normalize_email, path_param, read_body, reserved_emails,
+    rfc3339, signer_error, signing_key, within_deadline,
 };
 use super::{ApiError, ApiState};
 use crate::config::managed_domain_of;
@@ -12,7 +12,6 @@ use crate::openpgp::{CertifyOutcome, CertifyRequest, PgpError, UserKey, certify 
 use crate::store::{AuditEvent, SaveUserKey, StoreError, UserRecord, UserState};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
@@ -280,7 +279,7 @@ async fn known_user(st: &ApiState, raw: &str) -> Result<UserRecord, ApiError> {
 pub(super) async fn show(
     axum::extract::State(st): AppState,
     headers: HeaderMap,
-    Path(email): Path<String>,
+    email: PathParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let client = authenticate(&st, &headers, None).await?;
     if !client.scopes.contains(&Scope::Certify) && !client.scopes.contains(&Scope::Admin) {
@@ -290,6 +289,7 @@ pub(super) async fn show(
             "this client lacks the certify or admin scope",
         ));
     }
+    let email = path_param(email)?;
     let mut user = known_user(&st, &email).await?;
     if client.scopes.contains(&Scope::Certify) && user.state == UserState::Active {
         st.store
@@ -368,9 +368,10 @@ pub(super) async fn show(
 pub(super) async fn remove(
     axum::extract::State(st): AppState,
     headers: HeaderMap,
-    Path(email): Path<String>,
+    email: PathParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
+    let email = path_param(email)?;
     let user = known_user(&st, &email).await?;
     let event = AuditEvent::new(&client.name, "user-remove", "ok")
         .key(user.fingerprint.clone())
@@ -395,9 +396,10 @@ pub(super) async fn remove(
 pub(super) async fn activity(
     axum::extract::State(st): AppState,
     headers: HeaderMap,
-    Path(email): Path<String>,
+    email: PathParam,
 ) -> Result<Response, ApiError> {
     authenticate(&st, &headers, Some(Scope::Certify)).await?;
+    let email = path_param(email)?;
     let user = known_user(&st, &email).await?;
     if user.state == UserState::Removed {
         return Err(ApiError::new(

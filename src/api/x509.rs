@@ -3,8 +3,8 @@
 
 use super::auth::{Scope, authenticate};
 use super::shared::{
-    AppState, internal, normalize_email, read_body, reserved_emails, servable_user, signer_error,
-    signing_key, small_json_body, within_deadline,
+    AppState, PathParam, internal, normalize_email, path_param, read_body, reserved_emails,
+    servable_user, signer_error, signing_key, small_json_body, within_deadline,
 };
 use super::{ApiError, ApiState, SigningKey};
 use crate::ca::{self, CaError, Issue, LoadedCa, Source};
@@ -13,7 +13,7 @@ use crate::store::{RevokeOutcome, UserCertRecord, UserState};
 use crate::x509::{RevocationReason, X509Cert, crl_pem, parse_user_csr, user_request_for_key};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query};
+use axum::extract::Query;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -478,9 +478,10 @@ pub(super) async fn crl(
 /// certificates' CRL distribution point).
 pub(super) async fn crl_by_id(
     axum::extract::State(st): AppState,
-    Path(id): Path<String>,
+    id: PathParam,
     query: Result<Query<FormatQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let id = path_param(id)?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     serve_crl(&st, Some(&id), q).await
@@ -490,7 +491,7 @@ pub(super) async fn crl_by_id(
 pub(super) async fn cert_status(
     axum::extract::State(st): AppState,
     headers: HeaderMap,
-    Path(serial): Path<String>,
+    serial: PathParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let client = authenticate(&st, &headers, None).await?;
     if ![Scope::Issue, Scope::Revoke, Scope::Admin]
@@ -503,6 +504,7 @@ pub(super) async fn cert_status(
             "this client lacks the issue, revoke or admin scope",
         ));
     }
+    let serial = path_param(serial)?;
     let serial = serial.trim().trim_start_matches("0x").to_ascii_lowercase();
     if serial.is_empty() || serial.len() > 40 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request("the serial must be hex"));

@@ -10,6 +10,7 @@ use std::fmt::{self, Write as _};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::Writer;
 
 fn escape(s: &str, backslash: bool) -> Cow<'_, str> {
@@ -100,6 +101,69 @@ impl Visit for EscapingVisitor<'_> {
     }
 }
 
+/// A JSON log line with every hidden character outside the C0 controls
+/// (which JSON encoding escapes already) written as a `\uXXXX` escape: DEL,
+/// the C1 controls, bidi and other invisible format characters, line and
+/// paragraph separators. In a JSON document any non-ASCII character stands
+/// inside a string, so the escape is always valid there and decodes to the
+/// same character: the values are unchanged, the line holds no raw hidden
+/// character. Raw C0 controls in the line are structure (its final line
+/// feed) and stay.
+pub(crate) fn json_line(line: &str) -> Cow<'_, str> {
+    let escaped = |c: char| c >= '\u{7f}' && crate::text::is_hidden(c);
+    if !line.chars().any(escaped) {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    for c in line.chars() {
+        if escaped(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{u:04x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The JSON format's writer: each event's line through [`json_line`].
+/// tracing's fmt layer formats an event into one buffer and writes it whole,
+/// so every write here is one or more complete lines.
+#[derive(Debug, Clone)]
+pub(crate) struct JsonHiddenEscapes<M>(pub(crate) M);
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for JsonHiddenEscapes<M> {
+    type Writer = JsonHiddenEscapesWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        JsonHiddenEscapesWriter(self.0.make_writer())
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        JsonHiddenEscapesWriter(self.0.make_writer_for(meta))
+    }
+}
+
+/// See [`JsonHiddenEscapes`].
+pub(crate) struct JsonHiddenEscapesWriter<W>(W);
+
+impl<W: std::io::Write> std::io::Write for JsonHiddenEscapesWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(text) => self.0.write_all(json_line(text).as_bytes())?,
+            // Not from the JSON formatter (which writes UTF-8): as it is.
+            Err(_) => self.0.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,7 +210,12 @@ mod tests {
 
         let buf = Buf::default();
         let out = buf.clone();
-        let subscriber = super::super::log_subscriber("info", move || buf.clone(), Some(false));
+        let subscriber = super::super::log_subscriber(
+            "info",
+            super::super::LogFormat::Text,
+            move || buf.clone(),
+            Some(false),
+        );
         tracing::subscriber::with_default(subscriber, || {
             let evil = "alice\n2026-01-01T00:00:00Z  INFO orgkey: forged \u{202e}line";
             let err = Outer(std::io::Error::other("inner\r\nsource"));
@@ -172,5 +241,48 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in {text:?}");
         }
+    }
+
+    #[test]
+    fn a_json_log_line_is_one_object_without_raw_hidden_characters() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = super::super::log_subscriber(
+            "info",
+            super::super::LogFormat::Json,
+            move || buf.clone(),
+            None,
+        );
+        let evil = "alice\n2026-01-01T00:00:00Z  INFO orgkey: forged \u{202e}line\u{7f}\u{85}\u{2028}\u{1b}[2J\t\"}";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(client = %evil, email = ?evil, count = 3, "refused {evil}");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "one line: {text:?}");
+        assert!(
+            !text
+                .trim_end_matches('\n')
+                .chars()
+                .any(crate::text::is_hidden),
+            "a raw hidden character in {text:?}"
+        );
+        for want in ["\\u202e", "\\u007f", "\\u0085", "\\u2028", "\\u001b", "\\n"] {
+            assert!(text.contains(want), "missing {want:?} in {text:?}");
+        }
+        // The escapes decode to exactly what was logged.
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["target"], module_path!());
+        assert_eq!(v["fields"]["client"], evil);
+        assert_eq!(v["fields"]["email"], format!("{evil:?}"));
+        assert_eq!(v["fields"]["count"], 3);
+        assert_eq!(v["fields"]["message"], format!("refused {evil}"));
+        assert!(v["timestamp"].is_string(), "{v}");
+        // Other text, also outside the BMP, passes as it is.
+        assert_eq!(
+            json_line("{\"a\":\"ümlaut ✓ 😀\"}\n"),
+            "{\"a\":\"ümlaut ✓ 😀\"}\n"
+        );
+        assert_eq!(json_line("\"\u{e0001}\""), "\"\u{e0001}\"");
     }
 }

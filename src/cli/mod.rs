@@ -50,6 +50,15 @@ pub struct Cli {
     /// Log filter (error, warn, info, debug or a tracing filter).
     #[arg(long, global = true, env = "ORGKEY_LOG", default_value = "info")]
     pub log: String,
+    /// Log line format: `text` for people, `json` (one JSON object per line) for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "ORGKEY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -98,31 +107,59 @@ pub enum Command {
     Maintenance(maintenance::MaintenanceCmd),
 }
 
-fn init_logging(filter: &str) {
-    use tracing_subscriber::util::SubscriberInitExt;
-    let _ = log_subscriber(filter, std::io::stderr, None).try_init();
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event, for people (the default).
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields), for log
+    /// shippers.
+    Json,
 }
 
-/// The log format: tracing's fmt layer with every field value and message
-/// escaped (`escape::EscapedFields`), so request-supplied text cannot forge
-/// log lines. `ansi` overrides the colour default (tests).
+fn init_logging(filter: &str, format: LogFormat) {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = log_subscriber(filter, format, std::io::stderr, None).try_init();
+}
+
+/// The log subscriber. Text: tracing's fmt layer with every field value
+/// and message escaped (`escape::EscapedFields`), so request-supplied text
+/// cannot forge log lines. JSON: tracing's JSON formatter, whose encoding
+/// escapes line breaks and the other C0 controls, with the remaining hidden
+/// characters (DEL, C1 controls, bidi and invisible format characters)
+/// written as `\uXXXX` escapes too (`escape::JsonHiddenEscapes`): the values
+/// decode unchanged, and no line holds a raw hidden character. `ansi`
+/// overrides the colour default of the text format (tests).
 fn log_subscriber<W>(
     filter: &str,
+    format: LogFormat,
     writer: W,
     ansi: Option<bool>,
-) -> impl tracing::Subscriber + Send + Sync + 'static
+) -> Box<dyn tracing::Subscriber + Send + Sync + 'static>
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .fmt_fields(escape::EscapedFields);
-    match ansi {
-        Some(a) => builder.with_ansi(a).finish(),
-        None => builder.finish(),
+    match format {
+        LogFormat::Json => Box::new(
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .with_writer(escape::JsonHiddenEscapes(writer))
+                .finish(),
+        ),
+        LogFormat::Text => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .fmt_fields(escape::EscapedFields);
+            match ansi {
+                Some(a) => Box::new(builder.with_ansi(a).finish()),
+                None => Box::new(builder.finish()),
+            }
+        }
     }
 }
 
@@ -158,7 +195,7 @@ fn clock() -> std::sync::Arc<dyn crate::clock::Clock> {
 
 /// Runs a parsed command line; errors are printed with their causes.
 pub fn run(cli: Cli) -> ExitCode {
-    init_logging(&cli.log);
+    init_logging(&cli.log, cli.log_format);
     let result = match cli.command {
         Command::Init(a) => init::run(a),
         Command::OrgKey(c) => org_key::run(&cli.config, c),

@@ -11,6 +11,7 @@ mod maintenance;
 mod org_cert;
 mod org_key;
 mod serve;
+mod systemd;
 mod users;
 
 pub use backup::{

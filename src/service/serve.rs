@@ -185,6 +185,7 @@ pub async fn serve(
     });
     let shutdown = async move {
         shutdown_signal().await;
+        super::systemd::notify("STOPPING=1");
         let _ = stop_on_signal.send(true);
     };
     let result = crate::api::serve(
@@ -195,6 +196,9 @@ pub async fn serve(
             tracing::info!(%addr, "listening");
             // A plain line on stdout for scripts and tests that start on port 0.
             println!("orgkey listening on {scheme}://{addr}");
+            // Ready for a service manager once the socket accepts: sealed
+            // or ignited, the API answers (ignition is an operator's step).
+            super::systemd::notify(&format!("READY=1\nSTATUS=listening on {scheme}://{addr}"));
         },
         shutdown,
     )
