@@ -32,6 +32,16 @@ pub fn csr(data: &[u8]) {
     let _ = crate::x509::parse_user_csr(data);
 }
 
+/// TLS client certificates (DER; their canonical subject and issuer are
+/// what client bindings match) and the distinguished names operators give
+/// `client add|bind --cert-subject/--cert-issuer`.
+pub fn client_cert(data: &[u8]) {
+    let _ = crate::x509::certificate_dns(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::x509::canonical_dn(text);
+    }
+}
+
 /// `org-cert import-ca` files: the first byte picks PKCS#12 or PEM
 /// key + certificate (split at the second byte's position).
 pub fn ca_keypair(data: &[u8]) {

@@ -85,6 +85,11 @@ fn csrs() {
 }
 
 #[test]
+fn client_certs() {
+    run("client_cert", orgkey::fuzzing::client_cert);
+}
+
+#[test]
 fn ca_keypairs() {
     run("ca_keypair", orgkey::fuzzing::ca_keypair);
 }

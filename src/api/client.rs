@@ -1,6 +1,7 @@
 //! The API's own client, used by `orgkey ignite`, `orgkey seal` and
 //! `orgkey ignition change --token-file` to talk to
-//! a running appliance (plaintext on loopback, or TLS with a CA file).
+//! a running appliance (plaintext on loopback, or TLS with a CA file and,
+//! for a client that requires it, a client certificate).
 
 use secrecy::{ExposeSecret, SecretString};
 use std::path::Path;
@@ -30,7 +31,7 @@ pub enum ClientError {
         /// Retry-After seconds
         retry_after: Option<u64>,
     },
-    /// Bad local input (CA file).
+    /// Bad local input (CA file, client certificate file).
     #[error("{0}")]
     Setup(String),
 }
@@ -43,8 +44,15 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// `base` like `http://127.0.0.1:8443`; `ca` adds a trusted CA (PEM) for TLS.
-    pub fn new(base: &str, token: SecretString, ca: Option<&Path>) -> Result<Self, ClientError> {
+    /// `base` like `http://127.0.0.1:8443`; `ca` adds a trusted CA (PEM) for
+    /// TLS; `identity` is a TLS client certificate to present (PEM: private
+    /// key and certificate chain).
+    pub fn new(
+        base: &str,
+        token: SecretString,
+        ca: Option<&Path>,
+        identity: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -56,6 +64,19 @@ impl ApiClient {
                 ClientError::Setup(format!("{}: not a PEM certificate: {e}", ca.display()))
             })?;
             b = b.add_root_certificate(cert);
+        }
+        if let Some(file) = identity {
+            let pem = zeroize::Zeroizing::new(
+                std::fs::read(file)
+                    .map_err(|e| ClientError::Setup(format!("reading {}: {e}", file.display())))?,
+            );
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                ClientError::Setup(format!(
+                    "{}: not a PEM private key and certificate: {e}",
+                    file.display()
+                ))
+            })?;
+            b = b.identity(id);
         }
         let http = b.build().map_err(|e| ClientError::Setup(e.to_string()))?;
         Ok(Self {

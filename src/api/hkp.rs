@@ -4,16 +4,17 @@
 //!
 //! Searches are exact (an email address, a fingerprint or a 64-bit key ID):
 //! no substring search, so the keyserver cannot be used to list the
-//! directory. A caller presenting a bearer token with the certify scope
-//! counts as activity of the user it looks up.
+//! directory. A caller authenticated as a client with the certify scope
+//! (bearer token or client certificate) counts as activity of the user it
+//! looks up.
 
-use super::auth::{Scope, authenticate};
+use super::auth::{Credentials, Scope, authenticate_if_presented};
 use super::shared::{AppState, internal, load_org_key, normalize_email, servable_user};
 use super::{ApiError, ApiState};
 use crate::openpgp::{OrgKey, UserKey, hkp_index};
 use crate::store::UserState;
 use axum::extract::Query;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -123,17 +124,12 @@ async fn find(
 /// `GET /pks/lookup?op=get|index&search=...`.
 pub(super) async fn lookup(
     axum::extract::State(st): AppState,
-    headers: HeaderMap,
+    creds: Credentials,
     query: Result<Query<LookupQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let certify_client = if headers.contains_key(header::AUTHORIZATION) {
-        authenticate(&st, &headers, None)
-            .await?
-            .scopes
-            .contains(&Scope::Certify)
-    } else {
-        false
-    };
+    let certify_client = authenticate_if_presented(&st, &creds, None)
+        .await?
+        .is_some_and(|client| client.scopes.contains(&Scope::Certify));
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let search = q

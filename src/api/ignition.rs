@@ -2,7 +2,7 @@
 //! ignition passphrase, under the back-off), `DELETE /v1/ignition` (seal)
 //! and `POST /v1/ignition/passphrase` (change the passphrase on the token).
 
-use super::auth::{Client, Scope, authenticate};
+use super::auth::{Client, Credentials, Scope, authenticate};
 use super::shared::{AppState, small_json_body, within_deadline};
 use super::{ApiError, ApiState, IgniteError, SealState};
 use crate::metrics::IgnitionFailure;
@@ -38,10 +38,11 @@ fn wipe(bytes: Bytes) {
 
 pub(super) async fn ignite(
     State(st): AppState,
+    creds: Credentials,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
+    let client = authenticate(&st, &creds, Some(Scope::Admin)).await?;
     let raw = small_json_body(&st, &client.name, &headers, body).await?;
     let parsed = parse_ignition_body(&raw);
     wipe(raw);
@@ -70,11 +71,12 @@ const MIN_PASSPHRASE_CHARS: usize = 10;
 /// ignition (same back-off).
 pub(super) async fn change_passphrase(
     State(st): AppState,
+    creds: Credentials,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     use secrecy::ExposeSecret;
-    let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
+    let client = authenticate(&st, &creds, Some(Scope::Admin)).await?;
     let raw = small_json_body(&st, &client.name, &headers, body).await?;
     let parsed = parse_passphrase_change(&raw);
     wipe(raw);
@@ -310,8 +312,8 @@ async fn audited_ignition(
     }
 }
 
-pub(super) async fn seal(State(st): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
-    let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
+pub(super) async fn seal(State(st): AppState, creds: Credentials) -> Result<Response, ApiError> {
+    let client = authenticate(&st, &creds, Some(Scope::Admin)).await?;
     // Sealed in memory at once: nothing is signed from here on, whatever
     // the token does. Token recovery re-checks this before it marks the
     // appliance ignited, so a recovery that is logging in now cannot undo

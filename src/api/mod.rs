@@ -17,6 +17,7 @@ mod routes;
 mod shared;
 mod sign;
 mod status;
+mod tls;
 mod transport;
 mod users;
 mod x509;
@@ -401,7 +402,8 @@ pub struct Listener {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
-    /// TLS files unreadable or invalid.
+    /// TLS files (server certificate and key, client CAs, CRLs)
+    /// unreadable or invalid.
     #[error("TLS setup: {files}: {source}")]
     Tls {
         /// Certificate and key file
@@ -436,17 +438,13 @@ pub async fn serve(
         match &listener.tls {
             Some(files) => {
                 let _ = rustls::crypto::ring::default_provider().install_default();
-                let cfg =
-                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
-                        .await
-                        .map_err(|source| ServeError::Tls {
-                            files: format!("{} / {}", files.cert.display(), files.key.display()),
-                            source,
-                        })?;
+                let cfg = tls::server_config(files)?;
                 let mut server = axum_server::bind_rustls(listener.addr, cfg)
                     .map(|tls| {
                         transport::WatchingAcceptor::new(
-                            tls.handshake_timeout(limits.header_read_timeout),
+                            tls::ClientCertAcceptor::new(
+                                tls.handshake_timeout(limits.header_read_timeout),
+                            ),
                             limits,
                         )
                     })
@@ -486,13 +484,17 @@ pub async fn serve(
             }
         }
     };
-    let announce = async {
-        if let Some(addr) = handle.listening().await {
-            on_listening(addr, tls);
-        }
+    // A server that fails before it listens (TLS files, the bind) never
+    // announces: its error ends the wait for the address.
+    tokio::pin!(server);
+    let listening = tokio::select! {
+        res = &mut server => return res,
+        addr = handle.listening() => addr,
     };
-    let (res, ()) = tokio::join!(server, announce);
-    res
+    if let Some(addr) = listening {
+        on_listening(addr, tls);
+    }
+    server.await
 }
 
 /// Most connections the `[metrics] listen` listener keeps open: a

@@ -2,7 +2,7 @@
 //! over a streamed request body.
 
 use super::ApiError;
-use super::auth::{Scope, authenticate};
+use super::auth::{Credentials, Scope, authenticate};
 use super::shared::{AppState, body_deadline, body_too_slow, internal, signer_error, signing_key};
 use crate::openpgp::{PendingSignature, PgpError, SignMode};
 use crate::store::AuditEvent;
@@ -23,11 +23,12 @@ pub(super) struct SignQuery {
 
 pub(super) async fn sign(
     State(st): AppState,
+    creds: Credentials,
     headers: HeaderMap,
     query: Result<Query<SignQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&st, &headers, Some(Scope::Sign)).await?;
+    let client = authenticate(&st, &creds, Some(Scope::Sign)).await?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let mode = match q.mode.as_deref() {

@@ -1,12 +1,12 @@
 //! Public appliance routes: liveness, readiness, status and the public org
 //! key.
 
-use super::auth::{Scope, authenticate};
+use super::auth::{Credentials, Scope, authenticate_if_presented};
 use super::shared::{AppState, internal, load_org_key, rfc3339};
 use super::{ApiError, SealState};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 pub(super) async fn health() -> Json<serde_json::Value> {
@@ -34,19 +34,17 @@ pub(super) async fn ready(State(st): AppState) -> Result<Json<serde_json::Value>
 /// admin scope also gets the details an operator needs, which would tell an
 /// outsider about the host: the token's label, serial and sessions, the
 /// last maintenance run, the last state backup (its file, or the error) and
-/// the verification cache. A token that is presented must be valid (401
-/// otherwise, as on every route); a valid one without the admin scope gets
-/// the public answer.
+/// the verification cache. Credentials that are presented must be valid
+/// (401 otherwise, as on every route); a client without the admin scope
+/// gets the public answer. An admin client may also authenticate with its
+/// client certificate.
 pub(super) async fn status(
     State(st): AppState,
-    headers: HeaderMap,
+    creds: Credentials,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let admin = if headers.contains_key(header::AUTHORIZATION) {
-        let client = authenticate(&st, &headers, None).await?;
-        client.scopes.contains(&Scope::Admin)
-    } else {
-        false
-    };
+    let admin = authenticate_if_presented(&st, &creds, None)
+        .await?
+        .is_some_and(|client| client.scopes.contains(&Scope::Admin));
     let state = match st.seal_state() {
         SealState::Sealed => "sealed",
         SealState::Ignited(_) => "ignited",

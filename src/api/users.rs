@@ -1,7 +1,7 @@
 //! Users of the managed domains: certification of their keys, lookup,
 //! removal and activity.
 
-use super::auth::{Client, Scope, authenticate};
+use super::auth::{Client, Credentials, Scope, authenticate};
 use super::shared::{
     AppState, PathParam, internal, normalize_email, path_param, read_body, reserved_emails,
     rfc3339, signer_error, signing_key, within_deadline,
@@ -53,10 +53,11 @@ fn store_err(what: &'static str) -> impl FnOnce(StoreError) -> ApiError {
 /// `POST /v1/certify`: certify the managed user IDs of a user key.
 pub(super) async fn certify(
     axum::extract::State(st): AppState,
+    creds: Credentials,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&st, &headers, Some(Scope::Certify)).await?;
+    let client = authenticate(&st, &creds, Some(Scope::Certify)).await?;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -278,10 +279,10 @@ async fn known_user(st: &ApiState, raw: &str) -> Result<UserRecord, ApiError> {
 /// `GET /v1/users/{email}`.
 pub(super) async fn show(
     axum::extract::State(st): AppState,
-    headers: HeaderMap,
+    creds: Credentials,
     email: PathParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let client = authenticate(&st, &headers, None).await?;
+    let client = authenticate(&st, &creds, None).await?;
     if !client.scopes.contains(&Scope::Certify) && !client.scopes.contains(&Scope::Admin) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -367,10 +368,10 @@ pub(super) async fn show(
 /// simply expires.
 pub(super) async fn remove(
     axum::extract::State(st): AppState,
-    headers: HeaderMap,
+    creds: Credentials,
     email: PathParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let client = authenticate(&st, &headers, Some(Scope::Admin)).await?;
+    let client = authenticate(&st, &creds, Some(Scope::Admin)).await?;
     let email = path_param(email)?;
     let user = known_user(&st, &email).await?;
     let event = AuditEvent::new(&client.name, "user-remove", "ok")
@@ -395,10 +396,10 @@ pub(super) async fn remove(
 /// `POST /v1/users/{email}/activity`: the gateway saw this user.
 pub(super) async fn activity(
     axum::extract::State(st): AppState,
-    headers: HeaderMap,
+    creds: Credentials,
     email: PathParam,
 ) -> Result<Response, ApiError> {
-    authenticate(&st, &headers, Some(Scope::Certify)).await?;
+    authenticate(&st, &creds, Some(Scope::Certify)).await?;
     let email = path_param(email)?;
     let user = known_user(&st, &email).await?;
     if user.state == UserState::Removed {

@@ -1,7 +1,7 @@
 //! The org cert and S/MIME user certificates: issuance from a CSR or from a
 //! managed user's OpenPGP key, revocation, CRLs and certificate status.
 
-use super::auth::{Scope, authenticate};
+use super::auth::{Credentials, Scope, authenticate};
 use super::shared::{
     AppState, PathParam, internal, normalize_email, path_param, read_body, reserved_emails,
     servable_user, signer_error, signing_key, small_json_body, within_deadline,
@@ -170,11 +170,11 @@ fn issued_response(rec: &UserCertRecord, ca: &LoadedCa, fresh: bool) -> Result<R
 /// `POST /v1/x509/issue`: body is a PEM or DER PKCS#10 CSR.
 pub(super) async fn issue(
     axum::extract::State(st): AppState,
-    headers: HeaderMap,
+    creds: Credentials,
     query: Result<Query<RenewQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&st, &headers, Some(Scope::Issue)).await?;
+    let client = authenticate(&st, &creds, Some(Scope::Issue)).await?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let bytes = read_body(&st, &client.name, body, MAX_CSR_BODY).await?;
@@ -227,11 +227,12 @@ pub(super) struct FromOpenPgp {
 /// whose OpenPGP key has an RSA or NIST-curve signing key.
 pub(super) async fn issue_from_openpgp(
     axum::extract::State(st): AppState,
+    creds: Credentials,
     headers: HeaderMap,
     query: Result<Query<RenewQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&st, &headers, Some(Scope::Issue)).await?;
+    let client = authenticate(&st, &creds, Some(Scope::Issue)).await?;
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
     let raw = small_json_body(&st, &client.name, &headers, body).await?;
@@ -305,10 +306,11 @@ pub(super) struct RevokeRequest {
 /// `POST /v1/x509/revoke`: `{"serial": "<hex>", "reason": "keyCompromise"}`.
 pub(super) async fn revoke(
     axum::extract::State(st): AppState,
+    creds: Credentials,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&st, &headers, Some(Scope::Revoke)).await?;
+    let client = authenticate(&st, &creds, Some(Scope::Revoke)).await?;
     let raw = small_json_body(&st, &client.name, &headers, body).await?;
     let req = parse_revoke_body(&raw).map_err(|_| {
         ApiError::bad_request("expected a JSON object {\"serial\": \"<hex>\", \"reason\": \"...\"}")
@@ -490,10 +492,10 @@ pub(super) async fn crl_by_id(
 /// `GET /v1/x509/certs/{serial}`: one certificate and its status.
 pub(super) async fn cert_status(
     axum::extract::State(st): AppState,
-    headers: HeaderMap,
+    creds: Credentials,
     serial: PathParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let client = authenticate(&st, &headers, None).await?;
+    let client = authenticate(&st, &creds, None).await?;
     if ![Scope::Issue, Scope::Revoke, Scope::Admin]
         .iter()
         .any(|s| client.scopes.contains(s))

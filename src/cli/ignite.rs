@@ -19,6 +19,10 @@ pub struct Remote {
     /// CA certificate (PEM) to trust for an https URL.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// TLS client certificate to present: a PEM file with its private key
+    /// and certificate (for an admin client added with --require-cert).
+    #[arg(long, value_name = "PEM")]
+    pub client_cert: Option<PathBuf>,
 }
 
 /// `orgkey ignite`
@@ -61,7 +65,12 @@ pub(super) fn client(config: &Path, r: &Remote) -> anyhow::Result<ApiClient> {
         (None, Ok(t)) if !t.is_empty() => secrecy::SecretString::from(t),
         _ => anyhow::bail!("an admin bearer token is needed: --token-file FILE or ORGKEY_TOKEN"),
     };
-    Ok(ApiClient::new(&url, token, r.ca_file.as_deref())?)
+    Ok(ApiClient::new(
+        &url,
+        token,
+        r.ca_file.as_deref(),
+        r.client_cert.as_deref(),
+    )?)
 }
 
 pub fn run_ignite(config: &Path, a: IgniteArgs) -> anyhow::Result<ExitCode> {

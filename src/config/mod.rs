@@ -153,6 +153,8 @@ struct RawServer {
     listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    client_crls: Option<Vec<PathBuf>>,
     max_body: Option<String>,
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -470,6 +472,13 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// PEM file of the CA certificates client certificates are verified
+    /// against (mTLS client identities, decision 0022); `None`: no client
+    /// certificates are asked for.
+    pub client_ca: Option<PathBuf>,
+    /// CRLs (PEM or DER files) of the client CAs, read at start; empty:
+    /// no revocation check.
+    pub client_crls: Vec<PathBuf>,
 }
 
 /// Ignition back-off: after `after` consecutive wrong passphrases, further
@@ -848,18 +857,42 @@ fn server_config(raw: RawServer, base: &Path) -> Result<ServerConfig, ConfigErro
     let listen: SocketAddr = listen_s.parse().map_err(|_| {
         ConfigError::Invalid(format!("[server] listen = {listen_s:?}: expected IP:PORT"))
     })?;
+    let client_crls: Vec<PathBuf> = raw
+        .client_crls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| base.join(p))
+        .collect();
     let tls = match (raw.tls_cert, raw.tls_key) {
         (Some(c), Some(k)) => Some(TlsFiles {
             cert: base.join(c),
             key: base.join(k),
+            client_ca: raw.client_ca.map(|p| base.join(p)),
+            client_crls,
         }),
-        (None, None) => None,
+        (None, None) => {
+            if raw.client_ca.is_some() || !client_crls.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "[server] client_ca and client_crls need TLS: set tls_cert and tls_key too"
+                        .into(),
+                ));
+            }
+            None
+        }
         _ => {
             return Err(ConfigError::Invalid(
                 "[server]: tls_cert and tls_key must be given together".into(),
             ));
         }
     };
+    if let Some(t) = &tls
+        && t.client_ca.is_none()
+        && !t.client_crls.is_empty()
+    {
+        return Err(ConfigError::Invalid(
+            "[server] client_crls needs client_ca (the CAs whose CRLs they are)".into(),
+        ));
+    }
     let max_body = match raw.max_body.as_deref() {
         Some(s) => parse_size(s)?,
         None => DEFAULT_MAX_BODY,
@@ -1336,6 +1369,27 @@ mod tests {
             "{MINIMAL}[server]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
         );
         assert!(load(&both_any).is_ok());
+    }
+
+    #[test]
+    fn client_certificates_need_tls_and_crls_need_a_client_ca() {
+        let tls = "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+        let c = load(&format!(
+            "{MINIMAL}[server]\n{tls}client_ca = \"clients.pem\"\nclient_crls = [\"a.crl\"]\n"
+        ))
+        .unwrap();
+        let t = c.server.tls.unwrap();
+        assert_eq!(t.client_ca.unwrap(), Path::new("/srv/orgkey/clients.pem"));
+        assert_eq!(t.client_crls, [Path::new("/srv/orgkey/a.crl")]);
+        let plain = load(&format!("{MINIMAL}[server]\n{tls}")).unwrap();
+        assert!(plain.server.tls.unwrap().client_ca.is_none());
+        let e = load(&format!("{MINIMAL}[server]\nclient_ca = \"clients.pem\"\n")).unwrap_err();
+        assert!(e.to_string().contains("need TLS"), "{e}");
+        let e = load(&format!(
+            "{MINIMAL}[server]\n{tls}client_crls = [\"a.crl\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("needs client_ca"), "{e}");
     }
 
     #[test]

@@ -414,13 +414,18 @@ mod tests {
         let lock = holder.begin_write().await.unwrap();
         // A plain write waiting for the lock: unavailable, worth a retry.
         let busy = impatient
-            .add_client(&super::super::ClientRecord {
-                name: "gw".into(),
-                client_id: "id".into(),
-                secret_hash: "00".into(),
-                scopes: "sign".into(),
-                created_at: 1,
-            })
+            .add_client(
+                &super::super::ClientRecord {
+                    name: "gw".into(),
+                    client_id: "id".into(),
+                    secret_hash: "00".into(),
+                    scopes: "sign".into(),
+                    created_at: 1,
+                    cert: None,
+                    require_cert: false,
+                },
+                &AuditEvent::new("t", "client-add", "ok"),
+            )
             .await
             .unwrap_err();
         assert!(matches!(busy, StoreError::Unavailable { .. }), "{busy:?}");

@@ -204,7 +204,64 @@ pub struct ClientRecord {
     pub scopes: String,
     /// Unix seconds.
     pub created_at: i64,
+    /// The TLS client certificate the client is bound to, if any.
+    pub cert: Option<CertBinding>,
+    /// The bearer token alone is refused: the client needs its certificate
+    /// too. Kept when the binding is removed (the client is then locked out).
+    pub require_cert: bool,
 }
+
+/// How an API client is bound to a TLS client certificate (decision 0022).
+/// One certificate identifies at most one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertBinding {
+    /// Exactly one certificate: lower-case hex SHA-256 of its DER.
+    Sha256(String),
+    /// Every certificate with this subject from this issuer (renewals
+    /// included): distinguished names in canonical form
+    /// (`x509::canonical_dn`).
+    Name {
+        /// Canonical subject DN.
+        subject: String,
+        /// Canonical issuer DN.
+        issuer: String,
+    },
+}
+
+impl CertBinding {
+    /// The binding as one line for listings and audit rows.
+    pub fn describe(&self) -> String {
+        match self {
+            CertBinding::Sha256(h) => format!("cert-sha256 {h}"),
+            // Canonical DNs escape '"' and every hidden character.
+            CertBinding::Name { subject, issuer } => {
+                format!("cert-subject \"{subject}\" cert-issuer \"{issuer}\"")
+            }
+        }
+    }
+
+    /// The columns (cert_sha256, cert_subject, cert_issuer).
+    fn columns(b: Option<&CertBinding>) -> (Option<&str>, Option<&str>, Option<&str>) {
+        match b {
+            None => (None, None, None),
+            Some(CertBinding::Sha256(h)) => (Some(h), None, None),
+            Some(CertBinding::Name { subject, issuer }) => (None, Some(subject), Some(issuer)),
+        }
+    }
+}
+
+/// A presented TLS client certificate, as bindings are matched against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentedCert<'a> {
+    /// Lower-case hex SHA-256 of the DER certificate.
+    pub sha256: &'a str,
+    /// Canonical subject and issuer DNs; `None` when they could not be read.
+    pub names: Option<(&'a str, &'a str)>,
+}
+
+/// The columns of an API client row.
+const CLIENT_COLUMNS: &str = "name, client_id, secret_hash, scopes, created_at, \
+     cert_sha256, cert_subject, cert_issuer, require_cert";
 
 /// The store.
 #[derive(Clone)]
@@ -518,58 +575,195 @@ impl Store {
         Ok(out)
     }
 
-    /// Registers an API client.
-    pub async fn add_client(&self, rec: &ClientRecord) -> Result<(), StoreError> {
+    /// Registers an API client, with its audit row in the same transaction.
+    /// A name that exists, or a certificate binding that is another
+    /// client's, is a [`StoreError::Conflict`].
+    pub async fn add_client(
+        &self,
+        rec: &ClientRecord,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        Self::check_binding_free(&mut tx, &rec.name, rec.cert.as_ref()).await?;
+        let (sha256, subject, issuer) = CertBinding::columns(rec.cert.as_ref());
         let res = sqlx::query(
-            "INSERT INTO api_clients (name, client_id, secret_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_clients (name, client_id, secret_hash, scopes, created_at, \
+             cert_sha256, cert_subject, cert_issuer, require_cert) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&rec.name)
         .bind(&rec.client_id)
         .bind(&rec.secret_hash)
         .bind(&rec.scopes)
         .bind(rec.created_at)
-        .execute(&self.pool)
+        .bind(sha256)
+        .bind(subject)
+        .bind(issuer)
+        .bind(rec.require_cert)
+        .execute(&mut *tx)
         .await;
         match res {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
-                format!("a client named {:?} already exists", rec.name),
-            )),
-            Err(e) => Err(StoreError::db("adding a client")(e)),
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Conflict(format!(
+                    "a client named {:?} already exists",
+                    rec.name
+                )));
+            }
+            Err(e) => return Err(StoreError::db("adding a client")(e)),
+        }
+        self.commit_audited(tx, audit, "committing the new client")
+            .await
+    }
+
+    /// Refuses a binding that another client than `name` already has: one
+    /// certificate must never identify two clients. (The unique indexes
+    /// are the backstop; this names the other client.)
+    async fn check_binding_free(
+        tx: &mut sqlx::SqliteConnection,
+        name: &str,
+        binding: Option<&CertBinding>,
+    ) -> Result<(), StoreError> {
+        let (sha256, subject, issuer) = CertBinding::columns(binding);
+        if binding.is_none() {
+            return Ok(());
+        }
+        let other: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM api_clients WHERE name <> $1 \
+             AND (cert_sha256 = $2 OR (cert_subject = $3 AND cert_issuer = $4))",
+        )
+        .bind(name)
+        .bind(sha256)
+        .bind(subject)
+        .bind(issuer)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::db("checking certificate bindings"))?;
+        match other {
+            Some(other) => Err(StoreError::Conflict(format!(
+                "client {other:?} is already bound to that certificate: one certificate \
+                 identifies one client"
+            ))),
+            None => Ok(()),
         }
     }
 
-    fn client_from_row(r: sqlx::sqlite::SqliteRow) -> ClientRecord {
-        ClientRecord {
-            name: r.get("name"),
+    /// Binds `name` to a certificate (`None`: removes its binding) and
+    /// sets or keeps its require-cert flag, with the audit row in the same
+    /// transaction; the change holds for the next request. `Ok(false)`:
+    /// no client by that name (nothing written).
+    pub async fn set_client_binding(
+        &self,
+        name: &str,
+        binding: Option<&CertBinding>,
+        require_cert: Option<bool>,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let exists: Option<bool> =
+            sqlx::query_scalar("SELECT require_cert FROM api_clients WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::db("reading a client"))?;
+        let Some(current) = exists else {
+            return Ok(false);
+        };
+        Self::check_binding_free(&mut tx, name, binding).await?;
+        let (sha256, subject, issuer) = CertBinding::columns(binding);
+        let res = sqlx::query(
+            "UPDATE api_clients SET cert_sha256 = $1, cert_subject = $2, cert_issuer = $3, \
+             require_cert = $4 WHERE name = $5",
+        )
+        .bind(sha256)
+        .bind(subject)
+        .bind(issuer)
+        .bind(require_cert.unwrap_or(current))
+        .bind(name)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Conflict(
+                    "another client is already bound to that certificate".into(),
+                ));
+            }
+            Err(e) => return Err(StoreError::db("binding a client")(e)),
+        }
+        self.commit_audited(tx, audit, "committing the client binding")
+            .await?;
+        Ok(true)
+    }
+
+    /// The clients a presented certificate is bound to: by its fingerprint,
+    /// or by its subject and issuer. More than one means bindings of the
+    /// two kinds name the same certificate; the caller refuses it.
+    pub async fn clients_by_cert(
+        &self,
+        cert: &PresentedCert<'_>,
+    ) -> Result<Vec<ClientRecord>, StoreError> {
+        let (subject, issuer) = cert.names.unzip();
+        let rows = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM api_clients \
+             WHERE cert_sha256 = $1 OR (cert_subject = $2 AND cert_issuer = $3) ORDER BY name"
+        ))
+        .bind(cert.sha256)
+        .bind(subject)
+        .bind(issuer)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::db("looking up a client by certificate"))?;
+        rows.into_iter().map(Self::client_from_row).collect()
+    }
+
+    fn client_from_row(r: sqlx::sqlite::SqliteRow) -> Result<ClientRecord, StoreError> {
+        let sha256: Option<String> = r.get("cert_sha256");
+        let subject: Option<String> = r.get("cert_subject");
+        let issuer: Option<String> = r.get("cert_issuer");
+        let name: String = r.get("name");
+        let cert = match (sha256, subject, issuer) {
+            (None, None, None) => None,
+            (Some(h), None, None) => Some(CertBinding::Sha256(h)),
+            (None, Some(subject), Some(issuer)) => Some(CertBinding::Name { subject, issuer }),
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "client {name:?} has an incomplete certificate binding"
+                )));
+            }
+        };
+        Ok(ClientRecord {
+            name,
             client_id: r.get("client_id"),
             secret_hash: r.get("secret_hash"),
             scopes: r.get("scopes"),
             created_at: r.get("created_at"),
-        }
+            cert,
+            require_cert: r.get("require_cert"),
+        })
     }
 
     /// Looks a client up by the id in its bearer token.
     pub async fn client_by_id(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT name, client_id, secret_hash, scopes, created_at FROM api_clients WHERE client_id = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = $1"
+        ))
         .bind(client_id)
         .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::db("looking up a client"))?;
-        Ok(row.map(Self::client_from_row))
+        row.map(Self::client_from_row).transpose()
     }
 
     /// All clients, by name.
     pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, client_id, secret_hash, scopes, created_at FROM api_clients ORDER BY name",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM api_clients ORDER BY name"
+        ))
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::db("listing clients"))?;
-        Ok(rows.into_iter().map(Self::client_from_row).collect())
+        rows.into_iter().map(Self::client_from_row).collect()
     }
 
     /// Removes a client; false if there was none by that name.
@@ -737,29 +931,148 @@ mod tests {
         assert_eq!(store.verify_audit().await.unwrap().rows, 3);
     }
 
-    #[tokio::test]
-    async fn client_names_are_unique() {
-        let (_d, store) = fresh().await;
-        let c = ClientRecord {
-            name: "gw".into(),
-            client_id: "id1".into(),
+    fn client(name: &str, id: &str) -> ClientRecord {
+        ClientRecord {
+            name: name.into(),
+            client_id: id.into(),
             secret_hash: "00".into(),
             scopes: "sign".into(),
             created_at: 5,
-        };
-        store.add_client(&c).await.unwrap();
+            cert: None,
+            require_cert: false,
+        }
+    }
+
+    fn add_ev() -> AuditEvent {
+        AuditEvent::new("cli", "client-add", "ok")
+    }
+
+    #[tokio::test]
+    async fn client_names_are_unique() {
+        let (_d, store) = fresh().await;
+        let c = client("gw", "id1");
+        store.add_client(&c, &add_ev()).await.unwrap();
         let dup = ClientRecord {
             client_id: "id2".into(),
             ..c.clone()
         };
         assert!(matches!(
-            store.add_client(&dup).await,
+            store.add_client(&dup, &add_ev()).await,
             Err(StoreError::Conflict(_))
         ));
+        // The refused client left no audit row.
+        assert_eq!(store.verify_audit().await.unwrap().rows, 1);
         assert_eq!(store.client_by_id("id1").await.unwrap(), Some(c));
         assert!(store.remove_client("gw").await.unwrap());
         assert!(!store.remove_client("gw").await.unwrap());
         assert_eq!(store.client_by_id("id1").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn one_certificate_binds_at_most_one_client_and_bindings_change_at_once() {
+        let (_d, store) = fresh().await;
+        let h1 = "a".repeat(64);
+        let h2 = "b".repeat(64);
+        let name = |s: &str, i: &str| CertBinding::Name {
+            subject: s.into(),
+            issuer: i.into(),
+        };
+        fn by_hash(h: &str) -> PresentedCert<'_> {
+            PresentedCert {
+                sha256: h,
+                names: None,
+            }
+        }
+        let gw = ClientRecord {
+            cert: Some(CertBinding::Sha256(h1.clone())),
+            require_cert: true,
+            ..client("gw", "id1")
+        };
+        store.add_client(&gw, &add_ev()).await.unwrap();
+        let found = store.clients_by_cert(&by_hash(&h1)).await.unwrap();
+        assert_eq!(found, std::slice::from_ref(&gw));
+        assert_eq!(store.clients_by_cert(&by_hash(&h2)).await.unwrap(), []);
+        // Another client with the same certificate: refused, nothing written.
+        let e = store
+            .add_client(
+                &ClientRecord {
+                    cert: Some(CertBinding::Sha256(h1.clone())),
+                    ..client("other", "id2")
+                },
+                &add_ev(),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("\"gw\" is already bound"), "{e}");
+        assert_eq!(store.list_clients().await.unwrap().len(), 1);
+        // Bound by name; the same subject under another issuer is another
+        // certificate, the same subject and issuer is refused.
+        let ops = ClientRecord {
+            cert: Some(name("cn=ops", "cn=ca")),
+            ..client("ops", "id3")
+        };
+        store.add_client(&ops, &add_ev()).await.unwrap();
+        store
+            .add_client(
+                &ClientRecord {
+                    cert: Some(name("cn=ops", "cn=other ca")),
+                    ..client("ops2", "id4")
+                },
+                &add_ev(),
+            )
+            .await
+            .unwrap();
+        let bind = |b: &str| AuditEvent::new("cli", "client-bind", "ok").detail(b);
+        let e = store
+            .set_client_binding("gw", Some(&name("cn=ops", "cn=ca")), None, &bind("refused"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+        let presented = PresentedCert {
+            sha256: &h2,
+            names: Some(("cn=ops", "cn=ca")),
+        };
+        assert_eq!(store.clients_by_cert(&presented).await.unwrap(), [ops]);
+        // Rebinding moves the client to the new certificate, keeping its
+        // require-cert flag; unbinding keeps the flag too.
+        assert!(
+            store
+                .set_client_binding(
+                    "gw",
+                    Some(&CertBinding::Sha256(h2.clone())),
+                    None,
+                    &bind("1")
+                )
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.clients_by_cert(&by_hash(&h1)).await.unwrap(), []);
+        let got = store.clients_by_cert(&by_hash(&h2)).await.unwrap();
+        assert_eq!((got[0].name.as_str(), got[0].require_cert), ("gw", true));
+        assert!(
+            store
+                .set_client_binding("gw", None, None, &bind("2"))
+                .await
+                .unwrap()
+        );
+        let gw_now = store.client_by_id("id1").await.unwrap().unwrap();
+        assert_eq!((gw_now.cert, gw_now.require_cert), (None, true));
+        assert_eq!(store.clients_by_cert(&by_hash(&h2)).await.unwrap(), []);
+        assert!(
+            !store
+                .set_client_binding("nobody", None, Some(false), &bind("3"))
+                .await
+                .unwrap()
+        );
+        // Three clients added, two binding changes: one audit row each;
+        // the refused changes wrote none.
+        assert_eq!(store.verify_audit().await.unwrap().rows, 5);
+        let ops_rows: Vec<String> =
+            sqlx::query_scalar("SELECT operation FROM audit_log ORDER BY seq")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(ops_rows.iter().filter(|o| *o == "client-bind").count(), 2);
     }
 
     #[tokio::test]

@@ -3,16 +3,20 @@
 //! for an external CA) with the key in the token, checks certificates the
 //! operator imports, parses and verifies user CSRs, drafts S/MIME user
 //! certificates whose to-be-signed bytes the caller records before the token
-//! signs them, and builds CRLs. Every token signature is verified in
-//! software before it is used. No x509-cert type leaves this module.
+//! signs them, and builds CRLs. It also reads the names of API clients' TLS
+//! certificates in canonical form (`names`). Every token signature is
+//! verified in software before it is used. No x509-cert type leaves this
+//! module.
 
 mod keyfile;
 mod keys;
 mod mailbox;
+mod names;
 mod profiles;
 
 pub use keyfile::{CaKeypairFile, read_ca_keypair};
 pub use mailbox::check_mailbox;
+pub use names::{canonical_dn, certificate_dns};
 
 use crate::signer::{PublicKey, Signer, SignerError};
 use der::asn1::Ia5String;
