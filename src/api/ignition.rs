@@ -4,7 +4,7 @@
 
 use super::auth::{Client, Credentials, Scope, authenticate};
 use super::shared::{AppState, small_json_body, within_deadline};
-use super::{ApiError, ApiState, IgniteError, SealState};
+use super::{ApiError, ApiState, Backoff, IgniteError, SealState};
 use crate::metrics::IgnitionFailure;
 use crate::store::AuditEvent;
 use axum::Json;
@@ -123,23 +123,14 @@ pub(super) async fn change_passphrase(
             tracing::info!(client = %client.name, "ignition passphrase changed");
             Ok(Json(serde_json::json!({ "changed": true })).into_response())
         }
-        Err(IgniteError::BadPassphrase) => {
-            let delay = backoff.failed(&st.ignition, Instant::now());
-            tracing::warn!(client = %client.name, failures = backoff.failures(), "wrong current ignition passphrase");
-            audit_or_503(
-                &st,
-                AuditEvent::new(&client.name, "ignition-change", "denied").detail(format!(
-                    "bad current passphrase (consecutive failures: {})",
-                    backoff.failures()
-                )),
-            )
-            .await?;
-            let mut err = ApiError::from_ignite(&IgniteError::BadPassphrase);
-            if let Some(d) = delay {
-                err = err.retry_after(d.as_secs());
-            }
-            Err(err)
-        }
+        Err(IgniteError::BadPassphrase) => Err(refused_passphrase(
+            &st,
+            &client,
+            &mut backoff,
+            "ignition-change",
+            "bad current passphrase",
+        )
+        .await),
         Err(e) => {
             tracing::error!(error = %e, client = %client.name, "changing the ignition passphrase failed");
             audit_or_503(
@@ -279,21 +270,7 @@ async fn audited_ignition(
             Ok(Json(serde_json::json!({ "state": "ignited", "org_key": fpr })).into_response())
         }
         Err(IgniteError::BadPassphrase) => {
-            let delay = backoff.failed(&st.ignition, Instant::now());
-            tracing::warn!(client = %client.name, failures = backoff.failures(), "wrong ignition passphrase");
-            audit_or_503(
-                st,
-                AuditEvent::new(&client.name, "ignition", "denied").detail(format!(
-                    "bad passphrase (consecutive failures: {})",
-                    backoff.failures()
-                )),
-            )
-            .await?;
-            let mut err = ApiError::from_ignite(&IgniteError::BadPassphrase);
-            if let Some(d) = delay {
-                err = err.retry_after(d.as_secs());
-            }
-            Err(err)
+            Err(refused_passphrase(st, client, &mut backoff, "ignition", "bad passphrase").await)
         }
         Err(e) => {
             let outcome = match &e {
@@ -310,6 +287,32 @@ async fn audited_ignition(
             Err(err)
         }
     }
+}
+
+/// A passphrase the token refused (ignition or passphrase change): it counts
+/// in the back-off, is audited as `operation` `denied`, and answers 401, with
+/// Retry-After once a back-off starts (or 503 if it cannot be audited).
+async fn refused_passphrase(
+    st: &ApiState,
+    client: &Client,
+    backoff: &mut Backoff,
+    operation: &str,
+    what: &str,
+) -> ApiError {
+    let delay = backoff.failed(&st.ignition, Instant::now());
+    tracing::warn!(client = %client.name, failures = backoff.failures(), operation, "{what}");
+    let event = AuditEvent::new(&client.name, operation, "denied").detail(format!(
+        "{what} (consecutive failures: {})",
+        backoff.failures()
+    ));
+    if let Err(e) = audit_or_503(st, event).await {
+        return e;
+    }
+    let mut err = ApiError::from_ignite(&IgniteError::BadPassphrase);
+    if let Some(d) = delay {
+        err = err.retry_after(d.as_secs());
+    }
+    err
 }
 
 pub(super) async fn seal(State(st): AppState, creds: Credentials) -> Result<Response, ApiError> {

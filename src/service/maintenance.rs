@@ -1,14 +1,13 @@
 //! Maintenance wiring: the one-shot run (`orgkey maintenance run`) and the
 //! scheduler inside `orgkey serve`.
 
-use super::{ServiceError, load_signing_key, open_store, open_token};
+use super::{ServiceError, load_signing_key, open_store};
 use crate::api::{ApiState, MaintenanceCounts, MaintenanceStatus, SealState};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::maintenance::{Maintenance, OrgSigner, Report};
 use crate::openpgp::OrgKey;
 use crate::store::Store;
-use crate::task::TaskFailed;
 use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,27 +38,16 @@ pub async fn run_maintenance(
     let rec = store.active_org_key().await?.ok_or_else(|| {
         ServiceError::Refused("no org key: run `orgkey org-key generate` first".into())
     })?;
-    let token_cfg = cfg.clone();
     let ca_records = store
         .live_org_certs(crate::clock::unix_secs(clock.now()) as i64)
         .await?;
-    let (token, key) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-        let token = Arc::new(open_token(&token_cfg)?);
-        token.login(&passphrase)?;
-        let loaded = load_signing_key(&token, &rec).and_then(|mut k| {
-            k.cas = super::org_cert::load_cas(&token, ca_records)?;
-            Ok(k)
-        });
-        match loaded {
-            Ok(k) => Ok((token, k)),
-            Err(e) => {
-                let _ = token.logout();
-                Err(e)
-            }
-        }
-    })
-    .await
-    .map_err(TaskFailed::doing("loading the org keys"))??;
+    let (token, key) =
+        super::logged_in_token(cfg, passphrase, "loading the org keys", move |token| {
+            let mut key = load_signing_key(token, &rec)?;
+            key.cas = super::org_cert::load_cas(token, ca_records)?;
+            Ok(key)
+        })
+        .await?;
     let m = maintenance_for(cfg, store.clone(), clock);
     let signer = OrgSigner {
         org: key.org.clone(),

@@ -136,6 +136,32 @@ pub fn open_token(cfg: &Config) -> Result<Token, ServiceError> {
     Ok(Token::open(&module, &cfg.token.selector, options)?)
 }
 
+/// Opens the configured token and logs in with the ignition passphrase, then
+/// runs `work` with it, all on a blocking thread. Returns the token, still
+/// logged in, with what `work` made (the caller logs out when it is done);
+/// if the login or `work` fails, the token is logged out again.
+pub(crate) async fn logged_in_token<T: Send + 'static>(
+    cfg: &Config,
+    passphrase: SecretString,
+    doing: &'static str,
+    work: impl FnOnce(&Arc<Token>) -> Result<T, ServiceError> + Send + 'static,
+) -> Result<(Arc<Token>, T), ServiceError> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        let token = Arc::new(open_token(&cfg)?);
+        token.login(&passphrase)?;
+        match work(&token) {
+            Ok(made) => Ok((token, made)),
+            Err(e) => {
+                let _ = token.logout();
+                Err(e)
+            }
+        }
+    })
+    .await
+    .map_err(crate::task::TaskFailed::doing(doing))?
+}
+
 /// Opens the existing store.
 pub async fn open_store(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Store, ServiceError> {
     Ok(Store::open_with(&cfg.store.sqlite, false, clock, cfg.store.busy_timeout).await?)

@@ -446,20 +446,11 @@ pub async fn revoke_user_cert(
     let store = open_store(cfg, Arc::clone(&clock)).await?;
     let now = clock.now();
     let records = store.live_org_certs(unix_secs(now) as i64).await?;
-    let token_cfg = cfg.clone();
-    let (token, cas) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-        let token = Arc::new(open_token(&token_cfg)?);
-        token.login(&passphrase)?;
-        match load_cas(&token, records) {
-            Ok(c) => Ok((token, c)),
-            Err(e) => {
-                let _ = token.logout();
-                Err(e)
-            }
-        }
-    })
-    .await
-    .map_err(TaskFailed::doing("loading the org cert keys"))??;
+    let (token, cas) =
+        super::logged_in_token(cfg, passphrase, "loading the org cert keys", move |token| {
+            load_cas(token, records)
+        })
+        .await?;
     let result = crate::ca::revoke(&store, &cas, &cfg.x509, serial, reason, actor, now).await;
     drop(cas);
     let _ = tokio::task::spawn_blocking(move || token.logout()).await;

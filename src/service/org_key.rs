@@ -119,16 +119,12 @@ pub async fn generate_org_key(
     // non-exportable keys whatever was asked.
     let exportable = profile.keys.exportable_keys(req.exportable);
     let created = clock.now_secs();
-    let token_cfg = cfg.clone();
     let request = req.clone();
-    let (token, rec) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-        let token = Arc::new(open_token(&token_cfg)?);
-        token.login(&passphrase)?;
-        let rec = generate_in_token(&token, &request, exportable, created)?;
-        Ok((token, rec))
-    })
-    .await
-    .map_err(TaskFailed::doing("generating the org key"))??;
+    let (token, rec) =
+        super::logged_in_token(cfg, passphrase, "generating the org key", move |token| {
+            generate_in_token(token, &request, exportable, created)
+        })
+        .await?;
 
     let event = AuditEvent::new(&req.actor, "org-key-generate", "ok")
         .key(rec.0.fingerprint.clone())

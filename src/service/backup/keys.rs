@@ -481,21 +481,13 @@ pub async fn restore_keys(
         // restore_into_token refuses an org cert without its key.
         _ => None,
     };
-    let token_cfg = cfg.clone();
     let backup = body.clone();
-    let (token, ids) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-        let token = Arc::new(open_token(&token_cfg)?);
-        token.login(&ignition)?;
-        match restore_into_token(&token, &backup, &kek, &token_cfg.token.profile.keys) {
-            Ok(ids) => Ok((token, ids)),
-            Err(e) => {
-                let _ = token.logout();
-                Err(e)
-            }
-        }
-    })
-    .await
-    .map_err(TaskFailed::doing("restoring the keys"))??;
+    let keys = cfg.token.profile.keys.clone();
+    let (token, ids) =
+        crate::service::logged_in_token(cfg, ignition, "restoring the keys", move |token| {
+            restore_into_token(token, &backup, &kek, &keys)
+        })
+        .await?;
     // One transaction: the org key and its org cert are recorded together
     // or not at all, and then the restored keys are removed again.
     let stored = store

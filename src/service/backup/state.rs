@@ -168,20 +168,11 @@ pub async fn backup_state(
         let rec = store.active_org_key().await?.ok_or_else(|| {
             ServiceError::Refused("no org key: generate or restore one first".into())
         })?;
-        let token_cfg = cfg.clone();
-        let (token, key) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
-            let token = Arc::new(open_token(&token_cfg)?);
-            token.login(&ignition)?;
-            match crate::service::load_signing_key(&token, &rec) {
-                Ok(key) => Ok((token, key)),
-                Err(e) => {
-                    let _ = token.logout();
-                    Err(e)
-                }
-            }
-        })
-        .await
-        .map_err(TaskFailed::doing("loading the org key"))??;
+        let (token, key) =
+            crate::service::logged_in_token(cfg, ignition, "loading the org key", move |token| {
+                crate::service::load_signing_key(token, &rec)
+            })
+            .await?;
         let r = write_state_backup(cfg, &store, out, actor, &key).await;
         drop(key);
         let _ = tokio::task::spawn_blocking(move || token.logout()).await;
