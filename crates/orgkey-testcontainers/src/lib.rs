@@ -33,14 +33,6 @@
 //! The gateway client has the `sign`, `certify`, `issue` and `revoke` scopes;
 //! the admin client has `admin`. The container is removed when the
 //! [`OrgkeyDevContainer`] is dropped.
-//!
-//! # Docker engines older than the client
-//!
-//! testcontainers speaks the Docker API version of its bollard client (1.53
-//! in 0.28) and engines refuse versions newer than their own (Debian 12's
-//! Docker 20.10 speaks 1.41). On such an engine [`OrgkeyDevContainer::start`]
-//! fails with [`Error::EngineTooOld`]; run the `orgkey-docker-api-shim`
-//! binary of this crate and point `DOCKER_HOST` at it (see its `--help`).
 
 use secrecy::SecretString;
 use std::borrow::Cow;
@@ -183,15 +175,10 @@ impl Image for OrgkeyDev {
 /// What can go wrong starting the fixture.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The Docker engine speaks an older API than testcontainers' client.
+    /// The image is not in the Docker engine. It is built locally and there
+    /// is no registry to pull it from.
     #[error(
-        "the Docker engine refuses testcontainers' API version ({0}); run `orgkey-docker-api-shim --listen SOCKET` \
-         (this crate's binary) and set DOCKER_HOST=unix://SOCKET"
-    )]
-    EngineTooOld(String),
-    /// The image is not there (it is built locally, never pulled).
-    #[error(
-        "no image {IMAGE_NAME}:{IMAGE_TAG} in the Docker engine: build it with orgkey's scripts/images.sh ({0})"
+        "the image is not in the Docker engine: build it with orgkey's scripts/images.sh ({0})"
     )]
     NoImage(String),
     /// Starting, inspecting or reading the container failed.
@@ -204,10 +191,9 @@ pub enum Error {
 
 impl Error {
     fn from_start(e: TestcontainersError) -> Self {
+        // testcontainers pulls an image that create does not find.
         let text = e.to_string();
-        if text.contains("is too new") && text.contains("Maximum supported API version") {
-            Error::EngineTooOld(text)
-        } else if text.contains("pull") || text.contains("No such image") {
+        if text.contains("failed to pull the image") {
             Error::NoImage(text)
         } else {
             Error::Testcontainers(e)
@@ -350,11 +336,13 @@ mod tests {
     }
 
     #[test]
-    fn engine_too_old_is_told_apart() {
+    fn a_missing_image_names_the_script_that_builds_it() {
         let e = Error::from_start(TestcontainersError::other(
-            "Docker responded with status code 400: client version 1.53 is too new. Maximum supported API version is 1.41",
+            "failed to pull the image 'orgkey:dev', error: Docker responded with status code 500: no such host",
         ));
-        assert!(matches!(e, Error::EngineTooOld(_)), "{e}");
-        assert!(e.to_string().contains("orgkey-docker-api-shim"));
+        assert!(matches!(e, Error::NoImage(_)), "{e}");
+        assert!(e.to_string().contains("scripts/images.sh"), "{e}");
+        let e = Error::from_start(TestcontainersError::other("container exited"));
+        assert!(matches!(e, Error::Testcontainers(_)), "{e}");
     }
 }
