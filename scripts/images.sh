@@ -145,7 +145,9 @@ else
   # The debug build the test suite already made (same Debian release as the
   # image, so its shared libraries match). A test fixture needs no release
   # build; see docs/decisions/0036-container-images-without-a-registry.md.
-  cargo build --locked --quiet --bin orgkey
+  # With --tests the features are those of `cargo test` (dev-dependencies
+  # included), so after scripts/test.sh's build nothing is compiled again.
+  cargo build --locked --quiet --bin orgkey --tests
   bin=target/debug/orgkey
 fi
 dev_packages=(softhsm2 p11-kit p11-kit-modules libnettle8 libhogweed6 libgmp10 curl)
