@@ -14,9 +14,8 @@
 # org.orgkey.inputs and is reused while they are unchanged: for the base, the
 # Debian sources, release and mmdebstrap recipe; for the others, the base
 # image's id, their recipe below, their images/ files and (orgkey:dev) the
-# binary. The derived
-# images are the base plus `apt-get install` in a container, committed
-# (`docker commit`, no image builder needed). Prints each image's size and
+# binary. The derived images are the base plus `apt-get install` in a
+# container, committed (`docker commit`, no image builder needed). Prints each image's size and
 # how long it took.
 #
 # ORGKEY_IMAGES_BIN=PATH takes that orgkey binary instead of building
@@ -53,11 +52,15 @@ orgkey_host_debian_sources "$suite" >"$sources"
   exit 1
 }
 
-# sha256 of everything given (files and literal strings), in order.
+# sha256 of everything given, in order: "file:PATH" stands for the file's
+# contents, anything else for itself.
 inputs_hash() {
   local x
   for x in "$@"; do
-    if [ -f "$x" ]; then printf 'file %s\n' "$x"; sha256sum <"$x"; else printf 'text %s\n' "$x"; fi
+    case "$x" in
+      file:*) printf 'file %s\n' "${x#file:}" && sha256sum <"${x#file:}" ;;
+      *) printf 'text %s\n' "$x" ;;
+    esac
   done | sha256sum | cut -d' ' -f1
 }
 
@@ -100,7 +103,7 @@ derive() { # from image script changes-array-name copy-pairs...
   docker commit "${args[@]}" "$cid" "$image" >/dev/null
   docker rm -f "$cid" >/dev/null
   trap - EXIT
-  [ "$old" != "$(docker image inspect -f '{{.Id}}' "$image")" ] && drop_old "$old"
+  if [ "$old" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then drop_old "$old"; fi
 }
 
 # Shell run in a derived image's container: installs Debian packages from the
@@ -123,14 +126,14 @@ base_args=(
   --setup-hook='mkdir -p "$1/usr/sbin" && printf "#!/bin/sh\nexit 101\n" >"$1/usr/sbin/policy-rc.d" && chmod 755 "$1/usr/sbin/policy-rc.d"'
 )
 base_changes=('CMD ["/bin/bash"]')
-base_hash=$(inputs_hash "$sources" "$suite" "$arch" "${base_args[@]}" "${base_changes[@]}")
+base_hash=$(inputs_hash "file:$sources" "$suite" "$arch" "${base_args[@]}" "${base_changes[@]}")
 if needs_build "$base_image" "$base_hash"; then
   start=$SECONDS
   old=$(docker image inspect -f '{{.Id}}' "$base_image" 2>/dev/null || true)
   mmdebstrap "${base_args[@]}" "$suite" "$work/base.tar" "$sources"
   docker import -c "${base_changes[0]}" -c "LABEL $label=$base_hash" "$work/base.tar" "$base_image" >/dev/null
   rm -f "$work/base.tar"
-  [ "$old" != "$(docker image inspect -f '{{.Id}}' "$base_image")" ] && drop_old "$old"
+  if [ "$old" != "$(docker image inspect -f '{{.Id}}' "$base_image")" ]; then drop_old "$old"; fi
   report "$base_image" $((SECONDS - start)) built
 else
   report "$base_image" 0 reused
@@ -168,7 +171,7 @@ dev_changes=(
   'ENTRYPOINT ["/usr/local/bin/orgkey-entrypoint"]'
   'CMD []'
 )
-dev_hash=$(inputs_hash "$base_id" "$dev_setup" "${dev_changes[@]}" images/orgkey-dev/entrypoint.sh "$bin")
+dev_hash=$(inputs_hash "$base_id" "$dev_setup" "${dev_changes[@]}" file:images/orgkey-dev/entrypoint.sh "file:$bin")
 if needs_build "$dev_image" "$dev_hash"; then
   # Debug info is most of a debug binary; the fixture does not need it.
   strip --strip-debug -o "$work/orgkey" "$bin"
@@ -198,7 +201,7 @@ pg_changes=(
   'ENTRYPOINT ["/usr/local/bin/orgkey-postgres-entrypoint"]'
   'CMD []'
 )
-pg_hash=$(inputs_hash "$base_id" "$pg_setup" "${pg_changes[@]}" images/orgkey-postgres/entrypoint.sh)
+pg_hash=$(inputs_hash "$base_id" "$pg_setup" "${pg_changes[@]}" file:images/orgkey-postgres/entrypoint.sh)
 if needs_build "$pg_image" "$pg_hash"; then
   pg_changes+=("LABEL $label=$pg_hash")
   derive "$base_image" "$pg_image" "$pg_setup" pg_changes \
