@@ -22,6 +22,10 @@ fi
 say() { echo "orgkey-dev: $*" >&2; }
 
 algorithm=${ORGKEY_DEV_ALGORITHM:-p256}
+case "$algorithm" in
+  p256 | p384 | ed25519 | rsa3072 | rsa4096) ;;
+  *) say "ORGKEY_DEV_ALGORITHM must be p256, p384, ed25519, rsa3072 or rsa4096, not '$algorithm'"; exit 2 ;;
+esac
 # Comma- or space-separated.
 IFS=', ' read -r -a listed <<<"${ORGKEY_DEV_DOMAINS:-example.com}"
 domains=()
@@ -38,8 +42,13 @@ export ORGKEY_CONFIG="$dir/orgkey.toml"
 say "no config at $config: starting as a TEST FIXTURE (throwaway SoftHSM2 token, random passphrases kept in the container; not for production)"
 
 umask 077
+# A container restarted after its first start keeps its appliance; one whose
+# first setup failed half-way is not served.
+if [ -f "$ORGKEY_CONFIG" ] && [ ! -f "$dir/fixture-complete" ]; then
+  say "an earlier setup of this container failed (see its first log); start a new container"
+  exit 1
+fi
 if [ ! -f "$ORGKEY_CONFIG" ]; then
-  # A container restarted after its first start keeps its appliance.
   mkdir -p "$dir/secrets" "$out"
   head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$dir/secrets/ignition-passphrase"
   head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$dir/secrets/so-pin"
@@ -61,6 +70,7 @@ if [ ! -f "$ORGKEY_CONFIG" ]; then
   orgkey client add gateway --scopes sign,certify,issue,revoke --token-out "$dir/secrets/gateway.token"
   orgkey org-key export --out "$dir/org-key.asc"
   if [ "$org_cert" = 1 ]; then orgkey org-cert export --out "$dir/org-cert.pem"; fi
+  touch "$dir/fixture-complete"
 fi
 
 # /run/orgkey is what a test reads (tokens are test credentials here). It is
