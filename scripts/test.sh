@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, and integration tests against real
 # SoftHSM2 tokens, a real SQLite store, a real HTTP server, gpg and openssl;
+# then the container tests (the orgkey:dev image through testcontainers);
 # then schemathesis against a live appliance (the API contract); then the
 # integration tests once more against Kryoptic tokens.
 # Installs the Debian packages it needs when they are missing.
@@ -11,6 +12,12 @@ source scripts/lib/deps.sh
 orgkey_install_deps
 
 cargo test --locked --all-targets "$@"
+
+# The container tests: crates/orgkey-testcontainers against the orgkey:dev
+# image, built locally by scripts/images.sh (reused while unchanged). Without
+# a Docker engine they are skipped with a loud message; ORGKEY_TEST_CONTAINERS=1
+# makes them mandatory (CI), ORGKEY_TEST_CONTAINERS=0 skips them.
+bash scripts/container-tests.sh
 
 # The API contract against a live appliance: schemathesis (PyPI, installed
 # into target/venv on the first run and kept) fuzzes it from
