@@ -228,6 +228,18 @@ async fn key_backup_restores_into_another_token_and_signs_there() {
     // clients work on B.
     let gw_a = a.client("gateway-a", "sign");
     let state_a = a.path("state-a.pgp");
+    if on_postgres() {
+        // State backups of a PostgreSQL store do not exist yet: refused,
+        // nothing written.
+        a.refused(
+            &["backup", "state", "--out", state_a.to_str().unwrap()],
+            true,
+            "state backups of a PostgreSQL store are not implemented yet",
+        );
+        assert!(!state_a.exists());
+        assert!(a.ok(&["audit", "verify"], false).contains("intact"));
+        return;
+    }
     a.ok(
         &["backup", "state", "--out", state_a.to_str().unwrap()],
         true,
@@ -303,13 +315,9 @@ async fn key_backup_restores_into_another_token_and_signs_there() {
     );
 }
 
+/// Runs SQL on the appliance's store (SQLite or PostgreSQL).
 fn sql(a: &Appliance, q: &str) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(a.db())
-        .arg(q)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    a.sql(q).trim().to_string()
 }
 
 #[tokio::test]
@@ -407,6 +415,11 @@ async fn tokens_that_cannot_wrap_say_so_and_name_the_vendor_path() {
 
 #[tokio::test]
 async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_token() {
+    if skip_on_postgres(
+        "state backups of a PostgreSQL store are not implemented yet (refused; tests/postgres.rs)",
+    ) {
+        return;
+    }
     let a = Appliance::with_org_key("p256");
     let admin = a.client("admin", "admin");
     let gw = a.client("gateway", "certify");
@@ -658,6 +671,11 @@ async fn the_ignition_passphrase_can_be_changed_and_reset_by_the_security_office
 
 #[tokio::test]
 async fn serve_writes_scheduled_state_backups_and_reports_them() {
+    if skip_on_postgres(
+        "state backups of a PostgreSQL store are not implemented yet (refused; tests/postgres.rs)",
+    ) {
+        return;
+    }
     let a = Appliance::with_org_key("p256");
     a.edit_config(|t| {
         let backup = config_table(t, "backup");
@@ -702,6 +720,11 @@ async fn serve_writes_scheduled_state_backups_and_reports_them() {
 
 #[tokio::test]
 async fn state_backups_the_org_key_did_not_sign_are_refused_and_change_nothing() {
+    if skip_on_postgres(
+        "state backups of a PostgreSQL store are not implemented yet (refused; tests/postgres.rs)",
+    ) {
+        return;
+    }
     let a = Appliance::with_org_key("p256");
     let admin = a.client("admin", "admin");
     // The attacker's store: this appliance's own, plus a client with every

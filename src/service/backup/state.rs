@@ -9,7 +9,7 @@ use crate::openpgp::{
     OrgKey, RecipientCert, SignedPlaintext, decrypt_signed_by_org_key, sign_and_encrypt_to_org_key,
 };
 use crate::service::{ServiceError, decode_id, open_store, open_token};
-use crate::store::{AuditEvent, Store};
+use crate::store::{AuditEvent, Backend, Store};
 use crate::task::TaskFailed;
 use secrecy::SecretString;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,20 @@ impl Drop for TempFile {
     }
 }
 
+/// State backups exist for the SQLite store only (VACUUM INTO into a file
+/// that is itself a store); a PostgreSQL store is refused before anything
+/// is written or recorded.
+fn refuse_postgres(store: &Store, what: &str) -> Result<(), ServiceError> {
+    match store.backend() {
+        Backend::Sqlite => Ok(()),
+        Backend::Postgres => Err(ServiceError::Refused(format!(
+            "{what}: state backups of a PostgreSQL store are not implemented yet; back the \
+             database up with PostgreSQL's own tools (pg_dump, base backups) and keep key \
+             backups (orgkey backup keys)"
+        ))),
+    }
+}
+
 fn temp_path(dir: &Path, what: &str) -> PathBuf {
     dir.join(format!(
         ".orgkey-{what}-{}",
@@ -66,6 +80,7 @@ pub(crate) async fn write_state_backup(
     actor: &str,
     key: &SigningKey,
 ) -> Result<u64, ServiceError> {
+    refuse_postgres(store, "backup state")?;
     let rec = store
         .active_org_key()
         .await?
@@ -165,6 +180,7 @@ pub async fn backup_state(
 ) -> Result<u64, ServiceError> {
     let store = open_store(cfg, clock).await?;
     let result = async {
+        refuse_postgres(&store, "backup state")?;
         let rec = store.active_org_key().await?.ok_or_else(|| {
             ServiceError::Refused("no org key: generate or restore one first".into())
         })?;
@@ -256,6 +272,10 @@ pub async fn restore_state(
     clock: Arc<dyn Clock>,
 ) -> Result<RestoreStateReport, ServiceError> {
     let current = open_store(cfg, Arc::clone(&clock)).await?;
+    if let Err(e) = refuse_postgres(&current, "backup restore-state") {
+        current.close().await;
+        return Err(e);
+    }
     let result = restore_state_over(cfg, &current, ignition, input, options, actor, &clock).await;
     current.close().await;
     let (plain, report) = result?;
