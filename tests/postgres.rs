@@ -400,3 +400,109 @@ async fn a_node_answers_503_while_its_database_is_down_and_recovers_by_itself() 
     drop(a);
     drop(db);
 }
+
+const BACKUP_PASS: &str = "a long backup passphrase for the test";
+
+/// Runs `orgkey backup export-keys` (a) or `restore-keys` (b) with secret
+/// files.
+fn key_backup(a: &Appliance, cmd: &str, file: &str) -> std::process::Output {
+    let bp = a.path("backup-pass");
+    write_secret(&bp, BACKUP_PASS);
+    let so = a.path("so-pin");
+    write_secret(&so, SO_PIN);
+    let mut args = vec![
+        "backup",
+        cmd,
+        if cmd == "export-keys" {
+            "--out"
+        } else {
+            "--in"
+        },
+        file,
+        "--backup-passphrase-file",
+        bp.to_str().unwrap(),
+    ];
+    if cmd == "export-keys" {
+        args.extend(["--so-pin-file", so.to_str().unwrap()]);
+    }
+    a.run(&args, true)
+}
+
+/// Node B joins node A's store with a token of its own: init makes no second
+/// org key, B stays sealed until the org key is restored into its token from
+/// A's key backup (no --replace: it is the store's own key), then both
+/// nodes sign for the same clients, and the one audit chain names both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_node_joins_the_store_and_signs_with_the_org_key_from_a_key_backup() {
+    if server().is_none() {
+        return;
+    }
+    if !profile().wrap.supported {
+        eprintln!(
+            "skipped under {}: the token cannot wrap org keys",
+            test_profile()
+        );
+        return;
+    }
+    let a = Appliance::with_org_key("p256");
+    a.set_config("node_id", "node-a");
+    let backup = a.path("org.keys");
+    let out = key_backup(&a, "export-keys", backup.to_str().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = a.database.as_ref().unwrap().url.clone();
+    let b = Appliance::new_on(Some(&url));
+    b.set_config("node_id", "node-b");
+    let org_before = a.ok(&["org-key", "show"], false);
+    assert_eq!(b.ok(&["org-key", "show"], false), org_before, "one org key");
+
+    // Clients live in the shared store: one registration serves both nodes.
+    let admin = a.client("admin", "admin");
+    let gw = a.client("gateway", "sign");
+    let sb = b.serve(&[]);
+    let r = ignite(&sb, &admin, PASSPHRASE).await;
+    assert_error(r, 409, "org_key_mismatch").await;
+    sb.stop();
+
+    let out = key_backup(&b, "restore-keys", backup.to_str().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = key_backup(&b, "restore-keys", backup.to_str().unwrap());
+    assert_refused(&again, "already has org key");
+    assert_eq!(a.ok(&["org-key", "show"], false), org_before);
+
+    let sa = a.serve(&[]);
+    let sb = b.serve(&[]);
+    let gpg = Gpg::new();
+    gpg.import(a.ok(&["org-key", "export"], false).as_bytes());
+    for (s, data) in [(&sa, b"from node a".as_slice()), (&sb, b"from node b")] {
+        assert_eq!(ignite(s, &admin, PASSPHRASE).await.status(), 200);
+        let r = sign(s, &gw, data).await;
+        assert_eq!(r.status(), 200);
+        let (ok, err) = gpg.verify(&r.bytes().await.unwrap(), data);
+        assert!(ok, "gpg: {err}");
+    }
+    sa.stop();
+    sb.stop();
+    let audit = b.ok(&["audit", "list", "--last", "100"], false);
+    for (node, op) in [
+        ("node-a", "\tsign\tok"),
+        ("node-b", "\tsign\tok"),
+        ("node-b", "\tkey-backup-restore\tok"),
+    ] {
+        assert!(
+            audit
+                .lines()
+                .any(|l| l.contains(op) && l.ends_with(&format!("\t{node}"))),
+            "no {op} row of {node} in:\n{audit}"
+        );
+    }
+    assert!(a.ok(&["audit", "verify"], false).contains("intact"));
+    drop(b);
+}
