@@ -431,7 +431,8 @@ fn key_backup(a: &Appliance, cmd: &str, file: &str) -> std::process::Output {
 /// Node B joins node A's store with a token of its own: init makes no second
 /// org key, B stays sealed until the org key is restored into its token from
 /// A's key backup (no --replace: it is the store's own key), then both
-/// nodes sign for the same clients, and the one audit chain names both.
+/// nodes sign for the same clients, a client removed through A is refused
+/// by B at once, and the one audit chain names both nodes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_node_joins_the_store_and_signs_with_the_org_key_from_a_key_backup() {
     if server().is_none() {
@@ -488,6 +489,11 @@ async fn a_second_node_joins_the_store_and_signs_with_the_org_key_from_a_key_bac
         let (ok, err) = gpg.verify(&r.bytes().await.unwrap(), data);
         assert!(ok, "gpg: {err}");
     }
+    // A client removed through node A is refused by node B at once: nodes
+    // read clients from the shared store (a cache would need invalidating).
+    a.ok(&["client", "remove", "gateway"], false);
+    let r = sign(&sb, &gw, b"after removal").await;
+    assert_error(r, 401, "unauthorized").await;
     sa.stop();
     sb.stop();
     let audit = b.ok(&["audit", "list", "--last", "100"], false);
