@@ -228,18 +228,6 @@ async fn key_backup_restores_into_another_token_and_signs_there() {
     // clients work on B.
     let gw_a = a.client("gateway-a", "sign");
     let state_a = a.path("state-a.pgp");
-    if on_postgres() {
-        // State backups of a PostgreSQL store do not exist yet: refused,
-        // nothing written.
-        a.refused(
-            &["backup", "state", "--out", state_a.to_str().unwrap()],
-            true,
-            "state backups of a PostgreSQL store are not implemented yet",
-        );
-        assert!(!state_a.exists());
-        assert!(a.ok(&["audit", "verify"], false).contains("intact"));
-        return;
-    }
     a.ok(
         &["backup", "state", "--out", state_a.to_str().unwrap()],
         true,
@@ -415,11 +403,6 @@ async fn tokens_that_cannot_wrap_say_so_and_name_the_vendor_path() {
 
 #[tokio::test]
 async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_token() {
-    if skip_on_postgres(
-        "state backups of a PostgreSQL store are not implemented yet (refused; tests/postgres.rs)",
-    ) {
-        return;
-    }
     let a = Appliance::with_org_key("p256");
     let admin = a.client("admin", "admin");
     let gw = a.client("gateway", "certify");
@@ -487,9 +470,17 @@ async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_toke
     );
     let status = String::from_utf8_lossy(&plain.stderr).into_owned();
     assert!(plain.status.success(), "{status}");
+    // A SQLite store's backup is the database file; a PostgreSQL store's a
+    // logical snapshot.
+    let magic: &[u8] = if on_postgres() {
+        b"{\"format\":\"orgkey-logical-snapshot\""
+    } else {
+        b"SQLite format 3"
+    };
     assert!(
-        plain.stdout.starts_with(b"SQLite format 3"),
-        "gpg decrypted a SQLite store"
+        plain.stdout.starts_with(magic),
+        "gpg decrypted the store: {}",
+        String::from_utf8_lossy(&plain.stdout[..plain.stdout.len().min(80)])
     );
     let gpg = Gpg::new();
     gpg.import(org.as_bytes());
@@ -524,8 +515,8 @@ async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_toke
     assert!(
         !std::fs::read(&out)
             .unwrap()
-            .windows(15)
-            .any(|w| w == b"SQLite format 3")
+            .windows(magic.len())
+            .any(|w| w == magic)
     );
 
     // Restoring over a store with users needs --replace; then the users come back.
@@ -671,11 +662,6 @@ async fn the_ignition_passphrase_can_be_changed_and_reset_by_the_security_office
 
 #[tokio::test]
 async fn serve_writes_scheduled_state_backups_and_reports_them() {
-    if skip_on_postgres(
-        "state backups of a PostgreSQL store are not implemented yet (refused; tests/postgres.rs)",
-    ) {
-        return;
-    }
     let a = Appliance::with_org_key("p256");
     a.edit_config(|t| {
         let backup = config_table(t, "backup");
@@ -720,9 +706,7 @@ async fn serve_writes_scheduled_state_backups_and_reports_them() {
 
 #[tokio::test]
 async fn state_backups_the_org_key_did_not_sign_are_refused_and_change_nothing() {
-    if skip_on_postgres(
-        "state backups of a PostgreSQL store are not implemented yet (refused; tests/postgres.rs)",
-    ) {
+    if skip_on_postgres("the forged store is made with sqlite3 from the SQLite file") {
         return;
     }
     let a = Appliance::with_org_key("p256");

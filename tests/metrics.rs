@@ -500,7 +500,8 @@ async fn expiry_gauges_are_what_org_key_show_and_openssl_read_and_the_alert_rule
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as f64;
-    // Scheduled state backups exist on SQLite only (docs/cluster.md).
+    // On a PostgreSQL store scheduled state backups are off unless set
+    // (docs/cluster.md).
     let mut timestamps = vec!["orgkey_maintenance_last_success_timestamp_seconds"];
     if !on_postgres() {
         timestamps.push("orgkey_backup_last_success_timestamp_seconds");
@@ -576,7 +577,7 @@ async fn expiry_gauges_are_what_org_key_show_and_openssl_read_and_the_alert_rule
         let names = metric_names(expr);
         assert!(!names.is_empty(), "{alert} names no metric: {expr}");
         for n in names {
-            // No state backups of a PostgreSQL store (docs/cluster.md).
+            // Scheduled backups of a PostgreSQL store are off by default.
             if on_postgres() && n.starts_with("orgkey_backup_") {
                 named.insert(n);
                 continue;

@@ -396,11 +396,6 @@ async fn a_device_error_during_maintenance_starts_recovery() {
 
 #[tokio::test]
 async fn a_device_error_during_a_scheduled_state_backup_starts_recovery() {
-    if skip_on_postgres(
-        "state backups of a PostgreSQL store are not implemented yet (refused; tests/postgres.rs)",
-    ) {
-        return;
-    }
     let a = behind_shim(&[("ORGKEY_SHIM_FAIL_EVERY", "1")]);
     a.set_config("backup.dir", "scheduled");
     a.set_config("backup.interval", "1h");

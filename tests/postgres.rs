@@ -512,3 +512,89 @@ async fn a_second_node_joins_the_store_and_signs_with_the_org_key_from_a_key_bac
     assert!(a.ok(&["audit", "verify"], false).contains("intact"));
     drop(b);
 }
+
+/// A state backup moves between backends: a PostgreSQL store's backup (a
+/// logical snapshot) restores into a SQLite appliance, and that
+/// appliance's backup (its database file) restores into another
+/// PostgreSQL store, each time with the audit chain checked and continued,
+/// and the last store signs (its chain head follows the loaded rows).
+#[tokio::test(flavor = "multi_thread")]
+async fn state_backups_move_between_postgres_and_sqlite_with_the_chain_intact() {
+    if server().is_none() {
+        return;
+    }
+    if !profile().wrap.supported {
+        eprintln!(
+            "skipped under {}: the token cannot wrap org keys",
+            test_profile()
+        );
+        return;
+    }
+    let a = Appliance::with_org_key("p256");
+    a.client("gw-a", "sign");
+    let keys = a.path("org.keys");
+    let out = key_backup(&a, "export-keys", keys.to_str().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state_a = a.path("a.state");
+    a.ok(
+        &["backup", "state", "--out", state_a.to_str().unwrap()],
+        true,
+    );
+
+    // Into SQLite.
+    let b = Appliance::new_on(None);
+    let out = key_backup(&b, "restore-keys", keys.to_str().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.ok(
+        &["backup", "restore-state", "--in", state_a.to_str().unwrap()],
+        true,
+    );
+    assert!(b.db().exists());
+    assert!(b.ok(&["client", "list"], false).contains("gw-a"));
+    assert!(b.ok(&["audit", "verify"], false).contains("intact"));
+    let gw_b = b.client("gw-b", "sign");
+    let state_b = b.path("b.state");
+    b.ok(
+        &["backup", "state", "--out", state_b.to_str().unwrap()],
+        true,
+    );
+
+    // And back into another PostgreSQL store.
+    let c = Appliance::new();
+    let out = key_backup(&c, "restore-keys", keys.to_str().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.ok(
+        &["backup", "restore-state", "--in", state_b.to_str().unwrap()],
+        true,
+    );
+    let clients = c.ok(&["client", "list"], false);
+    assert!(
+        clients.contains("gw-a") && clients.contains("gw-b"),
+        "{clients}"
+    );
+    let admin = c.client("admin", "admin");
+    let s = c.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    assert_eq!(sign(&s, &gw_b, b"restored").await.status(), 200);
+    s.stop();
+    let verified = c.ok(&["audit", "verify"], false);
+    assert!(verified.contains("intact"), "{verified}");
+    let audit = c.ok(&["audit", "list", "--last", "200"], false);
+    let restores = audit
+        .lines()
+        .filter(|l| l.contains("\tstate-restore\tok\t"))
+        .count();
+    assert_eq!(restores, 2, "both restores are in the chain:\n{audit}");
+}

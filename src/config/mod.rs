@@ -1130,19 +1130,12 @@ fn backup_config(
     postgres: bool,
 ) -> Result<BackupConfig, ConfigError> {
     let interval = match raw.interval.as_deref() {
-        // State backups of a PostgreSQL store do not exist yet: the
-        // database is backed up with PostgreSQL's own tools.
+        // A PostgreSQL store is shared: every node would back it up. Off
+        // unless set, on the one node that should (there is no leader
+        // lease yet to pick it).
         None if postgres => None,
         None => Some(Duration::from_secs(86_400)),
         Some("off") => None,
-        Some(_) if postgres => {
-            return Err(ConfigError::Invalid(
-                "[backup] interval: scheduled state backups of a PostgreSQL store are not \
-                 implemented yet; back the database up with PostgreSQL's tools and set \
-                 interval = \"off\""
-                    .into(),
-            ));
-        }
         Some(s) => {
             let d = parse_duration("[backup] interval", s)?;
             if d < Duration::from_secs(60) {
@@ -1327,7 +1320,7 @@ mod tests {
                 password_file: Some(PathBuf::from("/srv/orgkey/db-password")),
             })
         );
-        // No state backups of a PostgreSQL store (yet): off by default.
+        // Scheduled state backups of a shared store: off unless asked for.
         assert_eq!(c.backup.interval, None);
         // Without url: SQLite, the node named after the host.
         let c = load(MINIMAL).unwrap();
@@ -1357,10 +1350,6 @@ mod tests {
                 "both sqlite and url",
             ),
             ("[store]\npassword_file = \"pw\"\n".into(), "without url"),
-            (
-                format!("{pg}[backup]\ninterval = \"24h\"\n"),
-                "not implemented yet",
-            ),
         ] {
             let e = load(&format!("{MINIMAL}{bad}")).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
@@ -1370,8 +1359,9 @@ mod tests {
             let e = load(&format!("node_id = {bad:?}\n{MINIMAL}")).unwrap_err();
             assert!(e.to_string().contains("node_id"), "{bad:?}: {e}");
         }
-        // "off" stays accepted on PostgreSQL.
-        assert!(load(&format!("{MINIMAL}{pg}[backup]\ninterval = \"off\"\n")).is_ok());
+        // Scheduled backups on PostgreSQL only where asked for.
+        let c = load(&format!("{MINIMAL}{pg}[backup]\ninterval = \"24h\"\n")).unwrap();
+        assert_eq!(c.backup.interval, Some(Duration::from_secs(86_400)));
     }
 
     #[test]

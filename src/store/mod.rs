@@ -6,6 +6,7 @@
 
 mod audit;
 mod db;
+mod logical;
 mod users;
 mod x509;
 
@@ -18,6 +19,7 @@ pub use x509::{
 use crate::clock::Clock;
 pub(crate) use db::Tx;
 use db::{Pool, Row, query, scalar};
+pub use logical::is_logical_snapshot;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -641,17 +643,25 @@ impl Store {
     }
 
     /// Writes a consistent snapshot of the whole store to `path` (a new
-    /// file), while writers may keep going. SQLite only (VACUUM INTO); on
-    /// PostgreSQL it is refused: a logical snapshot format does not exist
-    /// yet (docs/cluster.md).
+    /// file, mode 0600), while writers may keep going: on SQLite the
+    /// database file itself (VACUUM INTO), on PostgreSQL a logical snapshot
+    /// (JSON lines, decision 0032) that loads into either backend.
     pub async fn snapshot_to(&self, path: &Path) -> Result<(), StoreError> {
         let Pool::Sqlite(pool) = &self.pool else {
-            return Err(StoreError::Unsupported(
-                "state backups of a PostgreSQL store are not implemented yet: back the \
-                 database up with PostgreSQL's own tools (pg_dump) and keep key backups \
-                 (orgkey backup keys)"
-                    .into(),
-            ));
+            let io = |source| StoreError::Io {
+                context: format!("writing {}", path.display()),
+                source,
+            };
+            create_private_file(path).map_err(io)?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io)?;
+            let mut out = std::io::BufWriter::new(file);
+            self.write_logical_snapshot(&mut out).await?;
+            let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+            file.sync_all().map_err(io)?;
+            return Ok(());
         };
         let p = path.to_str().ok_or_else(|| StoreError::Io {
             context: format!("snapshot path {}", path.display()),
