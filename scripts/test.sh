@@ -3,7 +3,8 @@
 # SoftHSM2 tokens, a real SQLite store, a real HTTP server, gpg and openssl;
 # then the container tests (the orgkey:dev image through testcontainers);
 # then schemathesis against a live appliance (the API contract); then the
-# integration tests once more against Kryoptic tokens.
+# integration tests once more against Kryoptic tokens, and once more with
+# the store on a throwaway PostgreSQL cluster.
 # Installs the Debian packages it needs when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +34,12 @@ fi
 if [ "${ORGKEY_TEST_KRYOPTIC:-1}" != 0 ]; then
   echo "== integration suite against Kryoptic ==" >&2
   bash scripts/test-kryoptic.sh "$@"
+fi
+
+# The integration suite again with every appliance's store on PostgreSQL (a
+# throwaway cluster from Debian's postgresql package, made and removed by
+# scripts/postgres.sh). ORGKEY_TEST_POSTGRES=0 skips it.
+if [ "${ORGKEY_TEST_POSTGRES:-1}" != 0 ]; then
+  echo "== integration suite against PostgreSQL ==" >&2
+  bash scripts/test-postgres.sh "$@"
 fi

@@ -303,13 +303,9 @@ async fn key_backup_restores_into_another_token_and_signs_there() {
     );
 }
 
+/// Runs SQL on the appliance's store (SQLite or PostgreSQL).
 fn sql(a: &Appliance, q: &str) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(a.db())
-        .arg(q)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    a.sql(q).trim().to_string()
 }
 
 #[tokio::test]
@@ -474,9 +470,17 @@ async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_toke
     );
     let status = String::from_utf8_lossy(&plain.stderr).into_owned();
     assert!(plain.status.success(), "{status}");
+    // A SQLite store's backup is the database file; a PostgreSQL store's a
+    // logical snapshot.
+    let magic: &[u8] = if on_postgres() {
+        b"{\"format\":\"orgkey-logical-snapshot\""
+    } else {
+        b"SQLite format 3"
+    };
     assert!(
-        plain.stdout.starts_with(b"SQLite format 3"),
-        "gpg decrypted a SQLite store"
+        plain.stdout.starts_with(magic),
+        "gpg decrypted the store: {}",
+        String::from_utf8_lossy(&plain.stdout[..plain.stdout.len().min(80)])
     );
     let gpg = Gpg::new();
     gpg.import(org.as_bytes());
@@ -511,8 +515,8 @@ async fn state_backups_are_encrypted_to_the_org_key_and_restore_through_the_toke
     assert!(
         !std::fs::read(&out)
             .unwrap()
-            .windows(15)
-            .any(|w| w == b"SQLite format 3")
+            .windows(magic.len())
+            .any(|w| w == magic)
     );
 
     // Restoring over a store with users needs --replace; then the users come back.
@@ -702,6 +706,9 @@ async fn serve_writes_scheduled_state_backups_and_reports_them() {
 
 #[tokio::test]
 async fn state_backups_the_org_key_did_not_sign_are_refused_and_change_nothing() {
+    if skip_on_postgres("the forged store is made with sqlite3 from the SQLite file") {
+        return;
+    }
     let a = Appliance::with_org_key("p256");
     let admin = a.client("admin", "admin");
     // The attacker's store: this appliance's own, plus a client with every

@@ -8,13 +8,9 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// Runs SQL on the appliance's store (SQLite or PostgreSQL).
 fn sql(a: &Appliance, q: &str) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(a.db())
-        .arg(q)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    a.sql(q).trim().to_string()
 }
 
 /// Serves with the failpoint armed, sends the request, and waits for the

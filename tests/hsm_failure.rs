@@ -323,10 +323,9 @@ fn user_csr(a: &Appliance, name: &str, email: &str) -> Vec<u8> {
     std::fs::read(dir.join(format!("{name}.csr"))).unwrap()
 }
 
+/// Runs SQL on the appliance's store (SQLite or PostgreSQL).
 fn sql(a: &Appliance, q: &str) -> String {
-    let out = Command::new("sqlite3").arg(a.db()).arg(q).output().unwrap();
-    assert!(out.status.success(), "sqlite3 {q}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    a.sql(q).trim().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -52,14 +52,17 @@ async fn run(cfg: &Config, at: u64) -> orgkey::maintenance::Report {
 
 async fn touch(cfg: &Config, email: &str, at: u64) {
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(at)));
-    let store = Store::open(&cfg.store.sqlite, false, clock).await.unwrap();
+    let store = Store::open_configured(&cfg.store, &cfg.node_id, false, clock)
+        .await
+        .unwrap();
     assert!(store.touch_user(email).await.unwrap());
     store.close().await;
 }
 
 async fn stored(cfg: &Config) -> (Vec<u8>, String) {
-    let store = Store::open(
-        &cfg.store.sqlite,
+    let store = Store::open_configured(
+        &cfg.store,
+        &cfg.node_id,
         false,
         Arc::new(orgkey::clock::SystemClock),
     )
@@ -71,8 +74,9 @@ async fn stored(cfg: &Config) -> (Vec<u8>, String) {
 }
 
 async fn user_cert(cfg: &Config, fpr: &str) -> Vec<u8> {
-    let store = Store::open(
-        &cfg.store.sqlite,
+    let store = Store::open_configured(
+        &cfg.store,
+        &cfg.node_id,
         false,
         Arc::new(orgkey::clock::SystemClock),
     )

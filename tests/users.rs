@@ -665,7 +665,7 @@ async fn addresses_of_current_and_replaced_org_keys_are_never_certified_on_user_
 /// and logs them), the keyserver and the S/MIME bridge do not serve them.
 #[tokio::test]
 async fn stored_users_from_before_the_rules_are_neither_renewed_nor_served() {
-    use orgkey::store::{AuditEvent, SaveUserKey, Store};
+    use orgkey::store::{AuditEvent, SaveUserKey};
     let a = Appliance::with_org_key("p256");
     let admin = a.client("admin", "admin");
     let issuer = a.client("issuer", "issue");
@@ -687,13 +687,9 @@ async fn stored_users_from_before_the_rules_are_neither_renewed_nor_served() {
     );
     let org_uid = "Example Org Key <orgkey@example.com>";
     let twin = mallory.gen_key(org_uid, "nistp256", "1y", &[]);
-    let store = Store::open(
-        &a.db(),
-        false,
-        std::sync::Arc::new(orgkey::clock::SystemClock),
-    )
-    .await
-    .unwrap();
+    let store = a
+        .open_store(std::sync::Arc::new(orgkey::clock::SystemClock))
+        .await;
     for (fpr, email, uid) in [
         (
             &tricky,
@@ -738,13 +734,9 @@ async fn stored_users_from_before_the_rules_are_neither_renewed_nor_served() {
     assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
     let (org_cert, org_fpr) = org_key_of(&s).await;
     // The stored keys carry no org certification: gpg holds neither address valid.
-    let store = Store::open(
-        &a.db(),
-        false,
-        std::sync::Arc::new(orgkey::clock::SystemClock),
-    )
-    .await
-    .unwrap();
+    let store = a
+        .open_store(std::sync::Arc::new(orgkey::clock::SystemClock))
+        .await;
     let mut keys = Vec::new();
     for fpr in [&tricky, &twin] {
         keys.push(

@@ -1278,15 +1278,9 @@ async fn malformed_requests_to_every_route_get_json_4xx_errors() {
     }
 }
 
-/// Runs sqlite3 on the appliance's store.
+/// Runs SQL on the appliance's store (SQLite or PostgreSQL).
 fn sql(a: &Appliance, q: &str) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(a.db())
-        .arg(q)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "sqlite3 {q}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    a.sql(q).trim().to_string()
 }
 
 /// A DER subjectAltName of rfc822Names, as hex for `-addext subjectAltName=DER:`.
@@ -1396,15 +1390,11 @@ async fn addresses_in_csrs_are_parsed_strictly() {
 
 #[tokio::test]
 async fn audit_list_shows_control_characters_escaped_in_every_field() {
-    use orgkey::store::{AuditEvent, Store};
+    use orgkey::store::AuditEvent;
     let a = Appliance::new();
-    let store = Store::open(
-        &a.db(),
-        false,
-        std::sync::Arc::new(orgkey::clock::SystemClock),
-    )
-    .await
-    .unwrap();
+    let store = a
+        .open_store(std::sync::Arc::new(orgkey::clock::SystemClock))
+        .await;
     let forged = "\n99\t2026-01-01T00:00:00Z\tadmin\tsign\tok\t-\tforged";
     store
         .append_audit(&[AuditEvent {
@@ -1421,7 +1411,7 @@ async fn audit_list_shows_control_characters_escaped_in_every_field() {
     let out = a.ok(&["audit", "list", "--last", "1"], false);
     assert_eq!(out.lines().count(), 1, "one row, one line: {out:?}");
     let line = out.trim_end_matches('\n');
-    assert_eq!(line.matches('\t').count(), 6, "seven columns: {line:?}");
+    assert_eq!(line.matches('\t').count(), 7, "eight columns: {line:?}");
     let hidden = |c: char| {
         (c.is_control() && c != '\t')
             || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{200f}')
@@ -1581,7 +1571,6 @@ async fn fetching_a_crl_never_signs_and_every_crl_is_audited() {
 /// issues nothing; once the lock is gone the same request issues.
 #[tokio::test]
 async fn issuance_while_another_writer_holds_the_store_is_store_unavailable() {
-    use std::io::{BufRead, BufReader, Write};
     let ca = ca_with(|a| {
         self_signed(a);
         a.set_config("store.busy_timeout", "200ms");
@@ -1605,31 +1594,13 @@ async fn issuance_while_another_writer_holds_the_store_is_store_unavailable() {
         Some("email:alice@example.com"),
     );
 
-    let mut locker = std::process::Command::new("sqlite3")
-        .arg("-bail")
-        .arg(ca.a.db())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = locker.stdin.take().unwrap();
-    stdin
-        .write_all(b".timeout 5000\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")
-        .unwrap();
-    stdin.flush().unwrap();
-    let mut line = String::new();
-    BufReader::new(locker.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "locked");
+    let lock = ca.a.lock_store_writes();
     let r = issue(&ca, "/v1/x509/issue", body.clone()).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "5");
     assert_eq!(error_code(r).await, "store_unavailable");
 
-    stdin.write_all(b"ROLLBACK;\n.quit\n").unwrap();
-    drop(stdin);
-    locker.wait().unwrap();
+    lock.release();
     assert_eq!(issue(&ca, "/v1/x509/issue", body).await.status(), 201);
     let issued = sql(
         &ca.a,

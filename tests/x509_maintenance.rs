@@ -32,7 +32,9 @@ async fn run(cfg: &Config, t: u64) -> orgkey::maintenance::Report {
 }
 
 async fn store_at(cfg: &Config, t: u64) -> Store {
-    Store::open(&cfg.store.sqlite, false, at(t)).await.unwrap()
+    Store::open_configured(&cfg.store, &cfg.node_id, false, at(t))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -168,14 +170,7 @@ async fn user_certificates_and_crls_are_renewed_for_active_users() {
     assert!(out.contains("verify OK"), "{out}");
     // Each CRL was signed under audit: the first with the first certificate,
     // the others by maintenance.
-    let sql = |q: &str| {
-        let out = std::process::Command::new("sqlite3")
-            .arg(&cfg.store.sqlite)
-            .arg(q)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let sql = |q: &str| a.sql(q).trim().to_string();
     let crls: usize = sql("SELECT COUNT(*) FROM crls").parse().unwrap();
     let actors = sql(
         "SELECT actor FROM audit_log WHERE operation = 'x509-crl' AND outcome = 'ok' ORDER BY seq",

@@ -360,7 +360,7 @@ async fn bearer_client(store: &Store, value: &HeaderValue) -> Result<ClientRecor
     }
     let rec = store.client_by_id(client_id).await.map_err(|e| {
         tracing::error!(error = %e, "client lookup failed");
-        ApiError::internal()
+        ApiError::from_store(&e)
     })?;
     let Some(rec) = rec else {
         return Err(ApiError::unauthorized());
@@ -385,7 +385,7 @@ async fn cert_client(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "client lookup by certificate failed");
-            ApiError::internal()
+            ApiError::from_store(&e)
         })?;
     match found.len() {
         0 | 1 => Ok(found.pop()),

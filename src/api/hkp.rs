@@ -9,7 +9,9 @@
 //! looks up.
 
 use super::auth::{Credentials, Scope, authenticate_if_presented};
-use super::shared::{AppState, internal, load_org_key, normalize_email, servable_user};
+use super::shared::{
+    AppState, internal, load_org_key, normalize_email, servable_user, store_failed,
+};
 use super::{ApiError, ApiState};
 use crate::openpgp::{OrgKey, UserKey, hkp_index};
 use crate::store::UserState;
@@ -82,7 +84,7 @@ async fn find(
             .store
             .user(e)
             .await
-            .map_err(internal("reading a user failed"))?
+            .map_err(store_failed("reading a user failed"))?
         {
             // A row whose user ID is not canonical (stored before that was
             // required) or whose address is reserved is not served.
@@ -92,12 +94,12 @@ async fn find(
                     st.store
                         .touch_user(e)
                         .await
-                        .map_err(internal("recording activity failed"))?;
+                        .map_err(store_failed("recording activity failed"))?;
                 }
                 st.store
                     .published_user_keys(Some(&u.fingerprint), None)
                     .await
-                    .map_err(internal("reading a user key failed"))?
+                    .map_err(store_failed("reading a user key failed"))?
             }
             Some(_) | None => Vec::new(),
         },
@@ -105,12 +107,12 @@ async fn find(
             .store
             .published_user_keys(Some(f), None)
             .await
-            .map_err(internal("reading a user key failed"))?,
+            .map_err(store_failed("reading a user key failed"))?,
         Search::KeyId(k) => st
             .store
             .published_user_keys(None, Some(k))
             .await
-            .map_err(internal("reading a user key failed"))?,
+            .map_err(store_failed("reading a user key failed"))?,
     };
     let mut keys = Vec::with_capacity(records.len());
     for r in records {

@@ -7,7 +7,7 @@
 use super::{ApiError, ApiState, SealState, SigningKey};
 use crate::reserved::ReservedEmails;
 use crate::signer::SignerError;
-use crate::store::UserRecord;
+use crate::store::{StoreError, UserRecord};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -27,6 +27,16 @@ pub(super) type PathParam = Result<Path<String>, PathRejection>;
 pub(super) fn path_param(p: PathParam) -> Result<String, ApiError> {
     p.map(|Path(s)| s)
         .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+}
+
+/// Logs a store failure and answers as [`ApiError::from_store`] does: 503
+/// when the store cannot be reached now (a database that is down), 500
+/// otherwise.
+pub(super) fn store_failed(what: &'static str) -> impl FnOnce(StoreError) -> ApiError {
+    move |e| {
+        tracing::error!(error = %e, "{what}");
+        ApiError::from_store(&e)
+    }
 }
 
 /// Logs an internal failure and answers 500 with the fixed public message.
@@ -71,7 +81,7 @@ pub(super) async fn load_org_key(
         .store
         .active_org_key()
         .await
-        .map_err(internal("reading the org key record failed"))?;
+        .map_err(store_failed("reading the org key record failed"))?;
     rec.map(|r| {
         crate::openpgp::OrgKey::parse(r.cert.as_bytes())
             .map_err(internal("stored org key certificate is unreadable"))

@@ -13,9 +13,20 @@ pub(super) async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// How long `/v1/ready` waits for the store to answer: well inside a load
+/// balancer's probe timeout.
+const READY_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(super) async fn ready(State(st): AppState) -> Result<Json<serde_json::Value>, ApiError> {
     if st.is_token_down() {
         return Err(ApiError::token_unavailable());
+    }
+    // A node that cannot reach its store (a PostgreSQL server that is down
+    // or partitioned away) would answer every signature with 503: it is
+    // not ready, and the load balancer sends the traffic elsewhere.
+    if let Err(e) = st.store.ping(READY_STORE_TIMEOUT).await {
+        tracing::warn!(error = %crate::text::error_chain(&e), "readiness: the store does not answer");
+        return Err(ApiError::store_unavailable());
     }
     match st.seal_state() {
         SealState::Sealed => Err(ApiError::sealed()),

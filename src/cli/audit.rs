@@ -1,4 +1,5 @@
-//! `orgkey audit verify|list`
+//! `orgkey audit verify|list`: the whole chain, whichever backend the
+//! store is on; a listed row ends with the node that appended it.
 
 use super::escape::field;
 use super::{clock, load_config, runtime};
@@ -51,14 +52,17 @@ pub fn run(config: &Path, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     );
                     // Every field may hold outside text: escaped, so no
                     // row can forge another row or column.
+                    // The node comes last: the columns before it are
+                    // as they were before rows named their node.
                     println!(
-                        "{}\t{at}\t{}\t{}\t{}\t{}\t{}",
+                        "{}\t{at}\t{}\t{}\t{}\t{}\t{}\t{}",
                         r.seq,
                         field(&r.event.actor),
                         field(&r.event.operation),
                         field(&r.event.outcome),
                         field(r.event.key_fingerprint.as_deref().unwrap_or("-")),
-                        field(r.event.detail.as_deref().unwrap_or(""))
+                        field(r.event.detail.as_deref().unwrap_or("")),
+                        field(r.node.as_deref().unwrap_or("-"))
                     );
                 }
                 ExitCode::SUCCESS

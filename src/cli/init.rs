@@ -42,9 +42,31 @@ pub struct InitArgs {
     /// Read the new security officer PIN from this file instead of prompting.
     #[arg(long)]
     pub so_pin_file: Option<PathBuf>,
+    /// Keep the store in this PostgreSQL database, shared with the
+    /// cluster's other nodes (postgres://user@host:port/db; the database
+    /// must exist). Never put a password in the URL: use
+    /// --store-password-file. A store that holds an org key already is
+    /// joined, never given a second one.
+    #[arg(long, value_name = "URL")]
+    pub store_url: Option<String>,
+    /// The file holding the PostgreSQL password (written into the config as
+    /// [store] password_file; the password itself is not copied).
+    #[arg(long, value_name = "FILE", requires = "store_url")]
+    pub store_password_file: Option<PathBuf>,
+    /// This node's id in the audit log and the cluster (default: the host
+    /// name).
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
 }
 
 pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
+    // Checked before anything is prompted for or created.
+    if let Some(url) = &a.store_url {
+        crate::config::check_store_url(url)?;
+    }
+    if let Some(id) = &a.node_id {
+        crate::config::check_node_id(id)?;
+    }
     let (pin, so) = if a.create_token {
         let pin = secrets::obtain(
             a.ignition_passphrase_file.as_deref(),
@@ -69,14 +91,25 @@ pub fn run(a: InitArgs) -> anyhow::Result<ExitCode> {
         ignition_passphrase: pin,
         so_pin: so,
         actor: super::cli_actor(),
+        store_url: a.store_url,
+        store_password_file: a.store_password_file.map(std::path::absolute).transpose()?,
+        node_id: a.node_id,
     })?;
     println!("wrote {}", res.config_path.display());
     if let Some(serial) = res.token_serial {
         println!("created the appliance's token (serial {serial})");
     }
-    println!(
-        "next: export ORGKEY_CONFIG={} and run `orgkey org-key generate --uid ...`",
-        res.config_path.display()
-    );
+    match res.joined {
+        Some(fpr) => println!(
+            "joined a store that holds org key {fpr}: bring it into this node's token with \
+             `orgkey backup restore-keys` from a key backup (export ORGKEY_CONFIG={} first); \
+             until then this node stays sealed",
+            res.config_path.display()
+        ),
+        None => println!(
+            "next: export ORGKEY_CONFIG={} and run `orgkey org-key generate --uid ...`",
+            res.config_path.display()
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }

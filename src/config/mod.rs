@@ -61,6 +61,7 @@ pub const DEFAULT_DB_FILE: &str = "orgkey.db";
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     data_dir: Option<PathBuf>,
+    node_id: Option<String>,
     #[serde(default)]
     domains: Vec<String>,
     certification_validity: Option<String>,
@@ -144,6 +145,8 @@ struct RawToken {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     sqlite: Option<PathBuf>,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
     busy_timeout: Option<String>,
 }
 
@@ -177,6 +180,9 @@ pub struct Config {
     pub path: PathBuf,
     /// Directory holding the store and (for SoftHSM) the token.
     pub data_dir: PathBuf,
+    /// This node's name in the audit log and (on a cluster) among the
+    /// members: `node_id`, the host name by default.
+    pub node_id: String,
     /// Managed mail domains, lower-case.
     pub domains: Vec<String>,
     /// Lifetime of an org key certification of a user ID.
@@ -433,11 +439,88 @@ impl TokenConfig {
 /// Store location.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// SQLite database file.
+    /// SQLite database file (the store unless `postgres` is set).
     pub sqlite: PathBuf,
+    /// The PostgreSQL store several nodes share (`[store] url`), instead of
+    /// the SQLite file.
+    pub postgres: Option<PostgresConfig>,
     /// Longest wait for a lock another writer holds before a write fails
     /// (and a signature that needs its audit row is refused with 503).
     pub busy_timeout: Duration,
+}
+
+/// A PostgreSQL store: where it is, and where its password is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/db`, without a password.
+    pub url: String,
+    /// A file holding the password (one line), absolute.
+    pub password_file: Option<PathBuf>,
+}
+
+impl PostgresConfig {
+    /// The password from `password_file` (its first line), if one is set.
+    pub fn read_password(&self) -> std::io::Result<Option<secrecy::SecretString>> {
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?,
+        );
+        let line = text.lines().next().unwrap_or_default();
+        if line.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(Some(secrecy::SecretString::from(line.to_string())))
+    }
+}
+
+/// Checks a `[store] url`: a `postgres://` or `postgresql://` URL that
+/// carries no password (a password belongs in `password_file`, never in
+/// the config or on a command line).
+pub fn check_store_url(url: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid(format!("[store] url: {why}"));
+    let parsed = url::Url::parse(url).map_err(|e| bad(&format!("not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(bad(&format!(
+            "unsupported scheme {:?}: expected postgres://user@host:port/db",
+            parsed.scheme()
+        )));
+    }
+    if parsed.password().is_some()
+        || parsed
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+    {
+        return Err(bad(
+            "the URL carries a password; put the password in a file named by \
+             [store] password_file (mode 0600) and remove it from the URL",
+        ));
+    }
+    if parsed.path().trim_start_matches('/').is_empty() {
+        return Err(bad("name the database: postgres://user@host:port/db"));
+    }
+    Ok(())
+}
+
+/// Checks a node id: 1 to 64 letters, digits, '.', '-' or '_'.
+pub fn check_node_id(id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "node_id = {id:?}: use 1 to 64 letters, digits, '.', '-' or '_'"
+        )))
+    }
 }
 
 /// HTTP server settings.
@@ -693,19 +776,27 @@ fn validate(
     let data_dir = base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from(".")));
     let domains = domains(&raw.domains)?;
     let token = token_config(raw.token, profile, base)?;
-    let store = store_config(raw.store, &data_dir)?;
+    let store = store_config(raw.store, &data_dir, base)?;
+    let node_id = match raw.node_id {
+        Some(id) => {
+            check_node_id(&id)?;
+            id
+        }
+        None => crate::store::host_name(),
+    };
     let server = server_config(raw.server, base)?;
     let ignition = ignition_config(raw.ignition)?;
     let certification_validity = certification_validity(raw.certification_validity.as_deref())?;
     let maintenance = maintenance_config(raw.maintenance, certification_validity)?;
     let x509 = x509_config(raw.x509)?;
     crl_outlives_maintenance_interval(&x509, &maintenance)?;
-    let backup = backup_config(raw.backup, &data_dir, base)?;
+    let backup = backup_config(raw.backup, &data_dir, base, store.postgres.is_some())?;
     let rate_limits = rate_limits(raw.rate_limits)?;
     let metrics = metrics_config(raw.metrics, &server)?;
     Ok(Config {
         path: path.to_path_buf(),
         data_dir,
+        node_id,
         domains,
         certification_validity,
         token,
@@ -842,8 +933,33 @@ fn module_environment(env: BTreeMap<String, String>, base: &Path) -> BTreeMap<St
         .collect()
 }
 
-fn store_config(raw: RawStore, data_dir: &Path) -> Result<StoreConfig, ConfigError> {
+fn store_config(raw: RawStore, data_dir: &Path, base: &Path) -> Result<StoreConfig, ConfigError> {
+    let postgres = match raw.url {
+        Some(url) => {
+            check_store_url(&url)?;
+            if raw.sqlite.is_some() {
+                return Err(ConfigError::Invalid(
+                    "[store] sets both sqlite and url: a store is either the SQLite file or \
+                     the PostgreSQL database"
+                        .into(),
+                ));
+            }
+            Some(PostgresConfig {
+                url,
+                password_file: raw.password_file.map(|p| base.join(p)),
+            })
+        }
+        None => {
+            if raw.password_file.is_some() {
+                return Err(ConfigError::Invalid(
+                    "[store] password_file is set without url".into(),
+                ));
+            }
+            None
+        }
+    };
     Ok(StoreConfig {
+        postgres,
         sqlite: data_dir.join(raw.sqlite.unwrap_or_else(|| DEFAULT_DB_FILE.into())),
         busy_timeout: match raw.busy_timeout.as_deref() {
             Some(s) => parse_duration("[store] busy_timeout", s)?,
@@ -1011,8 +1127,13 @@ fn backup_config(
     raw: RawBackup,
     data_dir: &Path,
     base: &Path,
+    postgres: bool,
 ) -> Result<BackupConfig, ConfigError> {
     let interval = match raw.interval.as_deref() {
+        // A PostgreSQL store is shared: every node would back it up. Off
+        // unless set, on the one node that should (there is no leader
+        // lease yet to pick it).
+        None if postgres => None,
         None => Some(Duration::from_secs(86_400)),
         Some("off") => None,
         Some(s) => {
@@ -1182,6 +1303,65 @@ mod tests {
             let e = load(&format!("{MINIMAL}{bad}")).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_postgres_store_is_a_url_without_a_password_and_a_node_has_an_id() {
+        let c = load(&format!(
+            "node_id = \"node-a\"\n{MINIMAL}[store]\nurl = \"postgres://orgkey@db.example:5432/orgkey\"\n\
+             password_file = \"db-password\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.node_id, "node-a");
+        assert_eq!(
+            c.store.postgres,
+            Some(PostgresConfig {
+                url: "postgres://orgkey@db.example:5432/orgkey".into(),
+                password_file: Some(PathBuf::from("/srv/orgkey/db-password")),
+            })
+        );
+        // Scheduled state backups of a shared store: off unless asked for.
+        assert_eq!(c.backup.interval, None);
+        // Without url: SQLite, the node named after the host.
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.store.postgres, None);
+        assert_eq!(c.node_id, crate::store::host_name());
+        let pg = "[store]\nurl = \"postgres://orgkey@db/orgkey\"\n";
+        for (bad, why) in [
+            (
+                "[store]\nurl = \"postgres://orgkey:s3cret@db/orgkey\"\n".to_string(),
+                "carries a password",
+            ),
+            (
+                "[store]\nurl = \"postgres://orgkey@db/orgkey?password=s3cret\"\n".into(),
+                "carries a password",
+            ),
+            (
+                "[store]\nurl = \"mysql://db/orgkey\"\n".into(),
+                "unsupported scheme",
+            ),
+            (
+                "[store]\nurl = \"postgres://db\"\n".into(),
+                "name the database",
+            ),
+            ("[store]\nurl = \"not a url\"\n".into(), "not a URL"),
+            (
+                "[store]\nurl = \"postgres://db/x\"\nsqlite = \"x.db\"\n".into(),
+                "both sqlite and url",
+            ),
+            ("[store]\npassword_file = \"pw\"\n".into(), "without url"),
+        ] {
+            let e = load(&format!("{MINIMAL}{bad}")).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains("s3cret"), "the password was echoed: {e}");
+        }
+        for bad in ["", "a b", "x/y", &"n".repeat(65)] {
+            let e = load(&format!("node_id = {bad:?}\n{MINIMAL}")).unwrap_err();
+            assert!(e.to_string().contains("node_id"), "{bad:?}: {e}");
+        }
+        // Scheduled backups on PostgreSQL only where asked for.
+        let c = load(&format!("{MINIMAL}{pg}[backup]\ninterval = \"24h\"\n")).unwrap();
+        assert_eq!(c.backup.interval, Some(Duration::from_secs(86_400)));
     }
 
     #[test]

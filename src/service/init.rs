@@ -35,6 +35,13 @@ pub struct InitRequest {
     pub so_pin: Option<SecretString>,
     /// Audit actor.
     pub actor: String,
+    /// A PostgreSQL store (`[store] url`, no password) instead of the
+    /// SQLite file; the database must exist.
+    pub store_url: Option<String>,
+    /// The file holding the store's password (`[store] password_file`).
+    pub store_password_file: Option<PathBuf>,
+    /// This node's id (`node_id`); the host name when `None`.
+    pub node_id: Option<String>,
 }
 
 /// What was set up.
@@ -44,6 +51,9 @@ pub struct InitResult {
     pub config_path: PathBuf,
     /// Serial of the created token, if one was created.
     pub token_serial: Option<String>,
+    /// The store already held this org key (fingerprint): the node joined
+    /// a cluster, and the org key must be brought into its token.
+    pub joined: Option<String>,
 }
 
 /// Creates `path` (which must not exist) with mode 0600 and writes `text`.
@@ -82,6 +92,9 @@ fn config_text(req: &InitRequest, software: Option<&ProfileSoftwareToken>) -> St
     t.push_str("# orgkey appliance configuration, written by `orgkey init`.\n");
     t.push_str("# Every option is explained in orgkey.example.toml. No secrets belong here.\n\n");
     t.push_str("# Paths are relative to this file.\ndata_dir = \".\"\n");
+    if let Some(id) = &req.node_id {
+        t.push_str(&format!("node_id = {}\n", toml_str(id)));
+    }
     t.push_str(&format!("domains = [{}]\n\n", domains.join(", ")));
     t.push_str("[token]\n");
     t.push_str(&format!("profile = {}\n", toml_str(&req.profile)));
@@ -99,6 +112,16 @@ fn config_text(req: &InitRequest, software: Option<&ProfileSoftwareToken>) -> St
             st.environment,
             toml_str(&format!("./{}", st.config_file))
         ));
+    }
+    if let Some(url) = &req.store_url {
+        t.push_str("\n[store]\n# The PostgreSQL database this node shares with the cluster's other nodes.\n");
+        t.push_str(&format!("url = {}\n", toml_str(url)));
+        if let Some(p) = &req.store_password_file {
+            t.push_str(&format!(
+                "password_file = {}\n",
+                toml_str(&p.display().to_string())
+            ));
+        }
     }
     t.push_str("\n[server]\n");
     t.push_str(&format!("listen = {}\n", toml_str(&req.listen)));
@@ -198,8 +221,12 @@ pub fn init_appliance(req: InitRequest) -> Result<InitResult, ServiceError> {
         .enable_all()
         .build()
         .map_err(ServiceError::io("starting the runtime"))?;
-    runtime.block_on(async {
-        let store = Store::open(&cfg.store.sqlite, true, Arc::new(SystemClock)).await?;
+    let joined = runtime.block_on(async {
+        let store =
+            Store::open_configured(&cfg.store, &cfg.node_id, true, Arc::new(SystemClock)).await?;
+        // A PostgreSQL store that holds an org key already: this node joins
+        // that cluster (it never makes a second org key).
+        let joined = store.active_org_key().await?.map(|k| k.fingerprint);
         let mut ev = AuditEvent::new(&req.actor, "init", "ok").detail(format!(
             "token {:?}, domains {:?}",
             req.token_label, req.domains
@@ -210,13 +237,33 @@ pub fn init_appliance(req: InitRequest) -> Result<InitResult, ServiceError> {
                 profile.name, req.token_label, req.domains
             ));
         }
-        store.append_audit(&[ev]).await?;
+        if let Some(fpr) = &joined {
+            ev = ev.detail(format!(
+                "node {:?} joined the store of org key {fpr}, token {:?}",
+                cfg.node_id, req.token_label
+            ));
+        }
+        let appended = store.append_audit(&[ev]).await;
         store.close().await;
-        Ok::<_, ServiceError>(())
-    })?;
+        appended?;
+        Ok::<_, ServiceError>(joined)
+    });
+    let joined = match joined {
+        Ok(j) => j,
+        Err(e) => {
+            // A token made for a store that could not be set up would be
+            // left without a config: remove what this run created.
+            if let Some(st) = software {
+                let _ = std::fs::remove_dir_all(dir.join("tokens"));
+                let _ = std::fs::remove_file(dir.join(&st.config_file));
+            }
+            return Err(e);
+        }
+    };
     write_private(&config_path, &text)?;
     Ok(InitResult {
         config_path,
         token_serial,
+        joined,
     })
 }

@@ -164,7 +164,7 @@ pub(crate) async fn logged_in_token<T: Send + 'static>(
 
 /// Opens the existing store.
 pub async fn open_store(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Store, ServiceError> {
-    Ok(Store::open_with(&cfg.store.sqlite, false, clock, cfg.store.busy_timeout).await?)
+    Ok(Store::open_configured(&cfg.store, &cfg.node_id, false, clock).await?)
 }
 
 fn decode_id(hex_id: &str) -> Result<Vec<u8>, ServiceError> {

@@ -1,12 +1,14 @@
 //! The hash-chained audit log. Each row carries the hash of the row before it,
 //! so editing or deleting a row breaks the chain at that row. Concurrent
 //! writers are batched into one transaction (group commit) by a single writer
-//! task, which keeps the chain linear and the per-signature cost low.
+//! task, which keeps the chain linear and the per-signature cost low. On a
+//! cluster every node appends to the same chain, serialized on its head
+//! (decision 0030), and each row names its node (decision 0031).
 
+use super::db::{Tx, query, scalar};
 use super::{Store, StoreError};
 use crate::clock::unix_secs;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -60,6 +62,35 @@ impl AuditEvent {
         self.detail = Some(d.into());
         self
     }
+
+    /// The event as it is stored and hashed: NUL characters, which
+    /// PostgreSQL's TEXT cannot hold, become U+FFFD on both backends, so a
+    /// row reads back exactly as it was hashed and a chain means the same
+    /// on either backend. Everything else is kept as is (display escapes
+    /// it).
+    fn storable(&self) -> std::borrow::Cow<'_, AuditEvent> {
+        let has_nul = |s: &str| s.contains('\0');
+        let fields = [
+            Some(self.actor.as_str()),
+            Some(self.operation.as_str()),
+            Some(self.outcome.as_str()),
+            self.key_fingerprint.as_deref(),
+            self.data_digest.as_deref(),
+            self.detail.as_deref(),
+        ];
+        if !fields.into_iter().flatten().any(has_nul) {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let clean = |s: &str| s.replace('\0', "\u{fffd}");
+        std::borrow::Cow::Owned(AuditEvent {
+            actor: clean(&self.actor),
+            operation: clean(&self.operation),
+            outcome: clean(&self.outcome),
+            key_fingerprint: self.key_fingerprint.as_deref().map(clean),
+            data_digest: self.data_digest.as_deref().map(clean),
+            detail: self.detail.as_deref().map(clean),
+        })
+    }
 }
 
 /// A stored audit row.
@@ -69,6 +100,9 @@ pub struct AuditRow {
     pub seq: i64,
     /// Unix seconds.
     pub at: i64,
+    /// The node that appended it (`None`: written before rows named their
+    /// node).
+    pub node: Option<String>,
     /// The event.
     pub event: AuditEvent,
     /// Hex hash of the previous row.
@@ -88,13 +122,29 @@ fn put_str(h: &mut Sha256, s: Option<&str>) {
 }
 
 /// The chain hash of a row: SHA-256 over a domain tag, the previous hash and
-/// every field, length-prefixed so that no two rows encode alike.
-pub fn row_hash(prev: &[u8; 32], seq: i64, at: i64, e: &AuditEvent) -> [u8; 32] {
+/// every field, length-prefixed so that no two rows encode alike. A row
+/// that names its node is hashed as format v2 (its own tag, the node after
+/// the time); a row without one (written before nodes were recorded) as
+/// format v1, so chains written before stay verifiable. The tag differs, so
+/// a v2 row cannot be passed off as a v1 row by dropping its node.
+pub fn row_hash(
+    prev: &[u8; 32],
+    seq: i64,
+    at: i64,
+    node: Option<&str>,
+    e: &AuditEvent,
+) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"orgkey-audit-v1\0");
+    match node {
+        None => h.update(b"orgkey-audit-v1\0"),
+        Some(_) => h.update(b"orgkey-audit-v2\0"),
+    }
     h.update(prev);
     h.update(seq.to_be_bytes());
     h.update(at.to_be_bytes());
+    if let Some(node) = node {
+        put_str(&mut h, Some(node));
+    }
     put_str(&mut h, Some(&e.actor));
     put_str(&mut h, Some(&e.operation));
     put_str(&mut h, Some(&e.outcome));
@@ -125,7 +175,7 @@ impl Store {
     /// row; returns their sequence numbers. Any failure is a
     /// [`StoreError::Audit`]: nothing was recorded.
     pub async fn append_audit(&self, events: &[AuditEvent]) -> Result<Vec<i64>, StoreError> {
-        let appended = async {
+        let appended = || async {
             let mut tx = self.begin_write().await?;
             let seqs = self.append_audit_in(&mut tx, events).await?;
             tx.commit()
@@ -133,101 +183,127 @@ impl Store {
                 .map_err(StoreError::db("committing audit rows"))?;
             Ok(seqs)
         };
-        appended.await.map_err(StoreError::audit)
+        self.retrying(appended).await.map_err(StoreError::audit)
     }
 
-    /// Appends events inside a caller's write transaction (begun with
-    /// BEGIN IMMEDIATE so the chain head cannot move underneath).
+    /// Appends events inside a caller's write transaction, begun with
+    /// [`Store::begin_write`] so the chain head cannot move underneath.
     pub(super) async fn append_audit_in(
         &self,
-        conn: &mut sqlx::SqliteConnection,
+        conn: &mut Tx,
         events: &[AuditEvent],
     ) -> Result<Vec<i64>, StoreError> {
-        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(StoreError::db("reading the audit chain head"))?;
+        let head_sql = match conn {
+            // BEGIN IMMEDIATE holds the file's write lock: the last row is
+            // the head.
+            Tx::Sqlite(_) => "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            // The head row, locked by begin_write (locking it again in the
+            // same transaction is free).
+            Tx::Postgres(_) => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+        };
+        let last = query!(conn.exec(), fetch_optional, head_sql)
+            .map_err(StoreError::db("reading the audit chain head"))?
+            .filter(|r| r.get::<i64>("seq") > 0);
         let (mut seq, mut prev) = match last {
             Some(r) => {
                 let h: String = r.get("hash");
                 let prev = parse_hash(&h).ok_or_else(|| {
                     StoreError::Corrupt("audit chain head hash is not hex".into())
                 })?;
-                (r.get::<i64, _>("seq"), prev)
+                (r.get::<i64>("seq"), prev)
             }
             None => (0, GENESIS),
         };
         let at = unix_secs(self.clock.now()) as i64;
         let mut out = Vec::with_capacity(events.len());
         for e in events {
+            let e = &e.storable();
             seq += 1;
-            let hash = row_hash(&prev, seq, at, e);
-            sqlx::query(
-                "INSERT INTO audit_log (seq, at, actor, operation, outcome, key_fingerprint, data_digest, detail, prev_hash, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            let hash = row_hash(&prev, seq, at, Some(&self.node), e);
+            query!(
+                conn.exec(),
+                execute,
+                "INSERT INTO audit_log (seq, at, actor, operation, outcome, key_fingerprint, data_digest, detail, prev_hash, hash, node) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                seq,
+                at,
+                &e.actor,
+                &e.operation,
+                &e.outcome,
+                &e.key_fingerprint,
+                &e.data_digest,
+                &e.detail,
+                hex::encode(prev),
+                hex::encode(hash),
+                &*self.node
             )
-            .bind(seq)
-            .bind(at)
-            .bind(&e.actor)
-            .bind(&e.operation)
-            .bind(&e.outcome)
-            .bind(&e.key_fingerprint)
-            .bind(&e.data_digest)
-            .bind(&e.detail)
-            .bind(hex::encode(prev))
-            .bind(hex::encode(hash))
-            .execute(&mut *conn)
-            .await
             .map_err(StoreError::db("writing an audit row"))?;
             prev = hash;
             out.push(seq);
+        }
+        if let Tx::Postgres(_) = conn {
+            query!(
+                conn.exec(),
+                execute,
+                "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
+                seq,
+                hex::encode(prev)
+            )
+            .map_err(StoreError::db("moving the audit chain head"))?;
         }
         Ok(out)
     }
 
     /// Sequence number of the last row (0 when empty).
     pub async fn audit_head(&self) -> Result<i64, StoreError> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(StoreError::db("reading the audit chain head"))?;
+        let seq: Option<i64> = scalar!(
+            self.pool.exec(),
+            fetch_one,
+            "SELECT MAX(seq) FROM audit_log"
+        )
+        .map_err(StoreError::db("reading the audit chain head"))?;
         Ok(seq.unwrap_or(0))
     }
 
     /// The last row's sequence number and hash (`None` when empty).
     pub async fn audit_tip(&self) -> Result<Option<(i64, String)>, StoreError> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::db("reading the audit chain head"))?;
+        let row = query!(
+            self.pool.exec(),
+            fetch_optional,
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+        )
+        .map_err(StoreError::db("reading the audit chain head"))?;
         Ok(row.map(|r| (r.get("seq"), r.get("hash"))))
     }
 
     /// The hash of row `seq`, if the chain has that row.
     pub async fn audit_hash_at(&self, seq: i64) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
-            .bind(seq)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::db("reading the audit chain"))
+        scalar!(
+            self.pool.exec(),
+            fetch_optional,
+            "SELECT hash FROM audit_log WHERE seq = $1",
+            seq
+        )
+        .map_err(StoreError::db("reading the audit chain"))
     }
 
     /// Rows with `seq > after`, oldest first, at most `limit`.
     pub async fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, operation, outcome, key_fingerprint, data_digest, detail, prev_hash, hash \
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
+            "SELECT seq, at, node, actor, operation, outcome, key_fingerprint, data_digest, detail, prev_hash, hash \
              FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+            after,
+            limit
         )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
         .map_err(StoreError::db("reading the audit log"))?;
         Ok(rows
             .into_iter()
             .map(|r| AuditRow {
                 seq: r.get("seq"),
                 at: r.get("at"),
+                node: r.get("node"),
                 event: AuditEvent {
                     actor: r.get("actor"),
                     operation: r.get("operation"),
@@ -271,7 +347,7 @@ impl Store {
                 if parse_hash(&r.prev_hash) != Some(prev) {
                     return broken("prev_hash does not match the previous row's hash".into());
                 }
-                let h = row_hash(&prev, r.seq, r.at, &r.event);
+                let h = row_hash(&prev, r.seq, r.at, r.node.as_deref(), &r.event);
                 if parse_hash(&r.hash) != Some(h) {
                     return broken("row contents do not match its hash (row was modified)".into());
                 }
@@ -353,7 +429,7 @@ mod tests {
             .key("AB")
             .digest("cd")
             .detail("x");
-        let base = row_hash(&GENESIS, 1, 100, &e);
+        let base = row_hash(&GENESIS, 1, 100, None, &e);
         let variants = [
             AuditEvent {
                 actor: "gx".into(),
@@ -381,15 +457,74 @@ mod tests {
             },
         ];
         for v in &variants {
-            assert_ne!(row_hash(&GENESIS, 1, 100, v), base, "{v:?}");
+            assert_ne!(row_hash(&GENESIS, 1, 100, None, v), base, "{v:?}");
         }
-        assert_ne!(row_hash(&GENESIS, 2, 100, &e), base);
-        assert_ne!(row_hash(&GENESIS, 1, 101, &e), base);
-        assert_ne!(row_hash(&[1u8; 32], 1, 100, &e), base);
+        assert_ne!(row_hash(&GENESIS, 2, 100, None, &e), base);
+        assert_ne!(row_hash(&GENESIS, 1, 101, None, &e), base);
+        assert_ne!(row_hash(&[1u8; 32], 1, 100, None, &e), base);
         // Moving bytes between adjacent fields changes the hash.
         let a = AuditEvent::new("ab", "c", "ok");
         let b = AuditEvent::new("a", "bc", "ok");
-        assert_ne!(row_hash(&GENESIS, 1, 1, &a), row_hash(&GENESIS, 1, 1, &b));
+        assert_ne!(
+            row_hash(&GENESIS, 1, 1, None, &a),
+            row_hash(&GENESIS, 1, 1, None, &b)
+        );
+    }
+
+    #[test]
+    fn a_row_naming_its_node_is_hashed_over_it_and_apart_from_rows_without() {
+        let e = AuditEvent::new("gw", "sign", "ok");
+        let v1 = row_hash(&GENESIS, 1, 100, None, &e);
+        let a = row_hash(&GENESIS, 1, 100, Some("node-a"), &e);
+        assert_ne!(a, v1);
+        assert_ne!(a, row_hash(&GENESIS, 1, 100, Some("node-b"), &e));
+        assert_ne!(a, row_hash(&GENESIS, 1, 100, Some(""), &e));
+        // The node cannot trade bytes with the actor.
+        let shifted = AuditEvent::new("-agw", "sign", "ok");
+        assert_ne!(a, row_hash(&GENESIS, 1, 100, Some("node"), &shifted));
+    }
+
+    #[tokio::test]
+    async fn a_chain_from_before_nodes_keeps_verifying_and_rows_with_nodes_follow_it() {
+        let (_d, store, _) = two_handles().await;
+        // Two rows as schema 5 wrote them: no node, format v1 hashes.
+        let mut prev = GENESIS;
+        for seq in 1..=2i64 {
+            let e = AuditEvent::new("old", "sign", "ok");
+            let h = row_hash(&prev, seq, 50, None, &e);
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at, actor, operation, outcome, prev_hash, hash) \
+                 VALUES ($1, 50, 'old', 'sign', 'ok', $2, $3)",
+            )
+            .bind(seq)
+            .bind(hex::encode(prev))
+            .bind(hex::encode(h))
+            .execute(store.pool())
+            .await
+            .unwrap();
+            prev = h;
+        }
+        let store = store.with_node("node-a");
+        // A NUL (which PostgreSQL's TEXT cannot hold) is stored, and
+        // hashed, as U+FFFD on either backend.
+        store
+            .append_audit(&[AuditEvent::new("new", "sign", "ok").detail("a\0b")])
+            .await
+            .unwrap();
+        let rows = store.audit_rows(0, 10).await.unwrap();
+        let nodes: Vec<Option<&str>> = rows.iter().map(|r| r.node.as_deref()).collect();
+        assert_eq!(nodes, [None, None, Some("node-a")]);
+        assert_eq!(rows[2].event.detail.as_deref(), Some("a\u{fffd}b"));
+        assert_eq!(store.verify_audit().await.unwrap().first_broken, None);
+        // Renaming the node, or dropping it, breaks the row.
+        for edit in [
+            "UPDATE audit_log SET node = 'node-b' WHERE seq = 3",
+            "UPDATE audit_log SET node = NULL WHERE seq = 3",
+        ] {
+            sqlx::query(edit).execute(store.pool()).await.unwrap();
+            let r = store.verify_audit().await.unwrap();
+            assert_eq!(r.first_broken.map(|b| b.0), Some(3), "{edit}");
+        }
     }
 
     /// A store on a fresh file, and a second one on the same file whose

@@ -1,9 +1,12 @@
 //! Persistence: the org key record, users of the managed domains and their
-//! keys, API clients and the audit log, in SQLite
-//! (WAL, one file in the data dir, mode 0600) through sqlx. SQL is kept
-//! portable (`$n` parameters, BIGINT/TEXT/BOOLEAN) for a PostgreSQL backend.
+//! keys, API clients and the audit log, behind one API with two native sqlx
+//! backends (`db`): SQLite (WAL, one file in the data dir, mode 0600), the
+//! embedded default, and PostgreSQL, which several nodes share. SQL is kept
+//! portable (`$n` parameters, BIGINT/TEXT/BOOLEAN) and written once.
 
 mod audit;
+mod db;
+mod logical;
 mod users;
 mod x509;
 
@@ -14,8 +17,12 @@ pub use x509::{
 };
 
 use crate::clock::Clock;
+pub(crate) use db::Tx;
+use db::{Pool, Row, query, scalar};
+pub use logical::is_logical_snapshot;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +80,18 @@ pub enum StoreError {
     /// The audit writer task has stopped (the server is shutting down).
     #[error("the audit writer has stopped")]
     WriterStopped,
+    /// The operation does not exist on this store's backend.
+    #[error("{0}")]
+    Unsupported(String),
 }
+
+/// Key of the transaction-scoped advisory lock migrations run under
+/// (PostgreSQL): "orgkey" in ASCII.
+const MIGRATION_LOCK: i64 = 0x6f72_676b_6579;
+
+/// How often a transaction that failed on a serialization failure or a
+/// deadlock runs again.
+const MAX_RETRIES: u32 = 3;
 
 impl StoreError {
     /// Classifies a driver error raised while doing `context`: a busy,
@@ -108,19 +126,59 @@ impl StoreError {
 /// used now: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
 const UNAVAILABLE_CODES: [i64; 5] = [5, 6, 10, 13, 14];
 
+/// PostgreSQL SQLSTATE classes of a server that cannot serve now: 08
+/// connection exception, 53 insufficient resources (too many connections,
+/// disk full), 57 operator intervention (shutdown, cannot connect now), 58
+/// system error (I/O).
+const PG_UNAVAILABLE_CLASSES: [&str; 4] = ["08", "53", "57", "58"];
+
+/// PostgreSQL SQLSTATEs that a retry of the same transaction may cure:
+/// serialization failure, deadlock, lock wait past `lock_timeout`.
+const PG_RETRY_CODES: [&str; 3] = ["40001", "40P01", "55P03"];
+
 fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(d) => d
-            .code()
-            .and_then(|c| c.parse::<i64>().ok())
-            // The extended code carries the primary code in its low byte.
-            .is_some_and(|c| UNAVAILABLE_CODES.contains(&(c & 0xff))),
+        sqlx::Error::Database(d) => {
+            if d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                let code = d.code();
+                let code = code.as_deref().unwrap_or_default();
+                PG_RETRY_CODES.contains(&code)
+                    || PG_UNAVAILABLE_CLASSES.iter().any(|c| code.starts_with(c))
+            } else {
+                d.code()
+                    .and_then(|c| c.parse::<i64>().ok())
+                    // The extended code carries the primary code in its low byte.
+                    .is_some_and(|c| UNAVAILABLE_CODES.contains(&(c & 0xff)))
+            }
+        }
         _ => false,
     }
+}
+
+/// Whether `e` is a PostgreSQL serialization failure or deadlock, after
+/// which the whole transaction may simply run again.
+fn is_retryable(e: &StoreError) -> bool {
+    let source = match e {
+        StoreError::Db { source, .. } | StoreError::Unavailable { source, .. } => source,
+        StoreError::Audit(cause) => return is_retryable(cause),
+        _ => return false,
+    };
+    source
+        .0
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| match e {
+            sqlx::Error::Database(d) => d.code().map(|c| c == "40001" || c == "40P01"),
+            _ => None,
+        })
+        .unwrap_or(false)
 }
 
 /// A failure as the database driver reported it. Opaque, so that no driver
@@ -266,14 +324,37 @@ const CLIENT_COLUMNS: &str = "name, client_id, secret_hash, scopes, created_at, 
 /// The store.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
     clock: Arc<dyn Clock>,
+    /// The node id stamped on every audit row this handle appends.
+    node: Arc<str>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
+}
+
+/// Which backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL database (several nodes may share it).
+    Postgres,
+}
+
+/// How to reach a PostgreSQL store: the `[store] url` (which never holds a
+/// password) and the password read from `[store] password_file`.
+pub struct PostgresTarget<'a> {
+    /// `postgres://user@host:port/db`, checked by the config (no password).
+    pub url: &'a str,
+    /// The password, when the server asks for one.
+    pub password: Option<&'a SecretString>,
 }
 
 #[cfg(unix)]
@@ -285,6 +366,21 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)
         .map(|_| ())
+}
+
+/// Connections a PostgreSQL store keeps per node: the group-commit audit
+/// writer, a transaction or two of certification or issuance, readers.
+const PG_MAX_CONNECTIONS: u32 = 8;
+
+/// The host name, the default node id: the kernel's node name.
+pub fn host_name() -> String {
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_string_lossy().into_owned();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
 }
 
 impl Store {
@@ -326,35 +422,188 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(StoreError::db("opening the store"))?;
-        sqlx::migrate!("./migrations")
+        sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migrate(DbError::new(e)))?;
-        Ok(Store { pool, clock })
+        Ok(Store {
+            pool: Pool::Sqlite(pool),
+            clock,
+            node: host_name().into(),
+        })
     }
 
-    /// The connection pool, for tests that inspect rows directly.
-    #[cfg(test)]
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// A write transaction that takes the write lock at once (BEGIN
-    /// IMMEDIATE), so the audit chain head cannot move underneath it.
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
+    /// Opens the PostgreSQL store at `target` and brings its schema up to
+    /// date. The database must exist; its schema is created on first use.
+    /// Migrations run in one transaction under a transaction-scoped advisory
+    /// lock, so nodes starting together apply each migration once (and a
+    /// session lock, which breaks behind PgBouncer's transaction pooling, is
+    /// never taken). `busy_timeout` bounds the wait for a row lock another
+    /// node holds and for a connection (a database that is down answers
+    /// [`StoreError::Unavailable`] after it).
+    pub async fn open_postgres(
+        target: &PostgresTarget<'_>,
+        clock: Arc<dyn Clock>,
+        busy_timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        use std::str::FromStr;
+        let mut opts = PgConnectOptions::from_str(target.url)
+            .map_err(StoreError::db("reading the PostgreSQL store URL"))?
+            .application_name("orgkey");
+        if let Some(pw) = target.password {
+            opts = opts.password(pw.expose_secret());
+        }
+        let lock_timeout = format!("{}ms", busy_timeout.as_millis().max(1));
+        opts = opts.options([("lock_timeout", lock_timeout.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(PG_MAX_CONNECTIONS)
+            .acquire_timeout(busy_timeout)
+            // A connection the server dropped (restart, failover) is
+            // noticed and replaced before it is handed out.
+            .test_before_acquire(true)
+            .connect_with(opts)
             .await
-            .map_err(StoreError::db("starting a transaction"))
+            .map_err(StoreError::db("connecting to the PostgreSQL store"))?;
+        Self::migrate_postgres(&pool).await?;
+        Ok(Store {
+            pool: Pool::Postgres(pool),
+            clock,
+            node: host_name().into(),
+        })
+    }
+
+    async fn migrate_postgres(pool: &sqlx::PgPool) -> Result<(), StoreError> {
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        // Our own transaction-scoped lock instead of sqlx's session lock.
+        migrator.set_locking(false);
+        let mut tx = pool
+            .begin()
+            .await
+            .map_err(StoreError::db("migrating the store"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db("locking the store for migration"))?;
+        // run_direct, not run: run's `Acquire` bound on `&mut PgConnection`
+        // makes the future not `Send` (sqlx's own comment on run_direct).
+        migrator
+            .run_direct(&mut *tx)
+            .await
+            .map_err(|e| StoreError::Migrate(DbError::new(e)))?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing the store's migration"))
+    }
+
+    /// Opens the configured store: PostgreSQL when `[store] url` is set,
+    /// else the SQLite file (which must exist unless `create`). Audit rows
+    /// name `node`.
+    pub async fn open_configured(
+        cfg: &crate::config::StoreConfig,
+        node: &str,
+        create: bool,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Store, StoreError> {
+        let store = match &cfg.postgres {
+            Some(pg) => {
+                let password = pg.read_password().map_err(|e| StoreError::Io {
+                    context: "reading [store] password_file".into(),
+                    source: e,
+                })?;
+                let target = PostgresTarget {
+                    url: &pg.url,
+                    password: password.as_ref(),
+                };
+                Self::open_postgres(&target, clock, cfg.busy_timeout).await?
+            }
+            None => Self::open_with(&cfg.sqlite, create, clock, cfg.busy_timeout).await?,
+        };
+        Ok(store.with_node(node))
+    }
+
+    /// The same store, stamping `node` on the audit rows it appends.
+    pub fn with_node(mut self, node: &str) -> Store {
+        self.node = node.into();
+        self
+    }
+
+    /// The node id stamped on audit rows.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The backend this store runs on.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The SQLite connection pool, for unit tests that inspect rows
+    /// directly (unit tests run on SQLite).
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &sqlx::SqlitePool {
+        match &self.pool {
+            Pool::Sqlite(p) => p,
+            Pool::Postgres(_) => panic!("unit tests run on SQLite"),
+        }
+    }
+
+    /// A write transaction during which the audit chain head cannot move:
+    /// on SQLite it takes the write lock at once (BEGIN IMMEDIATE); on
+    /// PostgreSQL it locks the chain head row (`audit_head`, FOR UPDATE), so
+    /// audited writes of every node are serialized on it as they are on the
+    /// SQLite file, and a read-then-write inside sees every write committed
+    /// before it.
+    pub(crate) async fn begin_write(&self) -> Result<Tx, StoreError> {
+        match &self.pool {
+            Pool::Sqlite(p) => p
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map(Tx::Sqlite)
+                .map_err(StoreError::db("starting a transaction")),
+            Pool::Postgres(p) => {
+                let mut tx = p
+                    .begin()
+                    .await
+                    .map_err(StoreError::db("starting a transaction"))?;
+                sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::db("locking the audit chain head"))?;
+                Ok(Tx::Postgres(tx))
+            }
+        }
+    }
+
+    /// Runs `op` (a whole transaction) again while PostgreSQL reports a
+    /// serialization failure or a deadlock, a few times: such a transaction
+    /// did nothing and may simply run again. Anything else is returned.
+    pub(crate) async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut tries = 0;
+        loop {
+            match op().await {
+                Err(e) if tries < MAX_RETRIES && is_retryable(&e) => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, "retrying a transaction");
+                    tokio::time::sleep(Duration::from_millis(5 << tries)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Appends `audit` to the chain inside `tx` and commits both. A failure
     /// of either step is a [`StoreError::Audit`].
     pub(crate) async fn commit_audited(
         &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        mut tx: Tx,
         audit: &AuditEvent,
         context: &'static str,
     ) -> Result<(), StoreError> {
@@ -371,16 +620,56 @@ impl Store {
         &self.clock
     }
 
+    /// Whether the database answers now: a round trip, bounded by
+    /// `timeout` (the readiness probe's; a database that is down or
+    /// unreachable is [`StoreError::Unavailable`]).
+    pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let ping = async {
+            let one: i64 = scalar!(self.pool.exec(), fetch_one, "SELECT CAST(1 AS BIGINT)")
+                .map_err(StoreError::db("reaching the store"))?;
+            debug_assert_eq!(one, 1);
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, ping).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable {
+                context: "reaching the store",
+                source: DbError::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer in time",
+                )),
+            }),
+        }
+    }
+
     /// Writes a consistent snapshot of the whole store to `path` (a new
-    /// file), while writers may keep going.
+    /// file, mode 0600), while writers may keep going: on SQLite the
+    /// database file itself (VACUUM INTO), on PostgreSQL a logical snapshot
+    /// (JSON lines, decision 0032) that loads into either backend.
     pub async fn snapshot_to(&self, path: &Path) -> Result<(), StoreError> {
+        let Pool::Sqlite(pool) = &self.pool else {
+            let io = |source| StoreError::Io {
+                context: format!("writing {}", path.display()),
+                source,
+            };
+            create_private_file(path).map_err(io)?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io)?;
+            let mut out = std::io::BufWriter::new(file);
+            self.write_logical_snapshot(&mut out).await?;
+            let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+            file.sync_all().map_err(io)?;
+            return Ok(());
+        };
         let p = path.to_str().ok_or_else(|| StoreError::Io {
             context: format!("snapshot path {}", path.display()),
             source: std::io::Error::other("not UTF-8"),
         })?;
         sqlx::query("VACUUM INTO $1")
             .bind(p)
-            .execute(&self.pool)
+            .execute(pool)
             .await
             .map_err(StoreError::db("writing a snapshot of the store"))?;
         Ok(())
@@ -389,21 +678,27 @@ impl Store {
     /// Whether the store holds state beyond the org key and cert records:
     /// users, user certificates or API clients.
     pub async fn has_state(&self) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM user_certs)              + (SELECT COUNT(*) FROM api_clients)",
+        let n: i64 = scalar!(
+            self.pool.exec(),
+            fetch_one,
+            "SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM user_certs) \
+             + (SELECT COUNT(*) FROM api_clients)"
         )
-        .fetch_one(&self.pool)
-        .await
         .map_err(StoreError::db("inspecting the store"))?;
         Ok(n > 0)
     }
 
     /// Moves everything in the write-ahead log into the main file and
     /// empties the log, so the main file alone holds the whole store (before
-    /// it is moved into place).
+    /// it is moved into place). SQLite only.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let Pool::Sqlite(pool) = &self.pool else {
+            return Err(StoreError::Unsupported(
+                "checkpointing is a SQLite operation".into(),
+            ));
+        };
         let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&self.pool)
+            .fetch_one(pool)
             .await
             .map_err(StoreError::db("checkpointing the store"))?;
         if busy != 0 {
@@ -418,16 +713,15 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-
     /// The active org key, if one was generated.
     pub async fn active_org_key(&self) -> Result<Option<OrgKeyRecord>, StoreError> {
-        let row = sqlx::query(
+        let row = query!(
+            self.pool.exec(),
+            fetch_optional,
             "SELECT fingerprint, algorithm, user_id, cert, primary_id, signing_id, encryption_id, \
              primary_created, signing_created, encryption_created, exportable, generated_at \
-             FROM org_keys WHERE state = 'active'",
+             FROM org_keys WHERE state = 'active'"
         )
-        .fetch_optional(&self.pool)
-        .await
         .map_err(StoreError::db("reading the org key"))?;
         Ok(row.map(|r| OrgKeyRecord {
             fingerprint: r.get("fingerprint"),
@@ -449,18 +743,18 @@ impl Store {
     /// superseded ones newest first: relying parties may still trust
     /// replaced org keys, so their addresses stay the organization's.
     pub async fn org_key_certs(&self) -> Result<Vec<OrgKeyCert>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
             "SELECT fingerprint, state, cert FROM org_keys \
-             ORDER BY CASE state WHEN 'active' THEN 0 ELSE 1 END, generated_at DESC",
+             ORDER BY CASE state WHEN 'active' THEN 0 ELSE 1 END, generated_at DESC"
         )
-        .fetch_all(&self.pool)
-        .await
         .map_err(StoreError::db("reading org key certificates"))?;
         Ok(rows
             .iter()
             .map(|r| OrgKeyCert {
                 fingerprint: r.get("fingerprint"),
-                active: r.get::<&str, _>("state") == "active",
+                active: r.get::<String>("state") == "active",
                 cert: r.get("cert"),
             })
             .collect())
@@ -509,48 +803,51 @@ impl Store {
 
     async fn insert_org_key_in(
         &self,
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut Tx,
         rec: &OrgKeyRecord,
         replace: bool,
     ) -> Result<(), StoreError> {
         let now = crate::clock::unix_secs(self.clock.now()) as i64;
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT fingerprint FROM org_keys WHERE state = 'active'")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(StoreError::db("reading the org key"))?;
+        let existing: Option<String> = scalar!(
+            tx.exec(),
+            fetch_optional,
+            "SELECT fingerprint FROM org_keys WHERE state = 'active'"
+        )
+        .map_err(StoreError::db("reading the org key"))?;
         if let Some(fpr) = existing {
             if !replace {
                 return Err(StoreError::Conflict(format!(
                     "an org key ({fpr}) already exists"
                 )));
             }
-            sqlx::query("UPDATE org_keys SET state = 'superseded', superseded_at = $1 WHERE fingerprint = $2")
-                .bind(now)
-                .bind(&fpr)
-                .execute(&mut *tx)
-                .await
+            query!(
+                tx.exec(),
+                execute,
+                "UPDATE org_keys SET state = 'superseded', superseded_at = $1 WHERE fingerprint = $2",
+                now,
+                &fpr
+            )
                 .map_err(StoreError::db("superseding the old org key"))?;
         }
-        sqlx::query(
+        query!(
+            tx.exec(),
+            execute,
             "INSERT INTO org_keys (fingerprint, state, algorithm, user_id, cert, primary_id, signing_id, \
              encryption_id, primary_created, signing_created, encryption_created, exportable, generated_at) \
              VALUES ($1, 'active', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &rec.fingerprint,
+            &rec.algorithm,
+            &rec.user_id,
+            &rec.cert,
+            &rec.primary_id,
+            &rec.signing_id,
+            &rec.encryption_id,
+            rec.primary_created,
+            rec.signing_created,
+            rec.encryption_created,
+            rec.exportable,
+            rec.generated_at
         )
-        .bind(&rec.fingerprint)
-        .bind(&rec.algorithm)
-        .bind(&rec.user_id)
-        .bind(&rec.cert)
-        .bind(&rec.primary_id)
-        .bind(&rec.signing_id)
-        .bind(&rec.encryption_id)
-        .bind(rec.primary_created)
-        .bind(rec.signing_created)
-        .bind(rec.encryption_created)
-        .bind(rec.exportable)
-        .bind(rec.generated_at)
-        .execute(&mut *tx)
-        .await
         .map_err(StoreError::db("recording the org key"))?;
         Ok(())
     }
@@ -560,11 +857,12 @@ impl Store {
     pub async fn org_key_object_ids(
         &self,
     ) -> Result<Vec<(String, &'static str, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT fingerprint, primary_id, signing_id, encryption_id FROM org_keys")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(StoreError::db("reading org key ids"))?;
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
+            "SELECT fingerprint, primary_id, signing_id, encryption_id FROM org_keys"
+        )
+        .map_err(StoreError::db("reading org key ids"))?;
         let mut out = Vec::new();
         for r in rows {
             let fpr: String = r.get("fingerprint");
@@ -586,22 +884,22 @@ impl Store {
         let mut tx = self.begin_write().await?;
         Self::check_binding_free(&mut tx, &rec.name, rec.cert.as_ref()).await?;
         let (sha256, subject, issuer) = CertBinding::columns(rec.cert.as_ref());
-        let res = sqlx::query(
+        let res = query!(
+            tx.exec(),
+            execute,
             "INSERT INTO api_clients (name, client_id, secret_hash, scopes, created_at, \
              cert_sha256, cert_subject, cert_issuer, require_cert) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&rec.name)
-        .bind(&rec.client_id)
-        .bind(&rec.secret_hash)
-        .bind(&rec.scopes)
-        .bind(rec.created_at)
-        .bind(sha256)
-        .bind(subject)
-        .bind(issuer)
-        .bind(rec.require_cert)
-        .execute(&mut *tx)
-        .await;
+            &rec.name,
+            &rec.client_id,
+            &rec.secret_hash,
+            &rec.scopes,
+            rec.created_at,
+            sha256,
+            subject,
+            issuer,
+            rec.require_cert
+        );
         match res {
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -620,7 +918,7 @@ impl Store {
     /// certificate must never identify two clients. (The unique indexes
     /// are the backstop; this names the other client.)
     async fn check_binding_free(
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut Tx,
         name: &str,
         binding: Option<&CertBinding>,
     ) -> Result<(), StoreError> {
@@ -628,16 +926,16 @@ impl Store {
         if binding.is_none() {
             return Ok(());
         }
-        let other: Option<String> = sqlx::query_scalar(
+        let other: Option<String> = scalar!(
+            tx.exec(),
+            fetch_optional,
             "SELECT name FROM api_clients WHERE name <> $1 \
              AND (cert_sha256 = $2 OR (cert_subject = $3 AND cert_issuer = $4))",
+            name,
+            sha256,
+            subject,
+            issuer
         )
-        .bind(name)
-        .bind(sha256)
-        .bind(subject)
-        .bind(issuer)
-        .fetch_optional(&mut *tx)
-        .await
         .map_err(StoreError::db("checking certificate bindings"))?;
         match other {
             Some(other) => Err(StoreError::Conflict(format!(
@@ -660,28 +958,29 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
-        let exists: Option<bool> =
-            sqlx::query_scalar("SELECT require_cert FROM api_clients WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(StoreError::db("reading a client"))?;
+        let exists: Option<bool> = scalar!(
+            tx.exec(),
+            fetch_optional,
+            "SELECT require_cert FROM api_clients WHERE name = $1",
+            name
+        )
+        .map_err(StoreError::db("reading a client"))?;
         let Some(current) = exists else {
             return Ok(false);
         };
         Self::check_binding_free(&mut tx, name, binding).await?;
         let (sha256, subject, issuer) = CertBinding::columns(binding);
-        let res = sqlx::query(
+        let res = query!(
+            tx.exec(),
+            execute,
             "UPDATE api_clients SET cert_sha256 = $1, cert_subject = $2, cert_issuer = $3, \
              require_cert = $4 WHERE name = $5",
-        )
-        .bind(sha256)
-        .bind(subject)
-        .bind(issuer)
-        .bind(require_cert.unwrap_or(current))
-        .bind(name)
-        .execute(&mut *tx)
-        .await;
+            sha256,
+            subject,
+            issuer,
+            require_cert.unwrap_or(current),
+            name
+        );
         match res {
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -704,20 +1003,22 @@ impl Store {
         cert: &PresentedCert<'_>,
     ) -> Result<Vec<ClientRecord>, StoreError> {
         let (subject, issuer) = cert.names.unzip();
-        let rows = sqlx::query(&format!(
-            "SELECT {CLIENT_COLUMNS} FROM api_clients \
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
+            &format!(
+                "SELECT {CLIENT_COLUMNS} FROM api_clients \
              WHERE cert_sha256 = $1 OR (cert_subject = $2 AND cert_issuer = $3) ORDER BY name"
-        ))
-        .bind(cert.sha256)
-        .bind(subject)
-        .bind(issuer)
-        .fetch_all(&self.pool)
-        .await
+            ),
+            cert.sha256,
+            subject,
+            issuer
+        )
         .map_err(StoreError::db("looking up a client by certificate"))?;
         rows.into_iter().map(Self::client_from_row).collect()
     }
 
-    fn client_from_row(r: sqlx::sqlite::SqliteRow) -> Result<ClientRecord, StoreError> {
+    fn client_from_row(r: Row) -> Result<ClientRecord, StoreError> {
         let sha256: Option<String> = r.get("cert_sha256");
         let subject: Option<String> = r.get("cert_subject");
         let issuer: Option<String> = r.get("cert_issuer");
@@ -745,35 +1046,37 @@ impl Store {
 
     /// Looks a client up by the id in its bearer token.
     pub async fn client_by_id(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = $1"
-        ))
-        .bind(client_id)
-        .fetch_optional(&self.pool)
-        .await
+        let row = query!(
+            self.pool.exec(),
+            fetch_optional,
+            &format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = $1"),
+            client_id
+        )
         .map_err(StoreError::db("looking up a client"))?;
         row.map(Self::client_from_row).transpose()
     }
 
     /// All clients, by name.
     pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {CLIENT_COLUMNS} FROM api_clients ORDER BY name"
-        ))
-        .fetch_all(&self.pool)
-        .await
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
+            &format!("SELECT {CLIENT_COLUMNS} FROM api_clients ORDER BY name")
+        )
         .map_err(StoreError::db("listing clients"))?;
         rows.into_iter().map(Self::client_from_row).collect()
     }
 
     /// Removes a client; false if there was none by that name.
     pub async fn remove_client(&self, name: &str) -> Result<bool, StoreError> {
-        let res = sqlx::query("DELETE FROM api_clients WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::db("removing a client"))?;
-        Ok(res.rows_affected() > 0)
+        let res = query!(
+            self.pool.exec(),
+            execute,
+            "DELETE FROM api_clients WHERE name = $1",
+            name
+        )
+        .map_err(StoreError::db("removing a client"))?;
+        Ok(res > 0)
     }
 }
 
@@ -1102,7 +1405,7 @@ mod tests {
         );
 
         sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 17")
-            .execute(&store.pool)
+            .execute(store.pool())
             .await
             .unwrap();
         let r = store.verify_audit().await.unwrap();
@@ -1117,7 +1420,7 @@ mod tests {
                 .unwrap();
         }
         sqlx::query("DELETE FROM audit_log WHERE seq = 3")
-            .execute(&store2.pool)
+            .execute(store2.pool())
             .await
             .unwrap();
         let r = store2.verify_audit().await.unwrap();

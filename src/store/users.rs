@@ -2,9 +2,10 @@
 //! certifications), the emails bound to them, activity and removal, and the
 //! batched queries maintenance streams through.
 
+use super::db::{Row, on_exec, query, scalar};
 use super::{AuditEvent, Store, StoreError};
 use crate::clock::unix_secs;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::QueryBuilder;
 
 /// A stored user key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +128,7 @@ const DUE_WHERE: &str = "k.fingerprint > $1 \
 const USER_COLUMNS: &str =
     "email, fingerprint, user_id, state, last_activity, created_at, removed_at";
 
-fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> UserKeyRecord {
+fn key_from_row(r: &Row) -> UserKeyRecord {
     UserKeyRecord {
         fingerprint: r.get("fingerprint"),
         keyid: r.get("keyid"),
@@ -140,12 +141,12 @@ fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> UserKeyRecord {
     }
 }
 
-fn user_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<UserRecord, StoreError> {
+fn user_from_row(r: &Row) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         email: r.get("email"),
         fingerprint: r.get("fingerprint"),
         user_id: r.get("user_id"),
-        state: UserState::parse(r.get::<&str, _>("state"))?,
+        state: UserState::parse(&r.get::<String>("state"))?,
         last_activity: r.get("last_activity"),
         created_at: r.get("created_at"),
         removed_at: r.get("removed_at"),
@@ -159,12 +160,12 @@ impl Store {
 
     /// A user key by fingerprint.
     pub async fn user_key(&self, fingerprint: &str) -> Result<Option<UserKeyRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM user_keys k WHERE k.fingerprint = $1"
-        ))
-        .bind(fingerprint)
-        .fetch_optional(&self.pool)
-        .await
+        let row = query!(
+            self.pool.exec(),
+            fetch_optional,
+            &format!("SELECT {KEY_COLUMNS} FROM user_keys k WHERE k.fingerprint = $1"),
+            fingerprint
+        )
         .map_err(StoreError::db("reading a user key"))?;
         Ok(row.as_ref().map(key_from_row))
     }
@@ -175,52 +176,54 @@ impl Store {
         fingerprint: Option<&str>,
         keyid: Option<&str>,
     ) -> Result<Vec<UserKeyRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
+            &format!(
             "SELECT {KEY_COLUMNS} FROM user_keys k WHERE (k.fingerprint = $1 OR k.keyid = $2) \
              AND EXISTS (SELECT 1 FROM users u WHERE u.fingerprint = k.fingerprint AND u.state = 'active') \
              ORDER BY k.fingerprint"
-        ))
-        .bind(fingerprint)
-        .bind(keyid)
-        .fetch_all(&self.pool)
-        .await
+        ),
+            fingerprint,
+            keyid
+        )
         .map_err(StoreError::db("looking up user keys"))?;
         Ok(rows.iter().map(key_from_row).collect())
     }
 
     /// A managed email.
     pub async fn user(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
-        ))
-        .bind(email)
-        .fetch_optional(&self.pool)
-        .await
+        let row = query!(
+            self.pool.exec(),
+            fetch_optional,
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"),
+            email
+        )
         .map_err(StoreError::db("reading a user"))?;
         row.as_ref().map(user_from_row).transpose()
     }
 
     /// Users by email, after `after` (keyset pagination), at most `limit`.
     pub async fn list_users(&self, after: &str, limit: i64) -> Result<Vec<UserRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE email > $1 ORDER BY email LIMIT $2"
-        ))
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE email > $1 ORDER BY email LIMIT $2"),
+            after,
+            limit
+        )
         .map_err(StoreError::db("listing users"))?;
         rows.iter().map(user_from_row).collect()
     }
 
     /// Number of active and removed users.
     pub async fn user_counts(&self) -> Result<(i64, i64), StoreError> {
-        let row = sqlx::query(
+        let row = query!(
+            self.pool.exec(),
+            fetch_one,
             "SELECT COALESCE(SUM(CASE WHEN state = 'active' THEN 1 ELSE 0 END), 0) AS active, \
-             COALESCE(SUM(CASE WHEN state = 'removed' THEN 1 ELSE 0 END), 0) AS removed FROM users",
+             COALESCE(SUM(CASE WHEN state = 'removed' THEN 1 ELSE 0 END), 0) AS removed FROM users"
         )
-        .fetch_one(&self.pool)
-        .await
         .map_err(StoreError::db("counting users"))?;
         Ok((row.get("active"), row.get("removed")))
     }
@@ -237,54 +240,54 @@ impl Store {
         let now = self.now_i64();
         let mut tx = self.begin_write().await?;
         let res = match s.expected_version {
-            None => sqlx::query(
+            None => query!(
+                tx.exec(),
+                execute,
                 "INSERT INTO user_keys (fingerprint, keyid, cert, certified_by, cert_expires, version, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, 1, $6, $6) ON CONFLICT (fingerprint) DO NOTHING",
-            )
-            .bind(&s.fingerprint)
-            .bind(&s.keyid)
-            .bind(&s.cert)
-            .bind(&s.certified_by)
-            .bind(s.cert_expires)
-            .bind(now)
-            .execute(&mut *tx)
-            .await,
-            Some(v) => sqlx::query(
+                &s.fingerprint,
+                &s.keyid,
+                &s.cert,
+                &s.certified_by,
+                s.cert_expires,
+                now
+            ),
+            Some(v) => query!(
+                tx.exec(),
+                execute,
                 "UPDATE user_keys SET cert = $1, certified_by = $2, cert_expires = $3, version = version + 1, \
                  updated_at = $4 WHERE fingerprint = $5 AND version = $6",
-            )
-            .bind(&s.cert)
-            .bind(&s.certified_by)
-            .bind(s.cert_expires)
-            .bind(now)
-            .bind(&s.fingerprint)
-            .bind(v)
-            .execute(&mut *tx)
-            .await,
+                &s.cert,
+                &s.certified_by,
+                s.cert_expires,
+                now,
+                &s.fingerprint,
+                v
+            ),
         }
         .map_err(StoreError::db("writing a user key"))?;
-        if res.rows_affected() != 1 {
+        if res != 1 {
             return Err(StoreError::Conflict(format!(
                 "user key {} changed concurrently",
                 s.fingerprint
             )));
         }
         for (email, user_id) in &s.emails {
-            sqlx::query(
+            query!(
+                tx.exec(),
+                execute,
                 "INSERT INTO users (email, fingerprint, user_id, state, last_activity, created_at) \
                  VALUES ($1, $2, $3, 'active', $4, $4) \
                  ON CONFLICT (email) DO UPDATE SET fingerprint = excluded.fingerprint, \
                  user_id = excluded.user_id, \
                  last_activity = CASE WHEN $5 THEN excluded.last_activity ELSE users.last_activity END \
                  WHERE users.state = 'active'",
+                email,
+                &s.fingerprint,
+                user_id,
+                now,
+                s.touch
             )
-            .bind(email)
-            .bind(&s.fingerprint)
-            .bind(user_id)
-            .bind(now)
-            .bind(s.touch)
-            .execute(&mut *tx)
-            .await
             .map_err(StoreError::db("binding a user email"))?;
         }
         self.append_audit_in(&mut tx, std::slice::from_ref(audit))
@@ -307,31 +310,30 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let mut added = 0;
         for s in keys {
-            added += sqlx::query(
+            added += query!(
+                tx.exec(),
+                execute,
                 "INSERT INTO user_keys (fingerprint, keyid, cert, certified_by, cert_expires, version, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, 1, $6, $6) ON CONFLICT (fingerprint) DO NOTHING",
+                &s.fingerprint,
+                &s.keyid,
+                &s.cert,
+                &s.certified_by,
+                s.cert_expires,
+                now
             )
-            .bind(&s.fingerprint)
-            .bind(&s.keyid)
-            .bind(&s.cert)
-            .bind(&s.certified_by)
-            .bind(s.cert_expires)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::db("importing a user key"))?
-            .rows_affected();
+            .map_err(StoreError::db("importing a user key"))?;
             for (email, user_id) in &s.emails {
-                sqlx::query(
+                query!(
+                    tx.exec(),
+                    execute,
                     "INSERT INTO users (email, fingerprint, user_id, state, last_activity, created_at) \
                      VALUES ($1, $2, $3, 'active', $4, $4) ON CONFLICT (email) DO NOTHING",
+                    email,
+                    &s.fingerprint,
+                    user_id,
+                    now
                 )
-                .bind(email)
-                .bind(&s.fingerprint)
-                .bind(user_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
                 .map_err(StoreError::db("importing a user email"))?;
             }
         }
@@ -350,22 +352,22 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let now = self.now_i64();
         let mut tx = self.begin_write().await?;
-        let res = sqlx::query(
+        let res = query!(
+            tx.exec(),
+            execute,
             "UPDATE users SET state = $1, removed_at = $2, \
              last_activity = CASE WHEN $1 = 'active' THEN $3 ELSE last_activity END \
              WHERE email = $4 AND state <> $1",
+            state.as_str(),
+            match state {
+                UserState::Removed => Some(now),
+                UserState::Active => None,
+            },
+            now,
+            email
         )
-        .bind(state.as_str())
-        .bind(match state {
-            UserState::Removed => Some(now),
-            UserState::Active => None,
-        })
-        .bind(now)
-        .bind(email)
-        .execute(&mut *tx)
-        .await
         .map_err(StoreError::db("changing a user's state"))?;
-        if res.rows_affected() == 0 {
+        if res == 0 {
             return Ok(false);
         }
         self.commit_audited(tx, audit, "committing a user's state")
@@ -375,15 +377,15 @@ impl Store {
 
     /// Records activity of an active email; false if there is none.
     pub async fn touch_user(&self, email: &str) -> Result<bool, StoreError> {
-        let res = sqlx::query(
+        let res = query!(
+            self.pool.exec(),
+            execute,
             "UPDATE users SET last_activity = $1 WHERE email = $2 AND state = 'active' AND last_activity < $1",
+            self.now_i64(),
+            email
         )
-        .bind(self.now_i64())
-        .bind(email)
-        .execute(&self.pool)
-        .await
         .map_err(StoreError::db("recording user activity"))?;
-        if res.rows_affected() > 0 {
+        if res > 0 {
             return Ok(true);
         }
         Ok(matches!(self.user(email).await?, Some(u) if u.state == UserState::Active))
@@ -391,15 +393,15 @@ impl Store {
 
     /// How many keys [`Store::due_user_keys`] would return in all.
     pub async fn count_due_user_keys(&self, q: DueQuery<'_>) -> Result<i64, StoreError> {
-        sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM user_keys k WHERE {DUE_WHERE}"
-        ))
-        .bind(q.after)
-        .bind(q.horizon)
-        .bind(q.org)
-        .bind(q.active_since)
-        .fetch_one(&self.pool)
-        .await
+        scalar!(
+            self.pool.exec(),
+            fetch_one,
+            &format!("SELECT COUNT(*) FROM user_keys k WHERE {DUE_WHERE}"),
+            q.after,
+            q.horizon,
+            q.org,
+            q.active_since
+        )
         .map_err(StoreError::db("counting keys due for renewal"))
     }
 
@@ -407,36 +409,40 @@ impl Store {
     /// email that is active and was active since `q.active_since`, whose
     /// certifications expire by `q.horizon` or were made by another org key.
     pub async fn due_user_keys(&self, q: DueQuery<'_>) -> Result<Vec<DueUserKey>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
+            &format!(
             "SELECT {KEY_COLUMNS} FROM user_keys k WHERE {DUE_WHERE} ORDER BY k.fingerprint LIMIT $5"
-        ))
-        .bind(q.after)
-        .bind(q.horizon)
-        .bind(q.org)
-        .bind(q.active_since)
-        .bind(q.limit)
-        .fetch_all(&self.pool)
-        .await
+        ),
+            q.after,
+            q.horizon,
+            q.org,
+            q.active_since,
+            q.limit
+        )
         .map_err(StoreError::db("selecting keys due for renewal"))?;
         let keys: Vec<UserKeyRecord> = rows.iter().map(key_from_row).collect();
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT email, fingerprint FROM users WHERE state = 'active' AND last_activity >= ",
-        );
-        qb.push_bind(q.active_since);
-        qb.push(" AND fingerprint IN (");
-        let mut sep = qb.separated(", ");
-        for k in &keys {
-            sep.push_bind(&k.fingerprint);
-        }
-        sep.push_unseparated(") ORDER BY email");
-        let email_rows = qb
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::db("reading emails of due keys"))?;
+        let email_rows = on_exec!(self.pool.exec(), |e| {
+            let mut qb = QueryBuilder::new(
+                "SELECT email, fingerprint FROM users WHERE state = 'active' AND last_activity >= ",
+            );
+            qb.push_bind(q.active_since);
+            qb.push(" AND fingerprint IN (");
+            let mut sep = qb.separated(", ");
+            for k in &keys {
+                sep.push_bind(&k.fingerprint);
+            }
+            sep.push_unseparated(") ORDER BY email");
+            qb.build()
+                .fetch_all(e)
+                .await
+                .map(|v| v.into_iter().map(Row::from).collect::<Vec<_>>())
+        })
+        .map_err(StoreError::db("reading emails of due keys"))?;
         let mut out: Vec<DueUserKey> = keys
             .into_iter()
             .map(|key| DueUserKey {
@@ -455,12 +461,12 @@ impl Store {
 
     /// Active emails inactive since before `active_since` (maintenance skips them).
     pub async fn count_inactive_users(&self, active_since: i64) -> Result<i64, StoreError> {
-        sqlx::query_scalar(
+        scalar!(
+            self.pool.exec(),
+            fetch_one,
             "SELECT COUNT(*) FROM users WHERE state = 'active' AND last_activity < $1",
+            active_since
         )
-        .bind(active_since)
-        .fetch_one(&self.pool)
-        .await
         .map_err(StoreError::db("counting inactive users"))
     }
 
@@ -472,20 +478,20 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let mut written = 0;
         for s in keys {
-            let res = sqlx::query(
+            let res = query!(
+                tx.exec(),
+                execute,
                 "UPDATE user_keys SET cert = $1, certified_by = $2, cert_expires = $3, version = version + 1, \
                  updated_at = $4 WHERE fingerprint = $5 AND version = $6",
+                &s.cert,
+                &s.certified_by,
+                s.cert_expires,
+                now,
+                &s.fingerprint,
+                s.expected_version
             )
-            .bind(&s.cert)
-            .bind(&s.certified_by)
-            .bind(s.cert_expires)
-            .bind(now)
-            .bind(&s.fingerprint)
-            .bind(s.expected_version)
-            .execute(&mut *tx)
-            .await
             .map_err(StoreError::db("writing a renewed user key"))?;
-            written += res.rows_affected() as usize;
+            written += res as usize;
         }
         tx.commit()
             .await
@@ -495,11 +501,11 @@ impl Store {
 
     /// Fingerprints of every org key ever generated (active first).
     pub async fn org_key_fingerprints(&self) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT fingerprint FROM org_keys ORDER BY CASE state WHEN 'active' THEN 0 ELSE 1 END, generated_at DESC",
+        scalar!(
+            self.pool.exec(),
+            fetch_all,
+            "SELECT fingerprint FROM org_keys ORDER BY CASE state WHEN 'active' THEN 0 ELSE 1 END, generated_at DESC"
         )
-        .fetch_all(&self.pool)
-        .await
         .map_err(StoreError::db("reading org key fingerprints"))
     }
 
@@ -512,15 +518,15 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let res = sqlx::query(
+        let res = query!(
+            tx.exec(),
+            execute,
             "UPDATE org_keys SET cert = $1 WHERE fingerprint = $2 AND state = 'active'",
+            cert,
+            fingerprint
         )
-        .bind(cert)
-        .bind(fingerprint)
-        .execute(&mut *tx)
-        .await
         .map_err(StoreError::db("updating the org key certificate"))?;
-        if res.rows_affected() != 1 {
+        if res != 1 {
             return Err(StoreError::Conflict(format!(
                 "org key {fingerprint} is no longer the active org key"
             )));

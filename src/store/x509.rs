@@ -1,9 +1,9 @@
 //! The org cert records, user certificates in their issuance states,
 //! revocations and CRLs.
 
+use super::db::{Row, Tx, query, scalar};
 use super::{AuditEvent, Store, StoreError};
 use crate::clock::unix_secs;
-use sqlx::Row;
 
 /// A stored org cert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +132,7 @@ const ORG_CERT_COLUMNS: &str =
 const USER_CERT_COLUMNS: &str = "serial, org_cert, state, email, emails, key_id, spki, common_name, source, cert, \
      not_before, not_after, revoked_at, reason";
 
-fn org_cert_from_row(r: &sqlx::sqlite::SqliteRow) -> OrgCertRecord {
+fn org_cert_from_row(r: &Row) -> OrgCertRecord {
     OrgCertRecord {
         fingerprint: r.get("fingerprint"),
         org_key: r.get("org_key"),
@@ -147,7 +147,7 @@ fn org_cert_from_row(r: &sqlx::sqlite::SqliteRow) -> OrgCertRecord {
     }
 }
 
-fn user_cert_from_row(r: &sqlx::sqlite::SqliteRow) -> UserCertRecord {
+fn user_cert_from_row(r: &Row) -> UserCertRecord {
     UserCertRecord {
         serial: r.get("serial"),
         org_cert: r.get("org_cert"),
@@ -173,11 +173,11 @@ impl Store {
 
     /// The active org cert.
     pub async fn active_org_cert(&self) -> Result<Option<OrgCertRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {ORG_CERT_COLUMNS} FROM org_certs WHERE state = 'active'"
-        ))
-        .fetch_optional(&self.pool)
-        .await
+        let row = query!(
+            self.pool.exec(),
+            fetch_optional,
+            &format!("SELECT {ORG_CERT_COLUMNS} FROM org_certs WHERE state = 'active'")
+        )
         .map_err(StoreError::db("reading the org cert"))?;
         Ok(row.as_ref().map(org_cert_from_row))
     }
@@ -185,25 +185,27 @@ impl Store {
     /// Org certs that have not expired at `now` (active first): the ones
     /// whose keys must be usable for issuing, revoking and CRLs.
     pub async fn live_org_certs(&self, now: i64) -> Result<Vec<OrgCertRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {ORG_CERT_COLUMNS} FROM org_certs WHERE not_after > $1 \
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
+            &format!(
+                "SELECT {ORG_CERT_COLUMNS} FROM org_certs WHERE not_after > $1 \
              ORDER BY CASE state WHEN 'active' THEN 0 ELSE 1 END, created_at DESC"
-        ))
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await
+            ),
+            now
+        )
         .map_err(StoreError::db("reading org certs"))?;
         Ok(rows.iter().map(org_cert_from_row).collect())
     }
 
     /// CKA_IDs of every org cert key (for `token check`).
     pub async fn org_cert_key_ids(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
             "SELECT key_id, fingerprint AS owner FROM org_certs \
-             UNION ALL SELECT key_id, 'pending request' AS owner FROM org_cert_requests",
+             UNION ALL SELECT key_id, 'pending request' AS owner FROM org_cert_requests"
         )
-        .fetch_all(&self.pool)
-        .await
         .map_err(StoreError::db("reading org cert key ids"))?;
         Ok(rows
             .iter()
@@ -228,46 +230,47 @@ impl Store {
 
     pub(super) async fn insert_org_cert_in(
         &self,
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut Tx,
         rec: &OrgCertRecord,
         replace: bool,
     ) -> Result<(), StoreError> {
         let now = self.now_secs_i64();
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT fingerprint FROM org_certs WHERE state = 'active'")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(StoreError::db("reading the org cert"))?;
+        let existing: Option<String> = scalar!(
+            tx.exec(),
+            fetch_optional,
+            "SELECT fingerprint FROM org_certs WHERE state = 'active'"
+        )
+        .map_err(StoreError::db("reading the org cert"))?;
         if let Some(fpr) = existing {
             if !replace {
                 return Err(StoreError::Conflict(format!(
                     "an org cert ({fpr}) already exists; use --replace to replace it"
                 )));
             }
-            sqlx::query(
+            query!(
+                tx.exec(),
+                execute,
                 "UPDATE org_certs SET state = 'retired', retired_at = $1 WHERE fingerprint = $2",
+                now,
+                &fpr
             )
-            .bind(now)
-            .bind(&fpr)
-            .execute(&mut *tx)
-            .await
             .map_err(StoreError::db("retiring the old org cert"))?;
         }
-        let res = sqlx::query(
+        let res = query!(
+            tx.exec(),
+            execute,
             "INSERT INTO org_certs (fingerprint, org_key, state, source, key_id, cert, chain, subject, not_after, created_at) \
              VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&rec.fingerprint)
-        .bind(&rec.org_key)
-        .bind(&rec.source)
-        .bind(&rec.key_id)
-        .bind(&rec.cert)
-        .bind(&rec.chain)
-        .bind(&rec.subject)
-        .bind(rec.not_after)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
+            &rec.fingerprint,
+            &rec.org_key,
+            &rec.source,
+            &rec.key_id,
+            &rec.cert,
+            &rec.chain,
+            &rec.subject,
+            rec.not_after,
+            now
+        );
         match res {
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -279,11 +282,13 @@ impl Store {
                 return Err(StoreError::db("recording the org cert")(e));
             }
         }
-        sqlx::query("DELETE FROM org_cert_requests WHERE key_id = $1")
-            .bind(&rec.key_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::db("consuming the org cert request"))?;
+        query!(
+            tx.exec(),
+            execute,
+            "DELETE FROM org_cert_requests WHERE key_id = $1",
+            &rec.key_id
+        )
+        .map_err(StoreError::db("consuming the org cert request"))?;
         Ok(())
     }
 
@@ -294,16 +299,16 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
+        query!(
+            tx.exec(),
+            execute,
             "INSERT INTO org_cert_requests (key_id, org_key, subject, csr, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &rec.key_id,
+            &rec.org_key,
+            &rec.subject,
+            &rec.csr,
+            self.now_secs_i64()
         )
-        .bind(&rec.key_id)
-        .bind(&rec.org_key)
-        .bind(&rec.subject)
-        .bind(&rec.csr)
-        .bind(self.now_secs_i64())
-        .execute(&mut *tx)
-        .await
         .map_err(StoreError::db("recording the org cert request"))?;
         self.commit_audited(tx, audit, "committing the org cert request")
             .await
@@ -311,11 +316,11 @@ impl Store {
 
     /// Pending CSRs, newest first.
     pub async fn org_cert_requests(&self) -> Result<Vec<OrgCertRequestRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT key_id, org_key, subject, csr, created_at FROM org_cert_requests ORDER BY created_at DESC",
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
+            "SELECT key_id, org_key, subject, csr, created_at FROM org_cert_requests ORDER BY created_at DESC"
         )
-        .fetch_all(&self.pool)
-        .await
         .map_err(StoreError::db("reading org cert requests"))?;
         Ok(rows
             .iter()
@@ -332,24 +337,24 @@ impl Store {
     /// Writes a pending user certificate (its to-be-signed bytes) before it
     /// is signed. A serial already in use is a [`StoreError::Conflict`].
     pub async fn reserve_user_cert(&self, p: &PendingUserCert) -> Result<(), StoreError> {
-        let res = sqlx::query(
+        let res = query!(
+            self.pool.exec(),
+            execute,
             "INSERT INTO user_certs (serial, org_cert, state, email, emails, key_id, spki, common_name, source, tbs, \
              not_before, not_after, created_at) VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(&p.serial)
-        .bind(&p.org_cert)
-        .bind(&p.emails[0])
-        .bind(p.emails.join(","))
-        .bind(&p.key_id)
-        .bind(&p.spki)
-        .bind(&p.common_name)
-        .bind(p.source)
-        .bind(hex::encode(&p.tbs))
-        .bind(p.not_before)
-        .bind(p.not_after)
-        .bind(self.now_secs_i64())
-        .execute(&self.pool)
-        .await;
+            &p.serial,
+            &p.org_cert,
+            &p.emails[0],
+            p.emails.join(","),
+            &p.key_id,
+            &p.spki,
+            &p.common_name,
+            p.source,
+            hex::encode(&p.tbs),
+            p.not_before,
+            p.not_after,
+            self.now_secs_i64()
+        );
         match res {
             Ok(_) => Ok(()),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
@@ -368,16 +373,16 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let res = sqlx::query(
+        let res = query!(
+            tx.exec(),
+            execute,
             "UPDATE user_certs SET state = 'issued', cert = $1, issued_at = $2 WHERE serial = $3 AND state = 'pending'",
+            pem,
+            self.now_secs_i64(),
+            serial
         )
-        .bind(pem)
-        .bind(self.now_secs_i64())
-        .bind(serial)
-        .execute(&mut *tx)
-        .await
         .map_err(StoreError::db("recording an issued certificate"))?;
-        if res.rows_affected() != 1 {
+        if res != 1 {
             return Err(StoreError::Conflict(format!(
                 "certificate {serial} is no longer pending"
             )));
@@ -394,12 +399,12 @@ impl Store {
     /// Marks a pending certificate abandoned (signing failed; the serial is
     /// burnt, never reused).
     pub async fn abandon_user_cert(&self, serial: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        query!(
+            self.pool.exec(),
+            execute,
             "UPDATE user_certs SET state = 'abandoned' WHERE serial = $1 AND state = 'pending'",
+            serial
         )
-        .bind(serial)
-        .execute(&self.pool)
-        .await
         .map_err(StoreError::db("abandoning a certificate"))?;
         Ok(())
     }
@@ -407,24 +412,24 @@ impl Store {
     /// Pending rows older than `before` (a crash between reserving and
     /// issuing) become abandoned; returns how many.
     pub async fn abandon_stale_user_certs(&self, before: i64) -> Result<u64, StoreError> {
-        let res = sqlx::query(
+        let res = query!(
+            self.pool.exec(),
+            execute,
             "UPDATE user_certs SET state = 'abandoned' WHERE state = 'pending' AND created_at < $1",
+            before
         )
-        .bind(before)
-        .execute(&self.pool)
-        .await
         .map_err(StoreError::db("abandoning stale certificates"))?;
-        Ok(res.rows_affected())
+        Ok(res)
     }
 
     /// A user certificate by serial.
     pub async fn user_cert(&self, serial: &str) -> Result<Option<UserCertRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {USER_CERT_COLUMNS} FROM user_certs WHERE serial = $1"
-        ))
-        .bind(serial)
-        .fetch_optional(&self.pool)
-        .await
+        let row = query!(
+            self.pool.exec(),
+            fetch_optional,
+            &format!("SELECT {USER_CERT_COLUMNS} FROM user_certs WHERE serial = $1"),
+            serial
+        )
         .map_err(StoreError::db("reading a user certificate"))?;
         Ok(row.as_ref().map(user_cert_from_row))
     }
@@ -437,15 +442,17 @@ impl Store {
         emails: &str,
         now: i64,
     ) -> Result<Option<UserCertRecord>, StoreError> {
-        let row = sqlx::query(&format!(
+        let row = query!(
+            self.pool.exec(),
+            fetch_optional,
+            &format!(
             "SELECT {USER_CERT_COLUMNS} FROM user_certs WHERE key_id = $1 AND emails = $2 \
              AND state = 'issued' AND not_before <= $3 AND not_after > $3 ORDER BY not_after DESC LIMIT 1"
-        ))
-        .bind(key_id)
-        .bind(emails)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
+        ),
+            key_id,
+            emails,
+            now
+        )
         .map_err(StoreError::db("looking up a current certificate"))?;
         Ok(row.as_ref().map(user_cert_from_row))
     }
@@ -460,7 +467,10 @@ impl Store {
         horizon: i64,
         active_since: i64,
     ) -> Result<Vec<UserCertRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
+            &format!(
             "SELECT {USER_CERT_COLUMNS} FROM user_certs c WHERE c.serial > $1 AND c.state = 'issued' \
              AND c.not_after <= $2 \
              AND NOT EXISTS (SELECT 1 FROM user_certs n WHERE n.key_id = c.key_id AND n.emails = c.emails \
@@ -468,13 +478,12 @@ impl Store {
              AND EXISTS (SELECT 1 FROM users u WHERE u.email = c.email AND u.state = 'active' \
                          AND u.last_activity >= $3) \
              ORDER BY c.serial LIMIT $4"
-        ))
-        .bind(after)
-        .bind(horizon)
-        .bind(active_since)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
+        ),
+            after,
+            horizon,
+            active_since,
+            limit
+        )
         .map_err(StoreError::db("selecting certificates due for renewal"))?;
         Ok(rows.iter().map(user_cert_from_row).collect())
     }
@@ -487,11 +496,13 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<RevokeOutcome, StoreError> {
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query("SELECT state, org_cert FROM user_certs WHERE serial = $1")
-            .bind(serial)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::db("reading a certificate"))?;
+        let row = query!(
+            tx.exec(),
+            fetch_optional,
+            "SELECT state, org_cert FROM user_certs WHERE serial = $1",
+            serial
+        )
+        .map_err(StoreError::db("reading a certificate"))?;
         let Some(row) = row else {
             return Ok(RevokeOutcome::Unknown);
         };
@@ -502,14 +513,14 @@ impl Store {
             "issued" => {}
             _ => return Ok(RevokeOutcome::Unknown),
         }
-        sqlx::query(
+        query!(
+            tx.exec(),
+            execute,
             "UPDATE user_certs SET state = 'revoked', revoked_at = $1, reason = $2 WHERE serial = $3",
+            self.now_secs_i64(),
+            reason,
+            serial
         )
-        .bind(self.now_secs_i64())
-        .bind(reason)
-        .bind(serial)
-        .execute(&mut *tx)
-        .await
         .map_err(StoreError::db("revoking a certificate"))?;
         self.commit_audited(tx, audit, "committing a revocation")
             .await?;
@@ -521,20 +532,20 @@ impl Store {
         &self,
         org_cert: &str,
     ) -> Result<Vec<(String, i64, String)>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query!(
+            self.pool.exec(),
+            fetch_all,
             "SELECT serial, revoked_at, reason FROM user_certs WHERE org_cert = $1 AND state = 'revoked' ORDER BY serial",
+            org_cert
         )
-        .bind(org_cert)
-        .fetch_all(&self.pool)
-        .await
         .map_err(StoreError::db("reading revocations"))?;
         Ok(rows
             .iter()
             .map(|r| {
                 (
                     r.get("serial"),
-                    r.get::<Option<i64>, _>("revoked_at").unwrap_or(0),
-                    r.get::<Option<String>, _>("reason").unwrap_or_default(),
+                    r.get::<Option<i64>>("revoked_at").unwrap_or(0),
+                    r.get::<Option<String>>("reason").unwrap_or_default(),
                 )
             })
             .collect())
@@ -544,25 +555,25 @@ impl Store {
     /// have not expired at `now` (the ones maintenance keeps fresh): the CRL
     /// that goes stale first. `None` when none of them has a CRL yet.
     pub async fn earliest_crl_next_update(&self, now: i64) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(
+        scalar!(
+            self.pool.exec(),
+            fetch_one,
             "SELECT MIN((SELECT c.next_update FROM crls c WHERE c.org_cert = o.fingerprint \
                          ORDER BY c.number DESC LIMIT 1)) \
              FROM org_certs o WHERE o.not_after > $1",
+            now
         )
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
         .map_err(StoreError::db("reading the CRLs' next updates"))
     }
 
     /// The newest CRL of an org cert.
     pub async fn latest_crl(&self, org_cert: &str) -> Result<Option<CrlRecord>, StoreError> {
-        let row = sqlx::query(
+        let row = query!(
+            self.pool.exec(),
+            fetch_optional,
             "SELECT number, crl, this_update, next_update FROM crls WHERE org_cert = $1 ORDER BY number DESC LIMIT 1",
+            org_cert
         )
-        .bind(org_cert)
-        .fetch_optional(&self.pool)
-        .await
         .map_err(StoreError::db("reading the CRL"))?;
         row.map(|r| {
             let hex_der: String = r.get("crl");
@@ -587,16 +598,16 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let res = sqlx::query(
+        let res = query!(
+            tx.exec(),
+            execute,
             "INSERT INTO crls (org_cert, number, crl, this_update, next_update) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(org_cert)
-        .bind(crl.number)
-        .bind(hex::encode(&crl.der))
-        .bind(crl.this_update)
-        .bind(crl.next_update)
-        .execute(&mut *tx)
-        .await;
+            org_cert,
+            crl.number,
+            hex::encode(&crl.der),
+            crl.this_update,
+            crl.next_update
+        );
         match res {
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -614,11 +625,13 @@ impl Store {
 
     /// Whether any user (active or removed) has this email.
     pub async fn email_in_use(&self, email: &str) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE email = $1")
-            .bind(email)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(StoreError::db("checking an email"))?;
+        let n: i64 = scalar!(
+            self.pool.exec(),
+            fetch_one,
+            "SELECT COUNT(*) FROM users WHERE email = $1",
+            email
+        )
+        .map_err(StoreError::db("checking an email"))?;
         Ok(n > 0)
     }
 }

@@ -2,8 +2,11 @@
 //! software token (SoftHSM2 by default, Kryoptic with
 //! ORGKEY_TEST_PROFILE=kryoptic; own module config and token directory),
 //! created by the real `orgkey init --create-token`, and talks to a real
-//! `orgkey serve` on 127.0.0.1:0. Tests run in parallel and leave nothing
-//! behind.
+//! `orgkey serve` on 127.0.0.1:0. The store is the SQLite file, or with
+//! ORGKEY_TEST_STORE_URL (a PostgreSQL superuser's URL, as
+//! scripts/test-postgres.sh exports it) a database of its own on that
+//! server, created for the appliance and dropped with it. Tests run in
+//! parallel and leave nothing behind.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -51,22 +54,130 @@ pub fn test_module() -> PathBuf {
     }
 }
 
+/// The PostgreSQL server the suite runs against (a superuser's URL), when
+/// it does: `ORGKEY_TEST_STORE_URL`.
+pub fn test_store_url() -> Option<String> {
+    std::env::var("ORGKEY_TEST_STORE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Whether the suite runs against PostgreSQL.
+pub fn on_postgres() -> bool {
+    test_store_url().is_some()
+}
+
+/// True (and says why on stderr) when the suite runs on PostgreSQL and the
+/// calling test is about the SQLite file itself: the test returns early.
+pub fn skip_on_postgres(why: &str) -> bool {
+    if on_postgres() {
+        eprintln!("skipped on PostgreSQL: {why}");
+        return true;
+    }
+    false
+}
+
+/// `url` with its database replaced by `db`.
+pub fn url_with_db(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("a postgres://.../db URL");
+    format!("{base}/{db}")
+}
+
+/// Runs SQL on the PostgreSQL server at `url` with psql; returns its
+/// unaligned, '|'-separated output (sqlite3's default layout).
+pub fn psql(url: &str, sql: &str) -> Output {
+    Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A fresh PostgreSQL database on the suite's server, dropped when this is.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    admin: String,
+}
+
+impl TestDatabase {
+    pub fn create(admin: &str) -> Self {
+        let name = format!("orgkey_t_{}", hex_id());
+        let out = psql(admin, &format!("CREATE DATABASE {name}"));
+        assert!(
+            out.status.success(),
+            "CREATE DATABASE: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TestDatabase {
+            url: url_with_db(admin, &name),
+            name,
+            admin: admin.to_string(),
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let _ = psql(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn hex_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
 pub struct Appliance {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub pin_file: PathBuf,
+    /// The appliance's own PostgreSQL database, when the suite runs there.
+    pub database: Option<TestDatabase>,
 }
 
 impl Appliance {
     /// A fresh appliance (data dir, store, token); no org key yet.
     pub fn new() -> Self {
+        let database = test_store_url().map(|admin| TestDatabase::create(&admin));
+        let url = database.as_ref().map(|d| d.url.clone());
+        let mut a = Self::new_on(url.as_deref());
+        a.database = database;
+        a
+    }
+
+    /// Like `new`, with the store in the PostgreSQL database at `store_url`
+    /// (which the caller owns), or the SQLite file.
+    pub fn new_on(store_url: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pin_file = dir.path().join("pin");
         let so_file = dir.path().join("so");
         write_secret(&pin_file, PASSPHRASE);
         write_secret(&so_file, SO_PIN);
-        let out = Command::new(bin())
-            .args(["init", "--data-dir"])
+        let mut init = Command::new(bin());
+        init.args(["init", "--data-dir"])
             .arg(dir.path().join("data"))
             .args([
                 "--domain",
@@ -78,9 +189,11 @@ impl Appliance {
             .arg("--so-pin-file")
             .arg(&so_file)
             .args(token_init_args())
-            .env_remove("ORGKEY_CONFIG")
-            .output()
-            .unwrap();
+            .env_remove("ORGKEY_CONFIG");
+        if let Some(url) = store_url {
+            init.args(["--store-url", url]);
+        }
+        let out = init.output().unwrap();
         assert!(
             out.status.success(),
             "init failed: {}",
@@ -91,6 +204,7 @@ impl Appliance {
             dir,
             config,
             pin_file,
+            database: None,
         }
     }
 
@@ -191,6 +305,43 @@ impl Appliance {
     /// The SQLite store file.
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("data/orgkey.db")
+    }
+
+    /// Runs SQL on the appliance's store, whichever backend it is (sqlite3
+    /// or psql); returns the output ('|'-separated columns, one row a
+    /// line) or `Err(stderr)`.
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out = match &self.database {
+            Some(db) => psql(&db.url, sql),
+            None => Command::new("sqlite3")
+                .arg(self.db())
+                .arg(sql)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap(),
+        };
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Like `try_sql`, asserting success.
+    pub fn sql(&self, sql: &str) -> String {
+        self.try_sql(sql)
+            .unwrap_or_else(|e| panic!("SQL {sql:?} failed: {e}"))
+    }
+
+    /// Opens the appliance's store in this process, as `orgkey` would.
+    pub async fn open_store(
+        &self,
+        clock: std::sync::Arc<dyn orgkey::clock::Clock>,
+    ) -> orgkey::store::Store {
+        let cfg = self.config_loaded();
+        orgkey::store::Store::open_configured(&cfg.store, &cfg.node_id, false, clock)
+            .await
+            .unwrap()
     }
 
     /// Starts `orgkey serve` on a free loopback port.
@@ -659,4 +810,84 @@ pub fn openssl_ok(dir: &Path, args: &[&str]) -> String {
     let (ok, out) = openssl_in(dir, args);
     assert!(ok, "openssl {args:?} failed:\n{out}");
     out
+}
+
+/// Another process holding the store's write lock (see
+/// `Appliance::lock_store_writes`); `release` ends it.
+pub struct StoreLock {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl StoreLock {
+    pub fn release(mut self) {
+        use std::io::Write;
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"ROLLBACK;\n\\q\n");
+        }
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Appliance {
+    /// Makes another process take the store's write lock and hold it until
+    /// `release`: SQLite's exclusive lock on the file (sqlite3), or on
+    /// PostgreSQL exclusive locks on the tables writes go to (psql), so
+    /// that every write waits for it. Returns once the lock is held.
+    pub fn lock_store_writes(&self) -> StoreLock {
+        use std::io::{BufRead, BufReader, Write};
+        let (mut cmd, script): (Command, &[u8]) = match &self.database {
+            None => {
+                let mut c = Command::new("sqlite3");
+                c.arg("-bail").arg(self.db());
+                // .timeout: the lock must really be taken (the server may be
+                // writing at that moment).
+                (c, b".timeout 5000\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")
+            }
+            Some(db) => {
+                let mut c = Command::new("psql");
+                c.args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-d",
+                    &db.url,
+                ]);
+                (
+                    c,
+                    b"BEGIN;\nLOCK TABLE audit_head, audit_log, user_certs, user_keys, users, \
+                      crls, api_clients, org_keys, org_certs IN EXCLUSIVE MODE;\nSELECT 'locked';\n",
+                )
+            }
+        };
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(script).unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        StoreLock {
+            child,
+            stdin: Some(stdin),
+        }
+    }
 }

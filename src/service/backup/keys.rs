@@ -398,6 +398,73 @@ fn restore_into_token(
     Ok(std::mem::take(&mut created.ids))
 }
 
+/// `backup restore-keys` of the org key the store already holds, into a
+/// token that lacks it: a node that joined a cluster store (docs/cluster.md)
+/// or an appliance whose token was replaced. The keys are unwrapped and
+/// proven by signing, then checked against the stored org key record (the
+/// key ids ignition will look up); the store gains only the audit row. A
+/// token that holds the org key already is refused; on any failure nothing
+/// stays in the token.
+#[allow(clippy::too_many_arguments)]
+async fn restore_into_joined_node(
+    cfg: &Config,
+    ignition: SecretString,
+    store: &crate::store::Store,
+    existing: &OrgKeyRecord,
+    body: Body,
+    kek: zeroize::Zeroizing<[u8; 32]>,
+    path: &Path,
+    actor: &str,
+) -> Result<String, ServiceError> {
+    let keys = cfg.token.profile.keys.clone();
+    let rec = existing.clone();
+    let (token, ids) =
+        crate::service::logged_in_token(cfg, ignition, "restoring the keys", move |token| {
+            let primary = decode_id(&rec.primary_id)?;
+            match token.public_key(&primary, "org key primary") {
+                Ok(_) => {
+                    return Err(ServiceError::Refused(format!(
+                        "this appliance already has org key {} in its token",
+                        rec.fingerprint
+                    )));
+                }
+                Err(crate::token::TokenError::KeyNotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let ids = restore_into_token(token, &body, &kek, &keys)?;
+            // The restored keys are the ones the store names: ignition will
+            // find them. Otherwise remove them again.
+            if let Err(e) = crate::service::load_signing_key(token, &rec) {
+                drop(Created {
+                    token,
+                    ids: ids.clone(),
+                });
+                return Err(e);
+            }
+            Ok(ids)
+        })
+        .await?;
+    let event = AuditEvent::new(actor, "key-backup-restore", "ok")
+        .key(existing.fingerprint.clone())
+        .detail(format!(
+            "the store's org key into node {:?}'s token, from {}",
+            store.node(),
+            path.display()
+        ));
+    let recorded = store.append_audit(&[event]).await;
+    let failed = recorded.is_err();
+    tokio::task::spawn_blocking(move || {
+        if failed {
+            drop(Created { token: &token, ids });
+        }
+        let _ = token.logout();
+    })
+    .await
+    .map_err(TaskFailed::doing("cleaning up the token"))?;
+    recorded?;
+    Ok(existing.fingerprint.clone())
+}
+
 /// `orgkey backup restore-keys`.
 pub async fn restore_keys(
     cfg: &Config,
@@ -417,10 +484,13 @@ pub async fn restore_keys(
     let store = open_store(cfg, Arc::clone(&clock)).await?;
     if let Some(existing) = store.active_org_key().await? {
         if existing.fingerprint == body.org_key.fingerprint {
-            return Err(ServiceError::Refused(format!(
-                "this appliance already has org key {}",
-                existing.fingerprint
-            )));
+            // The store has this org key; this node's token may not (a node
+            // that joined a cluster store): bring it in, record nothing new.
+            let joined =
+                restore_into_joined_node(cfg, ignition, &store, &existing, body, kek, path, actor)
+                    .await;
+            store.close().await;
+            return joined;
         }
         if !replace {
             return Err(ServiceError::Refused(format!(

@@ -9,7 +9,7 @@ use crate::openpgp::{
     OrgKey, RecipientCert, SignedPlaintext, decrypt_signed_by_org_key, sign_and_encrypt_to_org_key,
 };
 use crate::service::{ServiceError, decode_id, open_store, open_token};
-use crate::store::{AuditEvent, Store};
+use crate::store::{AuditEvent, Backend, Store};
 use crate::task::TaskFailed;
 use secrecy::SecretString;
 use std::path::{Path, PathBuf};
@@ -256,15 +256,20 @@ pub async fn restore_state(
     clock: Arc<dyn Clock>,
 ) -> Result<RestoreStateReport, ServiceError> {
     let current = open_store(cfg, Arc::clone(&clock)).await?;
+    let backend = current.backend();
     let result = restore_state_over(cfg, &current, ignition, input, options, actor, &clock).await;
     current.close().await;
-    let (plain, report) = result?;
+    let (restored_db, _plain, report) = result?;
+    if backend == Backend::Postgres {
+        // Loaded into the database in one transaction already.
+        return Ok(report);
+    }
     // Nothing was replaced until here; now in one rename.
     let db = &cfg.store.sqlite;
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
-    std::fs::rename(&plain.0, db)
+    std::fs::rename(&restored_db.0, db)
         .map_err(ServiceError::io(format!("replacing {}", db.display())))?;
     Ok(report)
 }
@@ -277,7 +282,7 @@ async fn restore_state_over(
     options: RestoreStateOptions,
     actor: &str,
     clock: &Arc<dyn Clock>,
-) -> Result<(TempFile, RestoreStateReport), ServiceError> {
+) -> Result<(TempFile, Option<TempFile>, RestoreStateReport), ServiceError> {
     let rec = current.active_org_key().await?.ok_or_else(|| {
         ServiceError::Refused(
             "this appliance has no org key to decrypt with: restore the key backup first \
@@ -336,7 +341,22 @@ async fn restore_state_over(
     .await
     .map_err(TaskFailed::doing("decrypting the state backup"))??;
     // From here on the bytes are the org key's own: open them as a store.
-    let restored = Store::open(&plain.0, false, Arc::clone(clock)).await?;
+    // A logical snapshot (a PostgreSQL store's backup) is loaded into a
+    // SQLite store of its own first, so the checks below are the same for
+    // both kinds.
+    let (db_file, plain) = if starts_logical_snapshot(&plain.0)? {
+        let db_file = TempFile(temp_path(&cfg.data_dir, "restore-db"));
+        let fresh = Store::open(&db_file.0, true, Arc::clone(clock)).await?;
+        let loaded = load_snapshot_file(&fresh, &plain.0).await;
+        fresh.close().await;
+        loaded?;
+        (db_file, Some(plain))
+    } else {
+        (plain, None)
+    };
+    let restored = Store::open(&db_file.0, false, Arc::clone(clock))
+        .await?
+        .with_node(&cfg.node_id);
     let checked = async {
         let check = restored.verify_audit().await?;
         if let Some((seq, why)) = check.first_broken {
@@ -403,11 +423,55 @@ async fn restore_state_over(
     }
     .await;
     let checkpointed = match &checked {
-        Ok(_) => restored.checkpoint().await.map_err(ServiceError::from),
+        Ok(_) => match current.backend() {
+            Backend::Sqlite => restored.checkpoint().await.map_err(ServiceError::from),
+            // The checked store, its restore row included, replaces the
+            // database's rows in one transaction.
+            Backend::Postgres => copy_store(&restored, current, &cfg.data_dir).await,
+        },
         Err(_) => Ok(()),
     };
     restored.close().await;
     let report = checked?;
     checkpointed?;
-    Ok((plain, report))
+    Ok((db_file, plain, report))
+}
+
+/// Whether the file at `path` holds a logical snapshot (else a SQLite
+/// database file).
+fn starts_logical_snapshot(path: &Path) -> Result<bool, ServiceError> {
+    use std::io::Read;
+    let mut head = [0u8; 128];
+    let mut f =
+        std::fs::File::open(path).map_err(ServiceError::io("reading the restored store"))?;
+    let n = f
+        .read(&mut head)
+        .map_err(ServiceError::io("reading the restored store"))?;
+    Ok(crate::store::is_logical_snapshot(&head[..n]))
+}
+
+async fn load_snapshot_file(store: &Store, path: &Path) -> Result<u64, ServiceError> {
+    let file = std::fs::File::open(path).map_err(ServiceError::io("reading the snapshot"))?;
+    let mut reader = std::io::BufReader::new(file);
+    Ok(store.load_logical_snapshot(&mut reader, true).await?)
+}
+
+/// Replaces every row of `to` with the rows of `from`, through a logical
+/// snapshot in a temp file in `scratch` (removed afterwards).
+async fn copy_store(from: &Store, to: &Store, scratch: &Path) -> Result<(), ServiceError> {
+    let tmp = TempFile(temp_path(scratch, "copy"));
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp.0)
+            .map_err(ServiceError::io("writing the snapshot"))?;
+        let mut out = std::io::BufWriter::new(file);
+        from.write_logical_snapshot(&mut out).await?;
+        std::io::Write::flush(&mut out).map_err(ServiceError::io("writing the snapshot"))?;
+    }
+    load_snapshot_file(to, &tmp.0).await?;
+    Ok(())
 }
