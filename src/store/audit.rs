@@ -120,6 +120,35 @@ pub struct VerifyReport {
 
 const VERIFY_PAGE: i64 = 1000;
 
+/// Rows per audit INSERT statement, largest first (10 parameters a row:
+/// 640 at most, well under SQLite's and PostgreSQL's limits).
+const INSERT_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+
+/// `INSERT INTO audit_log ... VALUES (...), (...)` for `INSERT_CHUNKS[i]`
+/// rows, built once per size.
+fn insert_rows_sql(i: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        INSERT_CHUNKS
+            .iter()
+            .map(|&n| {
+                let tuples: Vec<String> = (0..n)
+                    .map(|r| {
+                        let p: Vec<String> = (1..=10).map(|c| format!("${}", r * 10 + c)).collect();
+                        format!("({})", p.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO audit_log (seq, at, actor, operation, outcome, key_fingerprint, \
+                     data_digest, detail, prev_hash, hash) VALUES {}",
+                    tuples.join(", ")
+                )
+            })
+            .collect()
+    });
+    &all[i]
+}
+
 impl Store {
     /// Appends events in one transaction, chained after the current last
     /// row; returns their sequence numbers. Any failure is a
@@ -158,31 +187,45 @@ impl Store {
             None => (0, GENESIS),
         };
         let at = unix_secs(self.clock.now()) as i64;
-        let mut out = Vec::with_capacity(events.len());
+        let mut rows = Vec::with_capacity(events.len());
         for e in events {
             seq += 1;
             let hash = row_hash(&prev, seq, at, e);
-            sqlx::query(
-                "INSERT INTO audit_log (seq, at, actor, operation, outcome, key_fingerprint, data_digest, detail, prev_hash, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(seq)
-            .bind(at)
-            .bind(&e.actor)
-            .bind(&e.operation)
-            .bind(&e.outcome)
-            .bind(&e.key_fingerprint)
-            .bind(&e.data_digest)
-            .bind(&e.detail)
-            .bind(hex::encode(prev))
-            .bind(hex::encode(hash))
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::db("writing an audit row"))?;
+            rows.push((seq, e, hex::encode(prev), hex::encode(hash)));
             prev = hash;
-            out.push(seq);
         }
-        Ok(out)
+        // A few multi-row INSERTs instead of one statement per row: each
+        // statement is a round trip to the driver's connection thread. The
+        // chunk sizes are powers of two so that only a handful of distinct
+        // statements end up in the prepared-statement cache.
+        let mut rest = &rows[..];
+        while !rest.is_empty() {
+            // The last size is 1, which fits any non-empty rest.
+            let i = INSERT_CHUNKS
+                .iter()
+                .position(|&c| c <= rest.len())
+                .unwrap_or(INSERT_CHUNKS.len() - 1);
+            let (chunk, tail) = rest.split_at(INSERT_CHUNKS[i]);
+            let mut q = sqlx::query(insert_rows_sql(i));
+            for (seq, e, prev_hash, hash) in chunk {
+                q = q
+                    .bind(*seq)
+                    .bind(at)
+                    .bind(&e.actor)
+                    .bind(&e.operation)
+                    .bind(&e.outcome)
+                    .bind(&e.key_fingerprint)
+                    .bind(&e.data_digest)
+                    .bind(&e.detail)
+                    .bind(prev_hash)
+                    .bind(hash);
+            }
+            q.execute(&mut *conn)
+                .await
+                .map_err(StoreError::db("writing an audit row"))?;
+            rest = tail;
+        }
+        Ok(rows.iter().map(|(seq, ..)| *seq).collect())
     }
 
     /// Sequence number of the last row (0 when empty).
@@ -307,13 +350,13 @@ impl AuditWriter {
                         Err(_) => break,
                     }
                 }
-                let events: Vec<AuditEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
+                let (events, acks): (Vec<AuditEvent>, Vec<Ack>) = batch.into_iter().unzip();
                 let started = std::time::Instant::now();
                 let appended = store.append_audit(&events).await;
                 crate::metrics::audit_commit(started.elapsed(), appended.is_ok());
                 match appended {
                     Ok(seqs) => {
-                        for ((_, ack), seq) in batch.into_iter().zip(seqs) {
+                        for (ack, seq) in acks.into_iter().zip(seqs) {
                             let _ = ack.send(Ok(seq));
                         }
                     }
@@ -324,7 +367,7 @@ impl AuditWriter {
                             StoreError::Audit(cause) => cause,
                             other => Arc::new(other),
                         };
-                        for (_, ack) in batch {
+                        for ack in acks {
                             let _ = ack.send(Err(StoreError::Audit(Arc::clone(&cause))));
                         }
                     }

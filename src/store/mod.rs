@@ -10,7 +10,8 @@ mod x509;
 pub use audit::{AuditEvent, AuditRow, AuditWriter, VerifyReport, row_hash};
 pub use users::{DueQuery, DueUserKey, SaveUserKey, UserKeyRecord, UserRecord, UserState};
 pub use x509::{
-    CrlRecord, OrgCertRecord, OrgCertRequestRecord, PendingUserCert, RevokeOutcome, UserCertRecord,
+    CrlRecord, IssuanceWrite, OrgCertRecord, OrgCertRequestRecord, PendingUserCert, RevokeOutcome,
+    UserCertRecord,
 };
 
 use crate::clock::Clock;
@@ -236,6 +237,18 @@ impl CertBinding {
             // Canonical DNs escape '"' and every hidden character.
             CertBinding::Name { subject, issuer } => {
                 format!("cert-subject \"{subject}\" cert-issuer \"{issuer}\"")
+            }
+        }
+    }
+
+    /// Whether `cert` is a certificate this binding names: the rule of
+    /// [`Store::clients_by_cert`], for callers that hold the clients in
+    /// memory.
+    pub fn matches(&self, cert: &PresentedCert<'_>) -> bool {
+        match self {
+            CertBinding::Sha256(h) => h == cert.sha256,
+            CertBinding::Name { subject, issuer } => {
+                cert.names == Some((subject.as_str(), issuer.as_str()))
             }
         }
     }
@@ -612,8 +625,31 @@ impl Store {
             }
             Err(e) => return Err(StoreError::db("adding a client")(e)),
         }
+        Self::clients_changed(&mut tx).await?;
         self.commit_audited(tx, audit, "committing the new client")
             .await
+    }
+
+    /// Bumps the client table's change counter, inside the transaction that
+    /// changes the table: nodes that keep the table in memory re-read it
+    /// when the counter moved ([`Store::client_generation`]).
+    async fn clients_changed(tx: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE change_counters SET generation = generation + 1 WHERE name = 'api_clients'",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db("recording a client change"))?;
+        Ok(())
+    }
+
+    /// The client table's change counter: it moves with every change to a
+    /// client (added, bound, unbound, removed), in the change's transaction.
+    pub async fn client_generation(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT generation FROM change_counters WHERE name = 'api_clients'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::db("reading the client change counter"))
     }
 
     /// Refuses a binding that another client than `name` already has: one
@@ -691,6 +727,7 @@ impl Store {
             }
             Err(e) => return Err(StoreError::db("binding a client")(e)),
         }
+        Self::clients_changed(&mut tx).await?;
         self.commit_audited(tx, audit, "committing the client binding")
             .await?;
         Ok(true)
@@ -768,12 +805,20 @@ impl Store {
 
     /// Removes a client; false if there was none by that name.
     pub async fn remove_client(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query("DELETE FROM api_clients WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(StoreError::db("removing a client"))?;
-        Ok(res.rows_affected() > 0)
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        Self::clients_changed(&mut tx).await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing the client removal"))?;
+        Ok(true)
     }
 }
 
@@ -966,6 +1011,51 @@ mod tests {
         assert!(store.remove_client("gw").await.unwrap());
         assert!(!store.remove_client("gw").await.unwrap());
         assert_eq!(store.client_by_id("id1").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn every_client_change_moves_the_client_generation_and_nothing_else_does() {
+        let (_d, store) = fresh().await;
+        let g0 = store.client_generation().await.unwrap();
+        let c = client("gw", "id1");
+        store.add_client(&c, &add_ev()).await.unwrap();
+        let g1 = store.client_generation().await.unwrap();
+        assert!(g1 > g0, "add");
+        // Refused changes leave it alone.
+        assert!(store.add_client(&c, &add_ev()).await.is_err());
+        assert!(!store.remove_client("nobody").await.unwrap());
+        assert!(
+            !store
+                .set_client_binding("nobody", None, None, &add_ev())
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.client_generation().await.unwrap(), g1);
+        // Other writes leave it alone too.
+        store
+            .append_audit(&[AuditEvent::new("t", "sign", "ok")])
+            .await
+            .unwrap();
+        assert_eq!(store.client_generation().await.unwrap(), g1);
+        let bind = CertBinding::Sha256("a".repeat(64));
+        assert!(
+            store
+                .set_client_binding("gw", Some(&bind), Some(true), &add_ev())
+                .await
+                .unwrap()
+        );
+        let g2 = store.client_generation().await.unwrap();
+        assert!(g2 > g1, "bind");
+        assert!(
+            store
+                .set_client_binding("gw", None, None, &add_ev())
+                .await
+                .unwrap()
+        );
+        let g3 = store.client_generation().await.unwrap();
+        assert!(g3 > g2, "unbind");
+        assert!(store.remove_client("gw").await.unwrap());
+        assert!(store.client_generation().await.unwrap() > g3, "remove");
     }
 
     #[tokio::test]
