@@ -8,6 +8,7 @@
 #   ROUTE=issue ALG=ed25519 scripts/profile.sh
 #   PROFILE=kryoptic scripts/profile.sh  # against Kryoptic
 #   CALLGRAPH=dwarf scripts/profile.sh   # stacks through libcrypto and libc too
+#   RATE=500 scripts/profile.sh          # paced load instead of the maximum rate
 #
 # Outputs:
 #   target/profile/perf.data     perf report -i target/profile/perf.data
@@ -78,7 +79,8 @@ fi
 perf record -q "${callgraph[@]}" -p "$server" -o "$out/perf.data" -- sleep "$((secs + 1))" 2>/dev/null &
 rec=$!
 sleep 0.5
-"$loadgen" "$target" "$(cat "$work/token")" "$clients" "$secs" "$body" | tee "$out/load.txt"
+# RATE=N: paced at N requests/s instead of as fast as the server answers.
+"$loadgen" "$target" "$(cat "$work/token")" "$clients" "$secs" "$body" ${RATE:+"$RATE"} | tee "$out/load.txt"
 wait "$rec"
 
 perf report -i "$out/perf.data" --no-children -g none --percent-limit 0.3 --sort dso,sym --stdio 2>/dev/null \
