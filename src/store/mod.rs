@@ -336,6 +336,11 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // No ping before each use: a connection to a local file cannot
+            // have been dropped by a peer, and the ping was one more round
+            // trip to the connection's thread for every query (a broken
+            // connection still fails its query, as unavailable).
+            .test_before_acquire(false)
             .connect_with(opts)
             .await
             .map_err(StoreError::db("opening the store"))?;
