@@ -11,7 +11,7 @@
 //! task reads the table again; the counter is read before the table, so a
 //! change that lands between the two reads only costs one more reload.
 
-use crate::store::{ClientRecord, PresentedCert, Store, StoreError};
+use crate::store::{ClientGenerationReader, ClientRecord, PresentedCert, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -67,14 +67,22 @@ impl ClientDirectory {
     pub fn spawn(store: Store) -> Self {
         let (tx, mut rx) = mpsc::channel::<Reply>(1024);
         tokio::spawn(async move {
+            let mut counter = store.client_generation_reader();
             let mut current: Option<Arc<Directory>> = None;
             let mut waiting = Vec::new();
-            while let Some(first) = rx.recv().await {
+            loop {
+                let first = tokio::select! {
+                    reply = rx.recv() => match reply {
+                        Some(reply) => reply,
+                        None => break,
+                    },
+                    () = counter.release_on_close(), if counter.holds_connection() => continue,
+                };
                 waiting.push(first);
                 while let Ok(more) = rx.try_recv() {
                     waiting.push(more);
                 }
-                let answer = refresh(&store, &mut current).await;
+                let answer = refresh(&store, &mut counter, &mut current).await;
                 for reply in waiting.drain(..) {
                     let _ = reply.send(answer.clone());
                 }
@@ -95,9 +103,10 @@ impl ClientDirectory {
 
 async fn refresh(
     store: &Store,
+    counter: &mut ClientGenerationReader,
     current: &mut Option<Arc<Directory>>,
 ) -> Result<Arc<Directory>, Arc<StoreError>> {
-    let generation = store.client_generation().await.map_err(Arc::new)?;
+    let generation = counter.read().await.map_err(Arc::new)?;
     if let Some(d) = current
         && d.generation == generation
     {
@@ -187,6 +196,22 @@ mod tests {
         for l in lookups {
             assert!(l.await.unwrap());
         }
+    }
+
+    #[tokio::test]
+    async fn closing_the_store_is_not_held_up_by_the_kept_connections() {
+        let (_d, node, _cli) = two_handles().await;
+        let clients = ClientDirectory::spawn(node.clone());
+        let audit = crate::store::AuditWriter::spawn(node.clone());
+        clients.current().await.unwrap();
+        audit
+            .append(crate::store::AuditEvent::new("t", "sign", "ok"))
+            .await
+            .unwrap();
+        // Both tasks keep a connection now; closing waits for every one.
+        tokio::time::timeout(Duration::from_secs(20), node.close())
+            .await
+            .expect("the store closes although the writer and the directory are running");
     }
 
     #[test]

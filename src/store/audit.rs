@@ -6,7 +6,8 @@
 use super::{Store, StoreError};
 use crate::clock::unix_secs;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, Row, Sqlite};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -163,6 +164,44 @@ impl Store {
             Ok(seqs)
         };
         appended.await.map_err(StoreError::audit)
+    }
+
+    /// Like [`Store::append_audit`], on a connection the caller keeps
+    /// between calls (`None`: one is taken from the pool and kept). Giving
+    /// a connection back to the pool costs sqlx a round trip to the
+    /// connection's thread each time; the group-commit writer keeps one
+    /// instead. After a failure the connection goes back to the pool (it
+    /// may be mid-transaction) and the next call takes another.
+    async fn append_audit_held(
+        &self,
+        held: &mut Option<PoolConnection<Sqlite>>,
+        events: &[AuditEvent],
+    ) -> Result<Vec<i64>, StoreError> {
+        let appended = async {
+            let conn = match held {
+                Some(c) => c,
+                None => held.insert(
+                    self.pool
+                        .acquire()
+                        .await
+                        .map_err(StoreError::db("taking a store connection"))?,
+                ),
+            };
+            let mut tx = conn
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(StoreError::db("starting a transaction"))?;
+            let seqs = self.append_audit_in(&mut tx, events).await?;
+            tx.commit()
+                .await
+                .map_err(StoreError::db("committing audit rows"))?;
+            Ok(seqs)
+        }
+        .await;
+        if appended.is_err() {
+            *held = None;
+        }
+        appended.map_err(StoreError::audit)
     }
 
     /// Appends events inside a caller's write transaction (begun with
@@ -342,7 +381,20 @@ impl AuditWriter {
     pub fn spawn(store: Store) -> Self {
         let (tx, mut rx) = mpsc::channel::<(AuditEvent, Ack)>(4 * MAX_BATCH);
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            let mut held = None;
+            loop {
+                // Closing the store waits for every connection: the kept one
+                // goes back as soon as that starts.
+                let first = tokio::select! {
+                    item = rx.recv() => match item {
+                        Some(item) => item,
+                        None => break,
+                    },
+                    () = store.pool.close_event(), if held.is_some() => {
+                        held = None;
+                        continue;
+                    }
+                };
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
@@ -352,7 +404,7 @@ impl AuditWriter {
                 }
                 let (events, acks): (Vec<AuditEvent>, Vec<Ack>) = batch.into_iter().unzip();
                 let started = std::time::Instant::now();
-                let appended = store.append_audit(&events).await;
+                let appended = store.append_audit_held(&mut held, &events).await;
                 crate::metrics::audit_commit(started.elapsed(), appended.is_ok());
                 match appended {
                     Ok(seqs) => {

@@ -276,6 +276,60 @@ pub struct PresentedCert<'a> {
 const CLIENT_COLUMNS: &str = "name, client_id, secret_hash, scopes, created_at, \
      cert_sha256, cert_subject, cert_issuer, require_cert";
 
+const CLIENT_GENERATION: &str = "SELECT generation FROM change_counters WHERE name = 'api_clients'";
+
+/// Reads the client change counter on a connection it keeps: handing a
+/// pooled connection back costs sqlx a round trip to the connection's
+/// thread each time. After a failure the connection goes back to the pool
+/// and the next read takes another.
+pub struct ClientGenerationReader {
+    store: Store,
+    held: Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>,
+}
+
+impl std::fmt::Debug for ClientGenerationReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientGenerationReader")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientGenerationReader {
+    /// Whether it keeps a connection now.
+    pub fn holds_connection(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Resolves once the store is being closed ([`Store::close`]), having
+    /// given its connection back: closing waits for every connection.
+    pub async fn release_on_close(&mut self) {
+        self.store.pool.close_event().await;
+        self.held = None;
+    }
+
+    /// The current value of [`Store::client_generation`].
+    pub async fn read(&mut self) -> Result<i64, StoreError> {
+        let conn = match &mut self.held {
+            Some(c) => c,
+            empty => empty.insert(
+                self.store
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err(StoreError::db("taking a store connection"))?,
+            ),
+        };
+        let read = sqlx::query_scalar(CLIENT_GENERATION)
+            .fetch_one(&mut **conn)
+            .await
+            .map_err(StoreError::db("reading the client change counter"));
+        if read.is_err() {
+            self.held = None;
+        }
+        read
+    }
+}
+
 /// The store.
 #[derive(Clone)]
 pub struct Store {
@@ -335,7 +389,9 @@ impl Store {
             .busy_timeout(busy_timeout)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            // Four for requests and jobs, one kept by the audit writer and
+            // one by the client change counter's reader.
+            .max_connections(6)
             // No ping before each use: a connection to a local file cannot
             // have been dropped by a peer, and the ping was one more round
             // trip to the connection's thread for every query (a broken
@@ -651,10 +707,19 @@ impl Store {
     /// The client table's change counter: it moves with every change to a
     /// client (added, bound, unbound, removed), in the change's transaction.
     pub async fn client_generation(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT generation FROM change_counters WHERE name = 'api_clients'")
+        sqlx::query_scalar(CLIENT_GENERATION)
             .fetch_one(&self.pool)
             .await
             .map_err(StoreError::db("reading the client change counter"))
+    }
+
+    /// A reader of [`Store::client_generation`] that keeps a connection of
+    /// its own between reads (for a task that reads it for every request).
+    pub fn client_generation_reader(&self) -> ClientGenerationReader {
+        ClientGenerationReader {
+            store: self.clone(),
+            held: None,
+        }
     }
 
     /// Refuses a binding that another client than `name` already has: one
