@@ -9,6 +9,7 @@
 #
 #   scripts/bench-maintenance.sh                # 100000 users, p256
 #   USERS=20000 ALG=ed25519 scripts/bench-maintenance.sh
+#   ORGKEY_BIN=/path/to/other/orgkey SEED_BIN=target/release/examples/seed_users scripts/bench-maintenance.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/deps.sh
@@ -18,9 +19,13 @@ orgkey_install_deps
 alg="${ALG:-p256}"
 users="${USERS:-100000}"
 small=$((users / 10))
-cargo build --locked --release --bin orgkey --example seed_users >/dev/null
-bin="$PWD/target/release/orgkey"
-seed="$PWD/target/release/examples/seed_users"
+# ORGKEY_BIN and SEED_BIN (both set: nothing is built) run given builds,
+# for before/after pairs.
+if [ -z "${ORGKEY_BIN:-}" ] || [ -z "${SEED_BIN:-}" ]; then
+  cargo build --locked --release --bin orgkey --example seed_users >/dev/null
+fi
+bin="${ORGKEY_BIN:-$PWD/target/release/orgkey}"
+seed="${SEED_BIN:-$PWD/target/release/examples/seed_users}"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -9,8 +9,8 @@ ORGKEY_DEBIAN_PACKAGES=(
   gnupg         # gpg verifies every OpenPGP artifact in tests
   openssl       # TLS test certificates
   sqlite3       # tests inspect and tamper with the store
-  libclang-dev  # nettle-sys (sequoia's crypto backend) runs bindgen
-  nettle-dev
+  libclang-dev  # ossl (sequoia's OpenSSL crypto backend) runs bindgen
+  libssl-dev    # sequoia's crypto backend (decision 0024)
   pkg-config
   ca-certificates
   curl          # dev.sh waits for the server with it; docs examples (tests/docs_examples.rs)

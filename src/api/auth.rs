@@ -15,7 +15,8 @@
 //! certificate that two clients' bindings match.
 
 use super::ApiError;
-use crate::store::{CertBinding, ClientRecord, PresentedCert, Store};
+use super::directory::{ClientDirectory, Directory};
+use crate::store::{CertBinding, ClientRecord, PresentedCert};
 use axum::extract::FromRequestParts;
 use axum::http::HeaderValue;
 use axum::http::request::Parts;
@@ -259,7 +260,7 @@ pub async fn authenticate_if_presented(
     creds: &Credentials,
     scope: Option<Scope>,
 ) -> Result<Option<Client>, ApiError> {
-    let Some(client) = authenticate_in(&st.store, creds, scope).await? else {
+    let Some(client) = authenticate_in(&st.clients, creds, scope).await? else {
         return Ok(None);
     };
     if let Err(wait) = st.limiter.check(&client.name, std::time::Instant::now()) {
@@ -275,11 +276,18 @@ pub async fn authenticate_if_presented(
 }
 
 async fn authenticate_in(
-    store: &Store,
+    clients: &ClientDirectory,
     creds: &Credentials,
     scope: Option<Scope>,
 ) -> Result<Option<Client>, ApiError> {
-    let Some(rec) = identify(store, creds).await? else {
+    if creds.authorization.is_none() && creds.peer.is_none() {
+        return Ok(None);
+    }
+    let directory = clients.current().await.map_err(|e| {
+        tracing::error!(error = %e, "client lookup failed");
+        ApiError::from_store(&e)
+    })?;
+    let Some(rec) = identify(&directory, creds)? else {
         return Ok(None);
     };
     let scopes: Vec<Scope> = Scope::parse_list(&rec.scopes).unwrap_or_default();
@@ -303,13 +311,13 @@ async fn authenticate_in(
 /// - a certificate names the client bound to it, if any;
 /// - a token and a certificate that name two clients are refused;
 /// - a `require_cert` client needs its certificate and its token.
-async fn identify(store: &Store, creds: &Credentials) -> Result<Option<ClientRecord>, ApiError> {
+fn identify(directory: &Directory, creds: &Credentials) -> Result<Option<ClientRecord>, ApiError> {
     let by_token = match &creds.authorization {
-        Some(value) => Some(bearer_client(store, value).await?),
+        Some(value) => Some(bearer_client(directory, value)?),
         None => None,
     };
     let by_cert = match &creds.peer {
-        Some(peer) => cert_client(store, peer).await?,
+        Some(peer) => cert_client(directory, peer)?,
         None => None,
     };
     match (by_token, by_cert) {
@@ -346,7 +354,7 @@ async fn identify(store: &Store, creds: &Credentials) -> Result<Option<ClientRec
 }
 
 /// The client whose bearer token `value` is, or 401.
-async fn bearer_client(store: &Store, value: &HeaderValue) -> Result<ClientRecord, ApiError> {
+fn bearer_client(directory: &Directory, value: &HeaderValue) -> Result<ClientRecord, ApiError> {
     let token = value
         .to_str()
         .ok()
@@ -358,11 +366,7 @@ async fn bearer_client(store: &Store, value: &HeaderValue) -> Result<ClientRecor
     if client_id.len() != 16 || !client_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::unauthorized());
     }
-    let rec = store.client_by_id(client_id).await.map_err(|e| {
-        tracing::error!(error = %e, "client lookup failed");
-        ApiError::from_store(&e)
-    })?;
-    let Some(rec) = rec else {
+    let Some(rec) = directory.by_id(client_id) else {
         return Err(ApiError::unauthorized());
     };
     let presented = hash_secret(secret);
@@ -370,23 +374,17 @@ async fn bearer_client(store: &Store, value: &HeaderValue) -> Result<ClientRecor
         tracing::warn!(client = %rec.name, "bearer token with a wrong secret");
         return Err(ApiError::unauthorized());
     }
-    Ok(rec)
+    Ok(rec.clone())
 }
 
 /// The client bound to `peer`, if any; 401 if bindings of two clients
 /// match it (a fingerprint binding of one and a name binding of another:
 /// the store refuses every other way to bind one certificate twice).
-async fn cert_client(
-    store: &Store,
+fn cert_client(
+    directory: &Directory,
     peer: &PeerCertificate,
 ) -> Result<Option<ClientRecord>, ApiError> {
-    let mut found = store
-        .clients_by_cert(&peer.presented())
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "client lookup by certificate failed");
-            ApiError::from_store(&e)
-        })?;
+    let mut found = directory.by_cert(&peer.presented());
     match found.len() {
         0 | 1 => Ok(found.pop()),
         _ => {

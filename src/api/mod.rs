@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod client;
+mod directory;
 mod error;
 mod hkp;
 mod ignition;
@@ -22,6 +23,7 @@ mod transport;
 mod users;
 mod x509;
 
+pub use directory::ClientDirectory;
 pub use error::ApiError;
 pub use limits::RateLimiter;
 pub use transport::ConnectionLimits;
@@ -258,6 +260,11 @@ pub struct ApiState {
     pub store: Store,
     /// Group-commit audit writer.
     pub audit: AuditWriter,
+    /// Group commit of the issuance order's writes.
+    pub issuance: crate::ca::IssuanceCommits,
+    /// The API clients, kept in memory and checked against the store's
+    /// change counter for every request.
+    pub clients: ClientDirectory,
     /// Time source for signatures.
     pub clock: Arc<dyn Clock>,
     /// Token login.

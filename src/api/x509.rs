@@ -136,6 +136,7 @@ async fn issue_and_respond(
             renew,
             now: st.now(),
             deadline: st.deadline,
+            commits: Some(&st.issuance),
         },
     )
     .await

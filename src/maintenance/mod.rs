@@ -495,6 +495,7 @@ impl Maintenance {
                 renew: true,
                 now,
                 deadline: self.token_deadline,
+                commits: None,
             },
         )
         .await

@@ -88,6 +88,8 @@ pub async fn serve(
     let state = Arc::new(ApiState {
         store: store.clone(),
         audit: audit.clone(),
+        clients: crate::api::ClientDirectory::spawn(store.clone()),
+        issuance: crate::ca::IssuanceCommits::spawn(store.clone()),
         clock,
         igniter: Arc::clone(&igniter),
         seal: RwLock::new(SealState::Sealed),

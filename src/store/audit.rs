@@ -5,7 +5,7 @@
 //! cluster every node appends to the same chain, serialized on its head
 //! (decision 0030), and each row names its node (decision 0031).
 
-use super::db::{Tx, query, scalar};
+use super::db::{Tx, on_exec, query, scalar};
 use super::{Store, StoreError};
 use crate::clock::unix_secs;
 use sha2::{Digest, Sha256};
@@ -170,6 +170,35 @@ pub struct VerifyReport {
 
 const VERIFY_PAGE: i64 = 1000;
 
+/// Rows per audit INSERT statement, largest first (10 parameters a row:
+/// 640 at most, well under SQLite's and PostgreSQL's limits).
+const INSERT_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+
+/// `INSERT INTO audit_log ... VALUES (...), (...)` for `INSERT_CHUNKS[i]`
+/// rows, built once per size.
+fn insert_rows_sql(i: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        INSERT_CHUNKS
+            .iter()
+            .map(|&n| {
+                let tuples: Vec<String> = (0..n)
+                    .map(|r| {
+                        let p: Vec<String> = (1..=11).map(|c| format!("${}", r * 11 + c)).collect();
+                        format!("({})", p.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO audit_log (seq, at, actor, operation, outcome, key_fingerprint, \
+                     data_digest, detail, prev_hash, hash, node) VALUES {}",
+                    tuples.join(", ")
+                )
+            })
+            .collect()
+    });
+    &all[i]
+}
+
 impl Store {
     /// Appends events in one transaction, chained after the current last
     /// row; returns their sequence numbers. Any failure is a
@@ -215,31 +244,49 @@ impl Store {
             None => (0, GENESIS),
         };
         let at = unix_secs(self.clock.now()) as i64;
-        let mut out = Vec::with_capacity(events.len());
+        let mut rows = Vec::with_capacity(events.len());
         for e in events {
-            let e = &e.storable();
+            let e = e.storable();
             seq += 1;
-            let hash = row_hash(&prev, seq, at, Some(&self.node), e);
-            query!(
-                conn.exec(),
-                execute,
-                "INSERT INTO audit_log (seq, at, actor, operation, outcome, key_fingerprint, data_digest, detail, prev_hash, hash, node) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                seq,
-                at,
-                &e.actor,
-                &e.operation,
-                &e.outcome,
-                &e.key_fingerprint,
-                &e.data_digest,
-                &e.detail,
-                hex::encode(prev),
-                hex::encode(hash),
-                &*self.node
-            )
-            .map_err(StoreError::db("writing an audit row"))?;
+            let hash = row_hash(&prev, seq, at, Some(&self.node), &e);
+            rows.push((seq, e, hex::encode(prev), hex::encode(hash)));
             prev = hash;
-            out.push(seq);
+        }
+        // A few multi-row INSERTs instead of one statement per row: each
+        // statement is a round trip to the driver's connection (a thread
+        // for SQLite, the network for PostgreSQL). The chunk sizes are
+        // powers of two so that only a handful of distinct statements end
+        // up in the prepared-statement caches.
+        let node: &str = &self.node;
+        let mut rest = &rows[..];
+        while !rest.is_empty() {
+            // The last size is 1, which fits any non-empty rest.
+            let i = INSERT_CHUNKS
+                .iter()
+                .position(|&c| c <= rest.len())
+                .unwrap_or(INSERT_CHUNKS.len() - 1);
+            let (chunk, tail) = rest.split_at(INSERT_CHUNKS[i]);
+            let sql = insert_rows_sql(i);
+            on_exec!(conn.exec(), |ex| {
+                let mut q = sqlx::query(sql);
+                for (seq, e, prev_hash, hash) in chunk {
+                    q = q
+                        .bind(*seq)
+                        .bind(at)
+                        .bind(&e.actor)
+                        .bind(&e.operation)
+                        .bind(&e.outcome)
+                        .bind(&e.key_fingerprint)
+                        .bind(&e.data_digest)
+                        .bind(&e.detail)
+                        .bind(prev_hash)
+                        .bind(hash)
+                        .bind(node);
+                }
+                q.execute(ex).await.map(|_| ())
+            })
+            .map_err(StoreError::db("writing an audit row"))?;
+            rest = tail;
         }
         if let Tx::Postgres(_) = conn {
             query!(
@@ -251,7 +298,7 @@ impl Store {
             )
             .map_err(StoreError::db("moving the audit chain head"))?;
         }
-        Ok(out)
+        Ok(rows.iter().map(|(seq, ..)| *seq).collect())
     }
 
     /// Sequence number of the last row (0 when empty).
@@ -383,13 +430,13 @@ impl AuditWriter {
                         Err(_) => break,
                     }
                 }
-                let events: Vec<AuditEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
+                let (events, acks): (Vec<AuditEvent>, Vec<Ack>) = batch.into_iter().unzip();
                 let started = std::time::Instant::now();
                 let appended = store.append_audit(&events).await;
                 crate::metrics::audit_commit(started.elapsed(), appended.is_ok());
                 match appended {
                     Ok(seqs) => {
-                        for ((_, ack), seq) in batch.into_iter().zip(seqs) {
+                        for (ack, seq) in acks.into_iter().zip(seqs) {
                             let _ = ack.send(Ok(seq));
                         }
                     }
@@ -400,7 +447,7 @@ impl AuditWriter {
                             StoreError::Audit(cause) => cause,
                             other => Arc::new(other),
                         };
-                        for (_, ack) in batch {
+                        for ack in acks {
                             let _ = ack.send(Err(StoreError::Audit(Arc::clone(&cause))));
                         }
                     }

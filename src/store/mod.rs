@@ -13,7 +13,8 @@ mod x509;
 pub use audit::{AuditEvent, AuditRow, AuditWriter, VerifyReport, row_hash};
 pub use users::{DueQuery, DueUserKey, SaveUserKey, UserKeyRecord, UserRecord, UserState};
 pub use x509::{
-    CrlRecord, OrgCertRecord, OrgCertRequestRecord, PendingUserCert, RevokeOutcome, UserCertRecord,
+    CrlRecord, IssuanceWrite, OrgCertRecord, OrgCertRequestRecord, PendingUserCert, RevokeOutcome,
+    UserCertRecord,
 };
 
 use crate::clock::Clock;
@@ -298,6 +299,18 @@ impl CertBinding {
         }
     }
 
+    /// Whether `cert` is a certificate this binding names: the rule of
+    /// [`Store::clients_by_cert`], for callers that hold the clients in
+    /// memory.
+    pub fn matches(&self, cert: &PresentedCert<'_>) -> bool {
+        match self {
+            CertBinding::Sha256(h) => h == cert.sha256,
+            CertBinding::Name { subject, issuer } => {
+                cert.names == Some((subject.as_str(), issuer.as_str()))
+            }
+        }
+    }
+
     /// The columns (cert_sha256, cert_subject, cert_issuer).
     fn columns(b: Option<&CertBinding>) -> (Option<&str>, Option<&str>, Option<&str>) {
         match b {
@@ -320,6 +333,8 @@ pub struct PresentedCert<'a> {
 /// The columns of an API client row.
 const CLIENT_COLUMNS: &str = "name, client_id, secret_hash, scopes, created_at, \
      cert_sha256, cert_subject, cert_issuer, require_cert";
+
+const CLIENT_GENERATION: &str = "SELECT generation FROM change_counters WHERE name = 'api_clients'";
 
 /// The store.
 #[derive(Clone)]
@@ -418,7 +433,14 @@ impl Store {
             .busy_timeout(busy_timeout)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            // Requests, jobs, the audit writer and the client change
+            // counter's reader; SQLite has one writer at a time anyway.
+            .max_connections(6)
+            // No ping before each use: a connection to a local file cannot
+            // have been dropped by a peer, and the ping was one more round
+            // trip to the connection's thread for every query (a broken
+            // connection still fails its query, as unavailable).
+            .test_before_acquire(false)
             .connect_with(opts)
             .await
             .map_err(StoreError::db("opening the store"))?;
@@ -910,8 +932,29 @@ impl Store {
             }
             Err(e) => return Err(StoreError::db("adding a client")(e)),
         }
+        Self::clients_changed(&mut tx).await?;
         self.commit_audited(tx, audit, "committing the new client")
             .await
+    }
+
+    /// Bumps the client table's change counter, inside the transaction that
+    /// changes the table: nodes that keep the table in memory re-read it
+    /// when the counter moved ([`Store::client_generation`]).
+    async fn clients_changed(tx: &mut Tx) -> Result<(), StoreError> {
+        query!(
+            tx.exec(),
+            execute,
+            "UPDATE change_counters SET generation = generation + 1 WHERE name = 'api_clients'"
+        )
+        .map_err(StoreError::db("recording a client change"))?;
+        Ok(())
+    }
+
+    /// The client table's change counter: it moves with every change to a
+    /// client (added, bound, unbound, removed), in the change's transaction.
+    pub async fn client_generation(&self) -> Result<i64, StoreError> {
+        scalar!(self.pool.exec(), fetch_one, CLIENT_GENERATION)
+            .map_err(StoreError::db("reading the client change counter"))
     }
 
     /// Refuses a binding that another client than `name` already has: one
@@ -990,6 +1033,7 @@ impl Store {
             }
             Err(e) => return Err(StoreError::db("binding a client")(e)),
         }
+        Self::clients_changed(&mut tx).await?;
         self.commit_audited(tx, audit, "committing the client binding")
             .await?;
         Ok(true)
@@ -1069,14 +1113,22 @@ impl Store {
 
     /// Removes a client; false if there was none by that name.
     pub async fn remove_client(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
         let res = query!(
-            self.pool.exec(),
+            tx.exec(),
             execute,
             "DELETE FROM api_clients WHERE name = $1",
             name
         )
         .map_err(StoreError::db("removing a client"))?;
-        Ok(res > 0)
+        if res == 0 {
+            return Ok(false);
+        }
+        Self::clients_changed(&mut tx).await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing the client removal"))?;
+        Ok(true)
     }
 }
 
@@ -1269,6 +1321,51 @@ mod tests {
         assert!(store.remove_client("gw").await.unwrap());
         assert!(!store.remove_client("gw").await.unwrap());
         assert_eq!(store.client_by_id("id1").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn every_client_change_moves_the_client_generation_and_nothing_else_does() {
+        let (_d, store) = fresh().await;
+        let g0 = store.client_generation().await.unwrap();
+        let c = client("gw", "id1");
+        store.add_client(&c, &add_ev()).await.unwrap();
+        let g1 = store.client_generation().await.unwrap();
+        assert!(g1 > g0, "add");
+        // Refused changes leave it alone.
+        assert!(store.add_client(&c, &add_ev()).await.is_err());
+        assert!(!store.remove_client("nobody").await.unwrap());
+        assert!(
+            !store
+                .set_client_binding("nobody", None, None, &add_ev())
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.client_generation().await.unwrap(), g1);
+        // Other writes leave it alone too.
+        store
+            .append_audit(&[AuditEvent::new("t", "sign", "ok")])
+            .await
+            .unwrap();
+        assert_eq!(store.client_generation().await.unwrap(), g1);
+        let bind = CertBinding::Sha256("a".repeat(64));
+        assert!(
+            store
+                .set_client_binding("gw", Some(&bind), Some(true), &add_ev())
+                .await
+                .unwrap()
+        );
+        let g2 = store.client_generation().await.unwrap();
+        assert!(g2 > g1, "bind");
+        assert!(
+            store
+                .set_client_binding("gw", None, None, &add_ev())
+                .await
+                .unwrap()
+        );
+        let g3 = store.client_generation().await.unwrap();
+        assert!(g3 > g2, "unbind");
+        assert!(store.remove_client("gw").await.unwrap());
+        assert!(store.client_generation().await.unwrap() > g3, "remove");
     }
 
     #[tokio::test]

@@ -103,6 +103,25 @@ pub struct PendingUserCert {
     pub not_after: i64,
 }
 
+/// One write of the crash-safe issuance order, for
+/// [`Store::apply_issuance_writes`].
+#[derive(Debug, Clone)]
+pub enum IssuanceWrite {
+    /// Record a pending certificate before it is signed.
+    Reserve(PendingUserCert),
+    /// Mark a pending certificate issued, with its audit row.
+    Issued {
+        /// Serial.
+        serial: String,
+        /// PEM certificate.
+        pem: String,
+        /// The audit row of the issuance.
+        audit: AuditEvent,
+    },
+    /// Mark a pending certificate abandoned (signing failed).
+    Abandon(String),
+}
+
 /// How a revocation request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevokeOutcome {
@@ -394,6 +413,110 @@ impl Store {
         tx.commit()
             .await
             .map_err(|e| StoreError::db("committing an issued certificate")(e).audit())
+    }
+
+    /// Applies the issuance writes of several requests in one transaction
+    /// (one durable commit for all of them): each write gets its own
+    /// outcome, as [`Store::reserve_user_cert`],
+    /// [`Store::mark_user_cert_issued`] and [`Store::abandon_user_cert`]
+    /// would give it (a taken serial or a certificate no longer pending is
+    /// a [`StoreError::Conflict`] for that write alone). The audit rows of
+    /// the certificates marked issued are appended in the same transaction.
+    /// When the transaction fails, every write fails with its cause (as a
+    /// [`StoreError::Audit`] for the issued marks): nothing was recorded.
+    pub async fn apply_issuance_writes(
+        &self,
+        writes: &[IssuanceWrite],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let now = self.now_secs_i64();
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut audit = Vec::new();
+        for w in writes {
+            let outcome = match w {
+                IssuanceWrite::Reserve(p) => {
+                    let res = query!(
+                        tx.exec(),
+                        execute,
+                        "INSERT INTO user_certs (serial, org_cert, state, email, emails, key_id, spki, \
+                         common_name, source, tbs, not_before, not_after, created_at) \
+                         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                         ON CONFLICT (serial) DO NOTHING",
+                        &p.serial,
+                        &p.org_cert,
+                        &p.emails[0],
+                        p.emails.join(","),
+                        &p.key_id,
+                        &p.spki,
+                        &p.common_name,
+                        p.source,
+                        hex::encode(&p.tbs),
+                        p.not_before,
+                        p.not_after,
+                        now
+                    )
+                    .map_err(StoreError::db("reserving a serial"))?;
+                    if res == 1 {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Conflict(format!(
+                            "serial {} is taken",
+                            p.serial
+                        )))
+                    }
+                }
+                IssuanceWrite::Issued {
+                    serial,
+                    pem,
+                    audit: event,
+                } => {
+                    let res = query!(
+                        tx.exec(),
+                        execute,
+                        "UPDATE user_certs SET state = 'issued', cert = $1, issued_at = $2 \
+                         WHERE serial = $3 AND state = 'pending'",
+                        pem,
+                        now,
+                        serial
+                    )
+                    .map_err(StoreError::db("recording an issued certificate"))?;
+                    if res == 1 {
+                        audit.push(event.clone());
+                        Ok(())
+                    } else {
+                        Err(StoreError::Conflict(format!(
+                            "certificate {serial} is no longer pending"
+                        )))
+                    }
+                }
+                IssuanceWrite::Abandon(serial) => {
+                    query!(
+                        tx.exec(),
+                        execute,
+                        "UPDATE user_certs SET state = 'abandoned' WHERE serial = $1 AND state = 'pending'",
+                        serial
+                    )
+                    .map_err(StoreError::db("abandoning a certificate"))?;
+                    Ok(())
+                }
+            };
+            outcomes.push(outcome);
+        }
+        if !audit.is_empty() {
+            self.append_audit_in(&mut tx, &audit)
+                .await
+                .map_err(StoreError::audit)?;
+            crate::failpoint("issue-before-commit");
+        }
+        let committed = tx
+            .commit()
+            .await
+            .map_err(StoreError::db("committing issuance writes"));
+        match committed {
+            Ok(()) => Ok(outcomes),
+            Err(e) if audit.is_empty() => Err(e),
+            Err(e) => Err(e.audit()),
+        }
     }
 
     /// Marks a pending certificate abandoned (signing failed; the serial is
