@@ -731,6 +731,23 @@ mod tests {
         user_request_for_key(SoftP256::new(9, false).public_key(), "a@example.com", None).unwrap()
     }
 
+    /// A pending row for `req` under serial `serial`, as a crash
+    /// mid-issuance leaves one.
+    fn pending_row(ca: &LoadedCa, req: &UserCertRequest, serial: &str) -> PendingUserCert {
+        PendingUserCert {
+            serial: serial.into(),
+            org_cert: ca.record.fingerprint.clone(),
+            emails: vec!["a@example.com".into()],
+            key_id: req.key_id(),
+            spki: hex::encode(&req.spki),
+            common_name: None,
+            source: "csr",
+            tbs: vec![1, 2, 3],
+            not_before: T0 as i64,
+            not_after: T0 as i64 + 86_400,
+        }
+    }
+
     fn issue_req<'a>(req: &'a UserCertRequest, renew: bool) -> Issue<'a> {
         Issue {
             request: req,
@@ -796,18 +813,7 @@ mod tests {
     async fn a_group_commit_gives_each_write_its_own_outcome() {
         let (_d, store, ca, _cfg) = setup(false).await;
         let req = request();
-        let pending = |serial: &str| PendingUserCert {
-            serial: serial.into(),
-            org_cert: ca.record.fingerprint.clone(),
-            emails: vec!["a@example.com".into()],
-            key_id: req.key_id(),
-            spki: hex::encode(&req.spki),
-            common_name: None,
-            source: "csr",
-            tbs: vec![1, 2, 3],
-            not_before: T0 as i64,
-            not_after: T0 as i64 + 86_400,
-        };
+        let pending = |serial: &str| pending_row(&ca, &req, serial);
         let issued = |serial: &str| IssuanceWrite::Issued {
             serial: serial.into(),
             pem: "PEM".into(),
@@ -925,18 +931,7 @@ mod tests {
         assert_ne!(renewed.serial, first.serial);
         // A stale pending row (a crash mid-issuance) is abandoned, never issued.
         store
-            .reserve_user_cert(&PendingUserCert {
-                serial: "0101".into(),
-                org_cert: ca.record.fingerprint.clone(),
-                emails: vec!["a@example.com".into()],
-                key_id: req.key_id(),
-                spki: hex::encode(&req.spki),
-                common_name: None,
-                source: "csr",
-                tbs: vec![1, 2, 3],
-                not_before: T0 as i64,
-                not_after: T0 as i64 + 86_400,
-            })
+            .reserve_user_cert(&pending_row(&ca, &req, "0101"))
             .await
             .unwrap();
         assert_eq!(

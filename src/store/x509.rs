@@ -1,7 +1,7 @@
 //! The org cert records, user certificates in their issuance states,
 //! revocations and CRLs.
 
-use super::db::{Row, Tx, query, scalar};
+use super::db::{Exec, Row, Tx, query, scalar};
 use super::{AuditEvent, Store, StoreError};
 use crate::clock::unix_secs;
 
@@ -356,31 +356,11 @@ impl Store {
     /// Writes a pending user certificate (its to-be-signed bytes) before it
     /// is signed. A serial already in use is a [`StoreError::Conflict`].
     pub async fn reserve_user_cert(&self, p: &PendingUserCert) -> Result<(), StoreError> {
-        let res = query!(
-            self.pool.exec(),
-            execute,
-            "INSERT INTO user_certs (serial, org_cert, state, email, emails, key_id, spki, common_name, source, tbs, \
-             not_before, not_after, created_at) VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            &p.serial,
-            &p.org_cert,
-            &p.emails[0],
-            p.emails.join(","),
-            &p.key_id,
-            &p.spki,
-            &p.common_name,
-            p.source,
-            hex::encode(&p.tbs),
-            p.not_before,
-            p.not_after,
-            self.now_secs_i64()
-        );
-        match res {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
-                format!("serial {} is taken", p.serial),
-            )),
-            Err(e) => Err(StoreError::db("reserving a serial")(e)),
-        }
+        let now = self.now_secs_i64();
+        let inserted = insert_pending(self.pool.exec(), p, now)
+            .await
+            .map_err(StoreError::db("reserving a serial"))?;
+        serial_reserved(inserted, p)
     }
 
     /// Marks a pending certificate issued, with its audit row. A failure to
@@ -435,35 +415,10 @@ impl Store {
         for w in writes {
             let outcome = match w {
                 IssuanceWrite::Reserve(p) => {
-                    let res = query!(
-                        tx.exec(),
-                        execute,
-                        "INSERT INTO user_certs (serial, org_cert, state, email, emails, key_id, spki, \
-                         common_name, source, tbs, not_before, not_after, created_at) \
-                         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                         ON CONFLICT (serial) DO NOTHING",
-                        &p.serial,
-                        &p.org_cert,
-                        &p.emails[0],
-                        p.emails.join(","),
-                        &p.key_id,
-                        &p.spki,
-                        &p.common_name,
-                        p.source,
-                        hex::encode(&p.tbs),
-                        p.not_before,
-                        p.not_after,
-                        now
-                    )
-                    .map_err(StoreError::db("reserving a serial"))?;
-                    if res == 1 {
-                        Ok(())
-                    } else {
-                        Err(StoreError::Conflict(format!(
-                            "serial {} is taken",
-                            p.serial
-                        )))
-                    }
+                    let inserted = insert_pending(tx.exec(), p, now)
+                        .await
+                        .map_err(StoreError::db("reserving a serial"))?;
+                    serial_reserved(inserted, p)
                 }
                 IssuanceWrite::Issued {
                     serial,
@@ -756,5 +711,43 @@ impl Store {
         )
         .map_err(StoreError::db("checking an email"))?;
         Ok(n > 0)
+    }
+}
+
+/// Writes a pending user certificate; a serial already in use writes
+/// nothing (0 rows), inside a transaction too (no unique-violation error to
+/// abort a PostgreSQL transaction).
+async fn insert_pending(exec: Exec<'_>, p: &PendingUserCert, now: i64) -> Result<u64, sqlx::Error> {
+    query!(
+        exec,
+        execute,
+        "INSERT INTO user_certs (serial, org_cert, state, email, emails, key_id, spki, \
+         common_name, source, tbs, not_before, not_after, created_at) \
+         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (serial) DO NOTHING",
+        &p.serial,
+        &p.org_cert,
+        &p.emails[0],
+        p.emails.join(","),
+        &p.key_id,
+        &p.spki,
+        &p.common_name,
+        p.source,
+        hex::encode(&p.tbs),
+        p.not_before,
+        p.not_after,
+        now
+    )
+}
+
+/// A serial already in use is a [`StoreError::Conflict`].
+fn serial_reserved(inserted: u64, p: &PendingUserCert) -> Result<(), StoreError> {
+    if inserted == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!(
+            "serial {} is taken",
+            p.serial
+        )))
     }
 }

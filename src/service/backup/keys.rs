@@ -298,6 +298,20 @@ struct Created<'a> {
     ids: Vec<Vec<u8>>,
 }
 
+/// Logs the token out at the end of a restore; when recording the restore
+/// in the store failed, the key pairs it created go first, so a failed
+/// restore leaves nothing in the token.
+async fn end_restore(token: Arc<Token>, ids: Vec<Vec<u8>>, failed: bool) -> Result<(), TaskFailed> {
+    tokio::task::spawn_blocking(move || {
+        if failed {
+            drop(Created { token: &token, ids });
+        }
+        let _ = token.logout();
+    })
+    .await
+    .map_err(TaskFailed::doing("cleaning up the token"))
+}
+
 impl Drop for Created<'_> {
     fn drop(&mut self) {
         for id in &self.ids {
@@ -453,14 +467,7 @@ async fn restore_into_joined_node(
         ));
     let recorded = store.append_audit(&[event]).await;
     let failed = recorded.is_err();
-    tokio::task::spawn_blocking(move || {
-        if failed {
-            drop(Created { token: &token, ids });
-        }
-        let _ = token.logout();
-    })
-    .await
-    .map_err(TaskFailed::doing("cleaning up the token"))?;
+    end_restore(token, ids, failed).await?;
     recorded?;
     Ok(existing.fingerprint.clone())
 }
@@ -570,14 +577,7 @@ pub async fn restore_keys(
         .await
         .map_err(ServiceError::from);
     let failed = stored.is_err();
-    tokio::task::spawn_blocking(move || {
-        if failed {
-            drop(Created { token: &token, ids });
-        }
-        let _ = token.logout();
-    })
-    .await
-    .map_err(TaskFailed::doing("cleaning up the token"))?;
+    end_restore(token, ids, failed).await?;
     store.close().await;
     stored?;
     Ok(rec.fingerprint)
