@@ -598,3 +598,43 @@ async fn state_backups_move_between_postgres_and_sqlite_with_the_chain_intact() 
         .count();
     assert_eq!(restores, 2, "both restores are in the chain:\n{audit}");
 }
+
+/// Wrong passphrases spread over two nodes of one store count into one
+/// back-off: alternating guesses between the nodes block ignition on both
+/// after `backoff_after` failures in all, so an attacker with two nodes
+/// gets no more guesses than with one. Each node audits its own guesses.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_passphrases_spread_over_two_nodes_trigger_the_shared_back_off() {
+    if server().is_none() {
+        return;
+    }
+    let a = Appliance::with_org_key("p256");
+    let url = a.database.as_ref().unwrap().url.clone();
+    let b = Appliance::new_on(Some(&url));
+    let admin = a.client("admin", "admin");
+    let (sa, sb) = (a.serve(&[]), b.serve(&[]));
+    // The default back-off starts at the fifth failure: A, B, A, B, A.
+    for i in 1..=5 {
+        let s = if i % 2 == 1 { &sa } else { &sb };
+        let r = ignite(s, &admin, &format!("guess number {i}")).await;
+        assert_eq!(
+            r.headers().contains_key("retry-after"),
+            i == 5,
+            "guess {i}: only the fifth failure in all starts the back-off"
+        );
+        assert_error(r, 401, "bad_passphrase").await;
+    }
+    // Node B saw two wrong guesses itself, yet even the right passphrase
+    // waits out the back-off there (and on A).
+    for s in [&sb, &sa] {
+        let r = ignite(s, &admin, PASSPHRASE).await;
+        assert_eq!(r.status(), 429);
+        assert!(r.headers().contains_key("retry-after"));
+        assert_error(r, 429, "ignition_backoff").await;
+    }
+    sa.stop();
+    sb.stop();
+    let audit = a.ok(&["audit", "list", "--last", "100"], false);
+    assert_eq!(audit.matches("\tignition\tdenied").count(), 5, "{audit}");
+    assert_eq!(audit.matches("\tignition\trefused").count(), 2, "{audit}");
+}

@@ -93,7 +93,7 @@ pub(super) async fn change_passphrase(
         ));
     }
     let mut backoff = ignition_lock(&st).await?;
-    if let Some(wait) = backoff.blocked_for(Instant::now()) {
+    if let Some(wait) = shared_backoff(&st, &mut backoff, Instant::now()).await? {
         let secs = wait.as_secs_f64().ceil() as u64;
         crate::metrics::ignition_failed(IgnitionFailure::Backoff);
         return Err(ApiError::new(
@@ -118,7 +118,7 @@ pub(super) async fn change_passphrase(
     }
     match result {
         Ok(()) => {
-            backoff.succeeded();
+            backoff_cleared(&st, &mut backoff).await;
             audit_or_503(&st, AuditEvent::new(&client.name, "ignition-change", "ok")).await?;
             tracing::info!(client = %client.name, "ignition passphrase changed");
             Ok(Json(serde_json::json!({ "changed": true })).into_response())
@@ -171,6 +171,44 @@ async fn audit_or_503(st: &ApiState, event: AuditEvent) -> Result<(), ApiError> 
     })
 }
 
+/// Unix milliseconds of the wall clock: the shared back-off's blocks are
+/// compared across nodes.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Brings the node's back-off up to the store's, which every node of the
+/// store counts into (wrong passphrases on any node add up), and says how
+/// long attempts are still blocked. A store that cannot be read fails
+/// closed (503): no guess goes uncounted.
+async fn shared_backoff(
+    st: &ApiState,
+    backoff: &mut Backoff,
+    now: Instant,
+) -> Result<Option<std::time::Duration>, ApiError> {
+    let (failures, until_ms) = st.store.ignition_backoff().await.map_err(|e| {
+        tracing::error!(error = %e, "reading the ignition back-off failed");
+        ApiError::from_store(&e)
+    })?;
+    let left_ms = until_ms.saturating_sub(wall_ms());
+    let left = (left_ms > 0).then(|| std::time::Duration::from_millis(left_ms as u64));
+    backoff.mirror(failures, left, now);
+    Ok(backoff.blocked_for(now))
+}
+
+/// Clears the shared back-off after a right passphrase.
+async fn backoff_cleared(st: &ApiState, backoff: &mut Backoff) {
+    backoff.succeeded();
+    if let Err(e) = st.store.clear_ignition_backoff().await {
+        // The passphrase was right; a stale count only delays the next
+        // wrong guess's block, never a right passphrase's success.
+        tracing::warn!(error = %e, "could not clear the shared ignition back-off");
+    }
+}
+
 /// The ignition lock (ignition attempts, seals and token recovery take
 /// turns), waited for up to the token deadline.
 pub(super) async fn ignition_lock(
@@ -218,7 +256,7 @@ async fn audited_ignition(
         return Err(already_ignited(fpr));
     }
     let now = Instant::now();
-    if let Some(wait) = backoff.blocked_for(now) {
+    if let Some(wait) = shared_backoff(st, &mut backoff, now).await? {
         let secs = wait.as_secs_f64().ceil() as u64;
         crate::metrics::ignition_failed(IgnitionFailure::Backoff);
         audit_or_503(
@@ -264,7 +302,7 @@ async fn audited_ignition(
                 let _ = tokio::task::spawn_blocking(move || ig.seal()).await;
                 return Err(ApiError::audit_unavailable());
             }
-            backoff.succeeded();
+            backoff_cleared(st, &mut backoff).await;
             st.set_seal_state(SealState::Ignited(key));
             tracing::info!(client = %client.name, org_key = ?fpr, "appliance ignited");
             Ok(Json(serde_json::json!({ "state": "ignited", "org_key": fpr })).into_response())
@@ -299,7 +337,22 @@ async fn refused_passphrase(
     operation: &str,
     what: &str,
 ) -> ApiError {
-    let delay = backoff.failed(&st.ignition, Instant::now());
+    let cfg = &st.ignition;
+    let delay = match st
+        .store
+        .record_ignition_failure(wall_ms(), |n| Backoff::delay_after(cfg, n))
+        .await
+    {
+        Ok((failures, delay)) => {
+            backoff.mirror(failures, delay, Instant::now());
+            delay
+        }
+        Err(e) => {
+            // Fail closed: an uncounted guess must not be answered as one.
+            tracing::error!(error = %e, "counting a wrong passphrase failed");
+            return ApiError::from_store(&e);
+        }
+    };
     tracing::warn!(client = %client.name, failures = backoff.failures(), operation, "{what}");
     let event = AuditEvent::new(&client.name, operation, "denied").detail(format!(
         "{what} (consecutive failures: {})",

@@ -231,16 +231,33 @@ impl Backoff {
     /// Records a failure and returns the delay now imposed, if any.
     pub fn failed(&mut self, cfg: &IgnitionConfig, now: Instant) -> Option<Duration> {
         self.failures = self.failures.saturating_add(1);
-        if self.failures < cfg.backoff_after {
+        let delay = Self::delay_after(cfg, self.failures);
+        if let Some(d) = delay {
+            self.blocked_until = Some(now + d);
+        }
+        delay
+    }
+
+    /// The block that `failures` consecutive failures impose: none before
+    /// `backoff_after`, then doubling from `backoff_initial` to
+    /// `backoff_max`.
+    pub fn delay_after(cfg: &IgnitionConfig, failures: u32) -> Option<Duration> {
+        if failures < cfg.backoff_after {
             return None;
         }
-        let doublings = (self.failures - cfg.backoff_after).min(30);
-        let delay = cfg
-            .backoff_initial
-            .saturating_mul(1u32 << doublings)
-            .min(cfg.backoff_max);
-        self.blocked_until = Some(now + delay);
-        Some(delay)
+        let doublings = (failures - cfg.backoff_after).min(30);
+        Some(
+            cfg.backoff_initial
+                .saturating_mul(1u32 << doublings)
+                .min(cfg.backoff_max),
+        )
+    }
+
+    /// Takes the state the store holds for every node (failures, and the
+    /// time left of the current block).
+    pub fn mirror(&mut self, failures: u32, left: Option<Duration>, now: Instant) {
+        self.failures = failures;
+        self.blocked_until = left.map(|d| now + d);
     }
 
     /// Clears the failure count after a success.

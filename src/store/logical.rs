@@ -438,6 +438,9 @@ impl Store {
             .map(|_| ()))
             .map_err(StoreError::db("moving the audit chain head"))?;
         }
+        // The client table was replaced: nodes that keep it in memory
+        // must read it again (decision 0025).
+        Self::clients_changed(&mut tx).await?;
         tx.commit()
             .await
             .map_err(StoreError::db("committing the loaded snapshot"))?;

@@ -950,6 +950,71 @@ impl Store {
         Ok(())
     }
 
+    /// The ignition back-off shared by every node of the store: consecutive
+    /// wrong passphrases and the end of the current block (unix ms, 0 for
+    /// none).
+    pub async fn ignition_backoff(&self) -> Result<(u32, i64), StoreError> {
+        let row = query!(
+            self.pool.exec(),
+            fetch_one,
+            "SELECT failures, blocked_until FROM ignition_backoff WHERE id = 1"
+        )
+        .map_err(StoreError::db("reading the ignition back-off"))?;
+        let failures = u32::try_from(row.get::<i64>("failures")).unwrap_or(u32::MAX);
+        Ok((failures, row.get::<i64>("blocked_until")))
+    }
+
+    /// Counts one more wrong passphrase, atomically across nodes, and
+    /// blocks further attempts until `now_ms` plus the delay `policy` gives
+    /// for the new count (never shortening a block another node set).
+    /// Returns the new count and the delay.
+    pub async fn record_ignition_failure(
+        &self,
+        now_ms: i64,
+        policy: impl FnOnce(u32) -> Option<std::time::Duration>,
+    ) -> Result<(u32, Option<std::time::Duration>), StoreError> {
+        let mut tx = self.begin_write().await?;
+        query!(
+            tx.exec(),
+            execute,
+            "UPDATE ignition_backoff SET failures = failures + 1 WHERE id = 1"
+        )
+        .map_err(StoreError::db("counting a wrong passphrase"))?;
+        let failures: i64 = scalar!(
+            tx.exec(),
+            fetch_one,
+            "SELECT failures FROM ignition_backoff WHERE id = 1"
+        )
+        .map_err(StoreError::db("counting a wrong passphrase"))?;
+        let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+        let delay = policy(failures);
+        if let Some(d) = delay {
+            let until = now_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            query!(
+                tx.exec(),
+                execute,
+                "UPDATE ignition_backoff SET blocked_until = $1 WHERE id = 1 AND blocked_until < $1",
+                until
+            )
+            .map_err(StoreError::db("blocking ignition"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing a wrong passphrase"))?;
+        Ok((failures, delay))
+    }
+
+    /// Clears the shared back-off after a right passphrase.
+    pub async fn clear_ignition_backoff(&self) -> Result<(), StoreError> {
+        query!(
+            self.pool.exec(),
+            execute,
+            "UPDATE ignition_backoff SET failures = 0, blocked_until = 0 WHERE id = 1"
+        )
+        .map_err(StoreError::db("clearing the ignition back-off"))?;
+        Ok(())
+    }
+
     /// The client table's change counter: it moves with every change to a
     /// client (added, bound, unbound, removed), in the change's transaction.
     pub async fn client_generation(&self) -> Result<i64, StoreError> {
