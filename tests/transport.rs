@@ -27,12 +27,34 @@ fn addr(s: &Server) -> String {
     s.url.strip_prefix("http://").unwrap().to_string()
 }
 
-/// Open sockets of the server process.
+/// Open sockets of the server process on its API port.
 fn server_sockets(s: &Server) -> usize {
+    // Only sockets on the API port (the listener and its connections): a
+    // PostgreSQL store's pool opens database connections as it likes.
+    let port: u16 = addr(s)
+        .parse::<std::net::SocketAddr>()
+        .expect("the server's address")
+        .port();
+    let mut api = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Field 1 is the local "ADDR:PORT" in hex, field 9 the inode.
+            let local = f.get(1).and_then(|a| a.rsplit(':').next());
+            if local.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+                && let Some(inode) = f.get(9)
+            {
+                api.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
     std::fs::read_dir(format!("/proc/{}/fd", s.child.id()))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|l| l.to_string_lossy().starts_with("socket:"))
+        .filter(|l| api.contains(&*l.to_string_lossy()))
         .count()
 }
 
