@@ -23,26 +23,23 @@ pub struct ServeOptions {
     pub listen: Option<std::net::SocketAddr>,
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// The shutdown signals, registered when this is called: a SIGTERM or
+/// SIGINT that arrives any time after (even before the first poll, e.g.
+/// right after `READY=1`) starts a graceful shutdown instead of the default
+/// action, which would end the process without sealing the token.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServiceError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(ServiceError::io("registering the SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(ServiceError::io("registering the SIGINT handler"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }
 
 /// Runs the appliance until a shutdown signal.
@@ -185,8 +182,9 @@ pub async fn serve(
             stop_tx.subscribe(),
         )
     });
+    let signalled = shutdown_signal()?;
     let shutdown = async move {
-        shutdown_signal().await;
+        signalled.await;
         super::systemd::notify("STOPPING=1");
         let _ = stop_on_signal.send(true);
     };
