@@ -352,10 +352,20 @@ async fn a_node_answers_503_while_its_database_is_down_and_recovers_by_itself() 
     a.set_config("store.busy_timeout", "1s");
     let admin = a.client("admin", "admin");
     let gw = a.client("gateway", "sign");
+    let certifier = a.client("certifier", "certify");
     let s = a.serve(&[]);
     assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
     assert_eq!(sign(&s, &gw, b"before").await.status(), 200);
     assert_eq!(get(&s, "/v1/ready").await.status(), 200);
+    let user = Gpg::new();
+    let fpr = user.gen_key("Grace <grace@example.com>", "ed25519", "1y", &[]);
+    let grace = user.export(&fpr);
+    assert_eq!(
+        post(&s, "/v1/certify", &certifier, grace.clone())
+            .await
+            .status(),
+        200
+    );
 
     cluster.script("stop");
     // No signature without its audit row: only 503s, and not ready.
@@ -373,6 +383,27 @@ async fn a_node_answers_503_while_its_database_is_down_and_recovers_by_itself() 
             "{code}"
         );
     }
+    // Certifying and removing a user fail the same way: a 503 to retry,
+    // never a certification without its stored row, never a 500.
+    let r = post(&s, "/v1/certify", &certifier, grace.clone()).await;
+    assert_eq!(r.status(), 503);
+    let code = error_code(r).await;
+    assert!(
+        code == "audit_unavailable" || code == "store_unavailable",
+        "{code}"
+    );
+    let r = http()
+        .delete(s.url("/v1/users/grace@example.com"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let code = error_code(r).await;
+    assert!(
+        code == "audit_unavailable" || code == "store_unavailable",
+        "{code}"
+    );
     let r = get(&s, "/v1/ready").await;
     assert_error(r, 503, "store_unavailable").await;
 
@@ -397,6 +428,12 @@ async fn a_node_answers_503_while_its_database_is_down_and_recovers_by_itself() 
         .filter(|l| l.contains("\tgateway\tsign\tok"))
         .count();
     assert_eq!(signed, 2, "{audit}");
+    let certified = audit
+        .lines()
+        .filter(|l| l.contains("\tcertifier\tcertify\tok"))
+        .count();
+    assert_eq!(certified, 1, "{audit}");
+    assert!(!audit.contains("user-remove"), "{audit}");
     drop(a);
     drop(db);
 }

@@ -160,7 +160,7 @@ pub(super) async fn certify(
             }
             Err(e) => {
                 tracing::error!(error = %e, client = %client.name, "storing a certification failed; withheld");
-                return Err(ApiError::audit_unavailable());
+                return Err(ApiError::from_store(&e));
             }
         }
     }
@@ -383,7 +383,7 @@ pub(super) async fn remove(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "removing a user failed");
-            ApiError::audit_unavailable()
+            ApiError::from_store(&e)
         })?;
     if changed {
         tracing::info!(client = %client.name, email = %user.email, "user removed");
