@@ -438,6 +438,65 @@ async fn a_node_answers_503_while_its_database_is_down_and_recovers_by_itself() 
     drop(db);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn ignition_while_the_database_is_down_is_refused_and_spends_no_guess() {
+    if server().is_none() {
+        return;
+    }
+    let cluster = PrivateCluster::start();
+    let db = TestDatabase::create(&cluster.url);
+    let a = Appliance::new_on(Some(&db.url));
+    a.ok(
+        &[
+            "org-key",
+            "generate",
+            "--algorithm",
+            "p256",
+            "--uid",
+            "Example Org Key <orgkey@example.com>",
+        ],
+        true,
+    );
+    a.set_config("store.busy_timeout", "1s");
+    let admin = a.client("admin", "admin");
+    let s = a.serve(&[]);
+    cluster.script("stop");
+    // The shared back-off cannot be read: the node neither tries the
+    // passphrase (a guess the cluster would not count) nor ignites.
+    for pass in ["a wrong passphrase", PASSPHRASE] {
+        let r = ignite(&s, &admin, pass).await;
+        assert_eq!(
+            r.status(),
+            503,
+            "{}",
+            std::fs::read_to_string(&s.log).unwrap_or_default()
+        );
+        assert_eq!(error_code(r).await, "store_unavailable");
+    }
+    cluster.script("resume");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = ignite(&s, &admin, PASSPHRASE).await.status().as_u16();
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Still sealed (not already_ignited), and the right passphrase works at
+    // once: the refused attempts counted nothing against the back-off.
+    assert_eq!(status, 200);
+    s.stop();
+    let audit = a.ok(&["audit", "list", "--last", "20"], false);
+    let ignitions: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("\tignition\t"))
+        .collect();
+    assert_eq!(ignitions.len(), 1, "{audit}");
+    assert!(ignitions[0].contains("\tignition\tok"), "{audit}");
+    drop(a);
+    drop(db);
+}
+
 const BACKUP_PASS: &str = "a long backup passphrase for the test";
 
 /// Runs `orgkey backup export-keys` (a) or `restore-keys` (b) with secret
