@@ -337,18 +337,7 @@ async fn a_node_answers_503_while_its_database_is_down_and_recovers_by_itself() 
     let cluster = PrivateCluster::start();
     let db = TestDatabase::create(&cluster.url);
     // The suite's fixture, pointed at the private cluster.
-    let a = Appliance::new_on(Some(&db.url));
-    a.ok(
-        &[
-            "org-key",
-            "generate",
-            "--algorithm",
-            "p256",
-            "--uid",
-            "Example Org Key <orgkey@example.com>",
-        ],
-        true,
-    );
+    let a = Appliance::with_org_key_on(Some(&db.url), "p256");
     a.set_config("store.busy_timeout", "1s");
     let admin = a.client("admin", "admin");
     let gw = a.client("gateway", "sign");
@@ -445,18 +434,7 @@ async fn ignition_while_the_database_is_down_is_refused_and_spends_no_guess() {
     }
     let cluster = PrivateCluster::start();
     let db = TestDatabase::create(&cluster.url);
-    let a = Appliance::new_on(Some(&db.url));
-    a.ok(
-        &[
-            "org-key",
-            "generate",
-            "--algorithm",
-            "p256",
-            "--uid",
-            "Example Org Key <orgkey@example.com>",
-        ],
-        true,
-    );
+    let a = Appliance::with_org_key_on(Some(&db.url), "p256");
     a.set_config("store.busy_timeout", "1s");
     let admin = a.client("admin", "admin");
     let s = a.serve(&[]);

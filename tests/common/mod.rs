@@ -210,7 +210,16 @@ impl Appliance {
 
     /// A fresh appliance with an org key of `alg`.
     pub fn with_org_key(alg: &str) -> Self {
-        let a = Self::new();
+        Self::new().generate_org_key(alg)
+    }
+
+    /// Like `with_org_key`, on the store at `store_url` (see `new_on`).
+    pub fn with_org_key_on(store_url: Option<&str>, alg: &str) -> Self {
+        Self::new_on(store_url).generate_org_key(alg)
+    }
+
+    fn generate_org_key(self, alg: &str) -> Self {
+        let a = self;
         a.ok(
             &[
                 "org-key",
