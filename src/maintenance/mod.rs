@@ -52,6 +52,12 @@ pub enum MaintenanceError {
 }
 
 impl MaintenanceError {
+    /// Whether the run stopped because this node lost the leader lease (a
+    /// write was fenced): not a failure of the run's work.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, MaintenanceError::Store(e) if e.is_fenced())
+    }
+
     /// Whether the run failed because the token is down or did not answer
     /// within the deadline: the token is to be treated as lost (recovered).
     pub fn token_unavailable(&self) -> bool {

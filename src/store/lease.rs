@@ -102,6 +102,62 @@ impl ClusterView {
     pub fn lease_live(&self) -> bool {
         !self.lease.holder.is_empty() && self.lease.expires_at > self.now
     }
+
+    /// The role `node` has by the lease row alone (`orgkey cluster status`
+    /// run beside it): leader while it holds a live lease.
+    pub fn role_of(&self, node: &str) -> &'static str {
+        if self.lease_live() && self.lease.holder == node {
+            "leader"
+        } else {
+            "follower"
+        }
+    }
+
+    /// `node` (`id`, `role`, `epoch`), `lease` and `members` as `/v1/status`
+    /// shows them to admins and `orgkey cluster status --json` prints them.
+    /// Times are RFC 3339 on the lease clock; `heartbeat_age_ms` is measured
+    /// on it too, so it does not depend on the reader's clock.
+    pub fn status_json(
+        &self,
+        node: &str,
+        role: &str,
+        epoch: i64,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let time = |ms: i64| {
+            let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            humantime::format_rfc3339_millis(t).to_string()
+        };
+        let members: Vec<_> = self
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.node,
+                    "role": m.role,
+                    "epoch": m.epoch,
+                    "started_at": time(m.started_at),
+                    "last_heartbeat": time(m.last_heartbeat),
+                    "heartbeat_age_ms": (self.now - m.last_heartbeat).max(0),
+                })
+            })
+            .collect();
+        let mut out = serde_json::Map::new();
+        out.insert(
+            "node".into(),
+            serde_json::json!({ "id": node, "role": role, "epoch": epoch }),
+        );
+        out.insert(
+            "lease".into(),
+            serde_json::json!({
+                "holder": (!self.lease.holder.is_empty()).then_some(&self.lease.holder),
+                "epoch": self.lease.epoch,
+                "expires_at": time(self.lease.expires_at),
+                "live": self.lease_live(),
+            }),
+        );
+        out.insert("members".into(), members.into());
+        out
+    }
 }
 
 /// A random id for this process's claim on the lease: a restarted node
@@ -148,21 +204,25 @@ impl Store {
             )
         };
         let epoch: Option<i64> = match &self.pool {
-            Pool::Sqlite(p) => sqlx::query_scalar(&sql("$5"))
-                .bind(instance)
-                .bind(node)
-                .bind(ttl_ms)
-                .bind(reclaim)
-                .bind(self.lease_clock_ms())
-                .fetch_optional(p)
-                .await,
-            Pool::Postgres(p) => sqlx::query_scalar(&sql(PG_NOW_MS))
-                .bind(instance)
-                .bind(node)
-                .bind(ttl_ms)
-                .bind(reclaim)
-                .fetch_optional(p)
-                .await,
+            Pool::Sqlite(p) => {
+                sqlx::query_scalar(&sql("$5"))
+                    .bind(instance)
+                    .bind(node)
+                    .bind(ttl_ms)
+                    .bind(reclaim)
+                    .bind(self.lease_clock_ms())
+                    .fetch_optional(p)
+                    .await
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_scalar(&sql(PG_NOW_MS))
+                    .bind(instance)
+                    .bind(node)
+                    .bind(ttl_ms)
+                    .bind(reclaim)
+                    .fetch_optional(p)
+                    .await
+            }
         }
         .map_err(StoreError::db("taking the leader lease"))?;
         Ok(epoch.map(|epoch| Fence {
@@ -185,21 +245,22 @@ impl Store {
         Ok(())
     }
 
-    /// Records this node's heartbeat: its role and epoch now, and when its
-    /// process started (`started_at`, unix ms, recorded by the first
-    /// heartbeat of a process).
+    /// Records this node's heartbeat: its role, and the epoch it holds as
+    /// leader (`None`: the lease's current epoch, as a follower sees it).
+    /// The first heartbeat of a process (a new `instance`) sets the
+    /// member's start time.
     pub async fn heartbeat(
         &self,
         node: &str,
         instance: &str,
         role: &str,
-        epoch: i64,
+        epoch: Option<i64>,
     ) -> Result<(), StoreError> {
-        // A new instance restarts started_at; the same one keeps it.
         let sql = |now: &str| {
             format!(
                 "INSERT INTO cluster_members (node, instance, role, epoch, started_at, last_heartbeat) \
-                 VALUES ($1, $2, $3, $4, {now}, {now}) \
+                 VALUES ($1, $2, $3, COALESCE($4, (SELECT epoch FROM cluster_lease WHERE name = '{LEADER}')), \
+                 {now}, {now}) \
                  ON CONFLICT (node) DO UPDATE SET role = excluded.role, epoch = excluded.epoch, \
                  last_heartbeat = excluded.last_heartbeat, \
                  started_at = CASE WHEN cluster_members.instance = excluded.instance \
@@ -347,22 +408,34 @@ mod tests {
         let fa = fa.expect("a free lease is taken");
         assert_eq!(fa.epoch(), 1);
         // Held: the other node neither takes it nor reclaims another's.
-        assert_eq!(b.acquire_lease("node-b", "ib", TTL, true).await.unwrap(), None);
+        assert_eq!(
+            b.acquire_lease("node-b", "ib", TTL, true).await.unwrap(),
+            None
+        );
         clock.advance(Duration::from_secs(10));
         // Renewed by its holder: same epoch, a new expiry.
         let again = a.acquire_lease("node-a", "ia", TTL, false).await.unwrap();
         assert_eq!(again, Some(fa.clone()));
         clock.advance(Duration::from_secs(10));
-        assert_eq!(b.acquire_lease("node-b", "ib", TTL, false).await.unwrap(), None);
+        assert_eq!(
+            b.acquire_lease("node-b", "ib", TTL, false).await.unwrap(),
+            None
+        );
         let view = b.cluster_view().await.unwrap();
-        assert_eq!((view.lease.holder.as_str(), view.lease.epoch), ("node-a", 1));
+        assert_eq!(
+            (view.lease.holder.as_str(), view.lease.epoch),
+            ("node-a", 1)
+        );
         assert!(view.lease_live());
         // Not renewed for a whole TTL: the other node takes over, epoch 2.
         clock.advance(TTL);
         let fb = b.acquire_lease("node-b", "ib", TTL, false).await.unwrap();
         assert_eq!(fb.as_ref().map(Fence::epoch), Some(2));
         // The old holder's renewal now fails: it is a follower.
-        assert_eq!(a.acquire_lease("node-a", "ia", TTL, false).await.unwrap(), None);
+        assert_eq!(
+            a.acquire_lease("node-a", "ia", TTL, false).await.unwrap(),
+            None
+        );
         // A restart of node-b (a new process) reclaims its own lease at
         // once, as a new epoch; a graceful stop hands it over at once.
         let fb2 = b.acquire_lease("node-b", "ib2", TTL, true).await.unwrap();
@@ -375,7 +448,11 @@ mod tests {
     #[tokio::test]
     async fn a_write_fenced_with_an_old_epoch_is_refused_and_writes_nothing() {
         let (_dir, a, b, clock) = two().await;
-        let old = a.acquire_lease("node-a", "ia", TTL, false).await.unwrap().unwrap();
+        let old = a
+            .acquire_lease("node-a", "ia", TTL, false)
+            .await
+            .unwrap()
+            .unwrap();
         let job = a.fenced(old.clone());
         // While held, the fenced handle writes.
         job.append_audit(&[AuditEvent::new("maintenance", "maintenance", "ok")])
@@ -383,7 +460,11 @@ mod tests {
             .unwrap();
         let head = a.audit_head().await.unwrap();
         clock.advance(TTL + Duration::from_secs(1));
-        let new = b.acquire_lease("node-b", "ib", TTL, false).await.unwrap().unwrap();
+        let new = b
+            .acquire_lease("node-b", "ib", TTL, false)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(new.epoch() > old.epoch());
         // The paused old leader resumes: every kind of write is refused.
         let e = job
@@ -412,10 +493,14 @@ mod tests {
     #[tokio::test]
     async fn heartbeats_list_the_members_with_their_role_and_start() {
         let (_dir, a, b, clock) = two().await;
-        a.heartbeat("node-a", "ia", "leader", 1).await.unwrap();
-        b.heartbeat("node-b", "ib", "follower", 1).await.unwrap();
+        a.heartbeat("node-a", "ia", "leader", Some(1))
+            .await
+            .unwrap();
+        b.heartbeat("node-b", "ib", "follower", None).await.unwrap();
         clock.advance(Duration::from_secs(5));
-        a.heartbeat("node-a", "ia", "leader", 1).await.unwrap();
+        a.heartbeat("node-a", "ia", "leader", Some(1))
+            .await
+            .unwrap();
         let v = a.cluster_view().await.unwrap();
         let names: Vec<_> = v.members.iter().map(|m| m.node.as_str()).collect();
         assert_eq!(names, ["node-a", "node-b"]);
@@ -423,7 +508,9 @@ mod tests {
         assert_eq!(m.last_heartbeat - m.started_at, 5_000);
         assert_eq!((m.role.as_str(), m.epoch), ("leader", 1));
         // A restarted process starts its member row's clock again.
-        a.heartbeat("node-a", "ia2", "follower", 1).await.unwrap();
+        a.heartbeat("node-a", "ia2", "follower", None)
+            .await
+            .unwrap();
         let v = a.cluster_view().await.unwrap();
         assert_eq!(v.members[0].started_at, v.members[0].last_heartbeat);
     }
