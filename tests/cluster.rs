@@ -43,18 +43,27 @@ fn cluster_status(a: &Appliance) -> serde_json::Value {
 }
 
 /// A single appliance (SQLite, or a database of its own in the PostgreSQL
-/// pass) takes the lease at start and says so in the admin status and in
-/// `orgkey cluster status`; the public status names no node. Stopped
-/// gracefully it gives the lease up; started again it is the leader at once
-/// with a new epoch.
+/// pass) takes the lease once ignited (not while sealed: it could not run
+/// the jobs) and says so in the admin status and in `orgkey cluster
+/// status`; the public status names no node. Stopped gracefully or sealed
+/// it gives the lease up; started again it is the leader at once with a new
+/// epoch, also after a crash.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_single_appliance_is_the_leader() {
     let a = Appliance::with_org_key("p256");
     a.set_config("node_id", "solo");
     let admin = a.client("admin", "admin");
     let s = a.serve(&[]);
-    let (epoch, _) = until_leader(&s, &admin, Duration::from_secs(10)).await;
+    // Sealed, it could not run the jobs: it does not take the lease.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(role(&s, &admin).await, ("follower".to_string(), 0));
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
+    let (epoch, took) = until_leader(&s, &admin, Duration::from_secs(10)).await;
     assert!(epoch >= 1, "{epoch}");
+    assert!(
+        took < Duration::from_secs(2),
+        "leader right after ignition: {took:?}"
+    );
     let st = admin_status(&s, &admin).await;
     assert_eq!(st["node"]["id"], "solo");
     assert_eq!(st["lease"]["holder"], "solo");
@@ -78,6 +87,7 @@ async fn a_single_appliance_is_the_leader() {
     assert_eq!(cs["lease"]["live"], false, "given up at stop: {cs}");
     assert_eq!(cs["members"][0]["role"], "stopped", "{cs}");
     let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
     let (again, took) = until_leader(&s, &admin, Duration::from_secs(10)).await;
     assert!(again > epoch, "a new process is a new epoch");
     assert!(
@@ -88,9 +98,21 @@ async fn a_single_appliance_is_the_leader() {
     // own lease back at once instead of waiting it out.
     drop(s);
     let s = a.serve(&[]);
+    assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
     let (third, took) = until_leader(&s, &admin, Duration::from_secs(10)).await;
     assert!(third > again);
     assert!(took < Duration::from_secs(5), "{took:?}");
+    // Sealed, the leader gives the lease up at once.
+    let r = http()
+        .delete(s.url("/v1/ignition"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(role(&s, &admin).await.0, "follower");
+    assert_eq!(cluster_status(&a)["lease"]["live"], false);
     s.stop();
 }
 

@@ -14,13 +14,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// How often a node that may not hold the lease (sealed) looks whether it
+/// may now: a local check, no database round trip, so that ignition is
+/// followed by the lease and the first maintenance run at once.
+const ELIGIBILITY_POLL: Duration = Duration::from_millis(200);
+
 /// Runs the lease task until `stop`; `role` gets this node's role as it
-/// changes. On a graceful stop a leader gives the lease up, so another
-/// node takes over at its next attempt rather than after the TTL.
+/// changes. Only a node that can run the singleton jobs (`eligible`:
+/// ignited with an org key) takes or keeps the lease: a sealed node holding
+/// it would keep the jobs from running anywhere, so a leader that is sealed
+/// gives it up at once. On a graceful stop a leader gives the lease up
+/// too, so another node takes over at its next attempt rather than after
+/// the TTL.
 pub(super) async fn hold_lease(
     store: Store,
     node: String,
     ttl: Duration,
+    eligible: impl Fn() -> bool + Send,
     role: watch::Sender<NodeRole>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -32,31 +42,40 @@ pub(super) async fn hold_lease(
     // When the last successful renewal was sent: the lease lasts at least
     // `ttl` from then on the database's clock.
     let mut renewed_at: Option<Instant> = None;
-    loop {
+    'run: loop {
         if *stop.borrow() {
             break;
         }
         let sent = Instant::now();
-        let attempt =
-            tokio::time::timeout(period, store.acquire_lease(&node, &instance, ttl, reclaim)).await;
-        let now = match attempt {
-            Ok(Ok(Some(fence))) => {
-                reclaim = false;
-                renewed_at = Some(sent);
-                NodeRole::Leader(fence)
+        let may_lead = eligible();
+        let now = if may_lead {
+            let attempt =
+                tokio::time::timeout(period, store.acquire_lease(&node, &instance, ttl, reclaim))
+                    .await;
+            match attempt {
+                Ok(Ok(Some(fence))) => {
+                    reclaim = false;
+                    renewed_at = Some(sent);
+                    NodeRole::Leader(fence)
+                }
+                Ok(Ok(None)) => {
+                    reclaim = false;
+                    NodeRole::Follower
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %crate::text::error_chain(&e), "the leader lease could not be renewed");
+                    keep_until_expiry(&role.borrow(), renewed_at, ttl)
+                }
+                Err(_) => {
+                    tracing::warn!(wait = ?period, "the leader lease could not be renewed in time");
+                    keep_until_expiry(&role.borrow(), renewed_at, ttl)
+                }
             }
-            Ok(Ok(None)) => {
-                reclaim = false;
-                NodeRole::Follower
+        } else {
+            if matches!(*role.borrow(), NodeRole::Leader(_)) {
+                give_up(&store, &instance).await;
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %crate::text::error_chain(&e), "the leader lease could not be renewed");
-                keep_until_expiry(&role.borrow(), renewed_at, ttl)
-            }
-            Err(_) => {
-                tracing::warn!(wait = ?period, "the leader lease could not be renewed in time");
-                keep_until_expiry(&role.borrow(), renewed_at, ttl)
-            }
+            NodeRole::Follower
         };
         publish(&role, now.clone());
         let epoch = match &now {
@@ -66,29 +85,44 @@ pub(super) async fn hold_lease(
         if let Err(e) = store.heartbeat(&node, &instance, now.as_str(), epoch).await {
             tracing::debug!(error = %e, "heartbeat not recorded");
         }
-        tokio::select! {
-            stopped = stop.changed() => {
-                // The sender gone is a stop too (serve returned early).
-                if stopped.is_err() {
-                    break;
-                }
+        // The next attempt after a period, or at once when this node
+        // becomes able to lead or stops being able to.
+        let next = sent + period;
+        loop {
+            let left = next.saturating_duration_since(Instant::now());
+            if left.is_zero() || eligible() != may_lead {
+                break;
             }
-            () = tokio::time::sleep(period.saturating_sub(sent.elapsed())) => {}
+            tokio::select! {
+                stopped = stop.changed() => {
+                    // The sender gone is a stop too (serve returned early).
+                    if stopped.is_err() || *stop.borrow() {
+                        break 'run;
+                    }
+                }
+                () = tokio::time::sleep(left.min(ELIGIBILITY_POLL)) => {}
+            }
         }
     }
     if matches!(*role.borrow(), NodeRole::Leader(_)) {
         publish(&role, NodeRole::Follower);
-        match tokio::time::timeout(Duration::from_secs(2), store.release_lease(&instance)).await {
-            Ok(Ok(())) => tracing::info!("leader lease given up"),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the leader lease could not be given up; it expires by itself")
-            }
-            Err(_) => tracing::warn!(
-                "the leader lease could not be given up in time; it expires by itself"
-            ),
-        }
+        give_up(&store, &instance).await;
     }
     let _ = store.heartbeat(&node, &instance, "stopped", None).await;
+}
+
+/// Gives the lease up (bounded: a database that does not answer lets it
+/// expire by itself).
+async fn give_up(store: &Store, instance: &str) {
+    match tokio::time::timeout(Duration::from_secs(2), store.release_lease(instance)).await {
+        Ok(Ok(())) => tracing::info!("leader lease given up"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the leader lease could not be given up; it expires by itself")
+        }
+        Err(_) => {
+            tracing::warn!("the leader lease could not be given up in time; it expires by itself")
+        }
+    }
 }
 
 /// After a failed renewal: a leader stays one while its last renewal is

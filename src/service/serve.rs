@@ -76,18 +76,10 @@ pub async fn serve(
         );
     }
     let audit = AuditWriter::spawn(store.clone());
-    // The leader lease: taken (or not) before the singleton jobs start,
-    // which run only while this node holds it.
+    // The leader lease, under which the singleton jobs run.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let (role_tx, role) = tokio::sync::watch::channel(NodeRole::Follower);
-    let lease = tokio::spawn(super::cluster::hold_lease(
-        store.clone(),
-        cfg.node_id.clone(),
-        cfg.cluster.lease_ttl,
-        role_tx,
-        stop_tx.subscribe(),
-    ));
     let igniter: Arc<dyn Igniter> = Arc::new(TokenIgniter::new(
         Arc::clone(&token),
         store.clone(),
@@ -125,6 +117,21 @@ pub async fn serve(
         metrics_on_api: cfg.metrics.listen.is_none(),
         role: role.clone(),
     });
+
+    // Only an ignited node with an org key can run the singleton jobs, so
+    // only such a node takes (or keeps) the lease.
+    let eligible = {
+        let state = Arc::clone(&state);
+        move || matches!(state.seal_state(), SealState::Ignited(Some(_)))
+    };
+    let lease = tokio::spawn(super::cluster::hold_lease(
+        store.clone(),
+        cfg.node_id.clone(),
+        cfg.cluster.lease_ttl,
+        eligible,
+        role_tx,
+        stop_tx.subscribe(),
+    ));
 
     if let Some(pass) = opts.ignition_passphrase {
         tracing::warn!(
