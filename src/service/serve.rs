@@ -76,9 +76,12 @@ pub async fn serve(
         );
     }
     let audit = AuditWriter::spawn(store.clone());
-    // The leader lease, under which the singleton jobs run.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
+    // The leader lease, under which the singleton jobs run. It has a stop
+    // of its own, given after the jobs stopped: a batch that is finishing
+    // at shutdown still holds the lease.
+    let (lease_stop_tx, lease_stop_rx) = tokio::sync::watch::channel(false);
     let (role_tx, role) = tokio::sync::watch::channel(NodeRole::Follower);
     let igniter: Arc<dyn Igniter> = Arc::new(TokenIgniter::new(
         Arc::clone(&token),
@@ -130,7 +133,7 @@ pub async fn serve(
         cfg.cluster.lease_ttl,
         eligible,
         role_tx,
-        stop_tx.subscribe(),
+        lease_stop_rx,
     ));
 
     if let Some(pass) = opts.ignition_passphrase {
@@ -238,6 +241,7 @@ pub async fn serve(
         tracing::warn!("maintenance did not stop within 30 s; abandoning the run");
     }
     // After the singleton jobs: the lease is given up for the next leader.
+    let _ = lease_stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease).await;
     state.set_seal_state(SealState::Sealed);
     let ig = Arc::clone(&igniter);
