@@ -3,8 +3,9 @@
 //! the lease every third of `[cluster] lease_ttl`, publishes this node's
 //! role to the singleton jobs (maintenance and scheduled state backups run
 //! only while it is the leader, their writes fenced with its epoch) and
-//! leaves a heartbeat in the members table. A single appliance takes the
-//! lease at start and keeps it: the same code, always the leader.
+//! leaves a heartbeat in the members table. Only an ignited node with an org
+//! key contends. A single appliance goes through the same code: it is the
+//! leader whenever it is ignited.
 
 use super::{ServiceError, open_store};
 use crate::clock::Clock;
