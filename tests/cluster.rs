@@ -38,6 +38,15 @@ async fn until_leader(s: &Server, admin: &str, limit: Duration) -> (i64, Duratio
     }
 }
 
+/// The value of `orgkey_leader` on the node's `/metrics`.
+async fn leader_gauge(s: &Server) -> String {
+    let text = get(s, "/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("orgkey_leader "))
+        .unwrap_or_else(|| panic!("no orgkey_leader in:\n{text}"))
+        .to_string()
+}
+
 fn cluster_status(a: &Appliance) -> serde_json::Value {
     serde_json::from_str(&a.ok(&["cluster", "status", "--json"], false)).unwrap()
 }
@@ -57,6 +66,7 @@ async fn a_single_appliance_is_the_leader() {
     // Sealed, it could not run the jobs: it does not take the lease.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(role(&s, &admin).await, ("follower".to_string(), 0));
+    assert_eq!(leader_gauge(&s).await, "0");
     assert_eq!(ignite(&s, &admin, PASSPHRASE).await.status(), 200);
     let (epoch, took) = until_leader(&s, &admin, Duration::from_secs(10)).await;
     assert!(epoch >= 1, "{epoch}");
@@ -64,6 +74,7 @@ async fn a_single_appliance_is_the_leader() {
         took < Duration::from_secs(2),
         "leader right after ignition: {took:?}"
     );
+    assert_eq!(leader_gauge(&s).await, "1");
     let st = admin_status(&s, &admin).await;
     assert_eq!(st["node"]["id"], "solo");
     assert_eq!(st["lease"]["holder"], "solo");
