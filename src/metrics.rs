@@ -317,6 +317,8 @@ pub struct Snapshot {
     pub sealed: bool,
     /// The token (or the link to it) is not marked lost.
     pub token_up: bool,
+    /// This node holds the leader lease (runs the singleton jobs).
+    pub leader: bool,
     /// What the store says; `None` when it could not be read in time.
     pub store: Option<StoreFacts>,
 }
@@ -356,6 +358,12 @@ fn state_registry(s: &Snapshot) -> Registry {
         "orgkey_token_up",
         "0 while the token or the link to it is lost and being recovered, else 1",
         i64::from(s.token_up),
+    );
+    gauge(
+        &mut r,
+        "orgkey_leader",
+        "1 while this node holds the leader lease (it runs maintenance, CRL refresh, org key renewal and scheduled backups), else 0",
+        i64::from(s.leader),
     );
     gauge(
         &mut r,
@@ -441,6 +449,7 @@ mod tests {
         let mut s = Snapshot {
             sealed: true,
             token_up: true,
+            leader: true,
             store: Some(StoreFacts {
                 audit_rows: 42,
                 org_key_expiry: Some(1_900_000_000),
@@ -451,6 +460,7 @@ mod tests {
         let text = render(&s).unwrap();
         assert_eq!(samples(&text, "orgkey_sealed"), ["orgkey_sealed 1"]);
         assert_eq!(samples(&text, "orgkey_token_up"), ["orgkey_token_up 1"]);
+        assert_eq!(samples(&text, "orgkey_leader"), ["orgkey_leader 1"]);
         assert_eq!(
             samples(&text, "orgkey_audit_rows_total"),
             ["orgkey_audit_rows_total 42"]

@@ -195,6 +195,105 @@ async fn concurrent_writers_on_two_nodes_never_share_a_serial_or_lose_an_update(
     b.close().await;
 }
 
+/// The leader lease on PostgreSQL (decision 0038), with two store handles
+/// standing for two nodes: taken, renewed by its holder, refused to the
+/// other while live, taken over with a higher epoch once expired, on the
+/// database's clock (node A's own clock is a century off and changes
+/// nothing); a write fenced with the old epoch is refused and writes
+/// nothing, while the new leader's and the API's unfenced writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_lease_runs_on_the_database_clock_and_fences_the_old_leader() {
+    let Some(admin) = server() else { return };
+    let db = TestDatabase::create(&admin);
+    let far_future: Arc<dyn Clock> = Arc::new(orgkey::clock::ManualClock::new(
+        std::time::UNIX_EPOCH + Duration::from_secs(4_100_000_000),
+    ));
+    let target = PostgresTarget {
+        url: &db.url,
+        password: None,
+    };
+    let a = Store::open_postgres(&target, far_future, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .with_node("node-a");
+    let b = open(&db.url).await.with_node("node-b");
+    let ttl = Duration::from_millis(300);
+    let fa = a.acquire_lease("node-a", "ia", ttl, false).await.unwrap();
+    let fa = fa.expect("a free lease is taken");
+    assert_eq!(
+        b.acquire_lease("node-b", "ib", ttl, true).await.unwrap(),
+        None
+    );
+    let renewed = a.acquire_lease("node-a", "ia", ttl, false).await.unwrap();
+    assert_eq!(renewed.as_ref(), Some(&fa), "a renewal keeps the epoch");
+    let job = a.fenced(fa.clone());
+    job.append_audit(&[AuditEvent::new("maintenance", "maintenance", "ok")])
+        .await
+        .unwrap();
+    let head = a.audit_head().await.unwrap();
+    // Node A pauses past its lease; node B takes over.
+    let start = std::time::Instant::now();
+    let fb = loop {
+        if let Some(f) = b.acquire_lease("node-b", "ib", ttl, false).await.unwrap() {
+            break f;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no takeover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        start.elapsed() >= ttl / 2,
+        "taken over before the lease could expire"
+    );
+    assert!(fb.epoch() > fa.epoch(), "{} > {}", fb.epoch(), fa.epoch());
+    let view = a.cluster_view().await.unwrap();
+    assert_eq!(
+        (view.lease.holder.as_str(), view.lease.epoch),
+        ("node-b", fb.epoch())
+    );
+    // A resumes: its renewal fails and its fenced writes are refused.
+    assert_eq!(
+        a.acquire_lease("node-a", "ia", ttl, false).await.unwrap(),
+        None
+    );
+    let e = job
+        .append_audit(&[AuditEvent::new("maintenance", "maintenance", "ok")])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Fenced { .. }), "{e:?}");
+    let e = job.abandon_stale_user_certs(i64::MAX).await.unwrap_err();
+    assert!(e.is_fenced(), "{e:?}");
+    let e = job.save_renewed_keys(&[]).await.unwrap_err();
+    assert!(e.is_fenced(), "{e:?}");
+    assert_eq!(a.audit_head().await.unwrap(), head, "nothing was written");
+    b.fenced(fb)
+        .append_audit(&[AuditEvent::new("maintenance", "maintenance", "ok")])
+        .await
+        .unwrap();
+    a.append_audit(&[AuditEvent::new("client", "sign", "ok")])
+        .await
+        .unwrap();
+    assert_eq!(a.audit_head().await.unwrap(), head + 2);
+    assert!(a.verify_audit().await.unwrap().first_broken.is_none());
+    // Heartbeats are stamped by the database clock too.
+    a.heartbeat("node-a", "ia", "follower", None).await.unwrap();
+    b.heartbeat("node-b", "ib", "leader", Some(2))
+        .await
+        .unwrap();
+    let view = a.cluster_view().await.unwrap();
+    assert_eq!(view.members.len(), 2);
+    for m in &view.members {
+        assert!(
+            (view.now - m.last_heartbeat).abs() < 60_000,
+            "{m:?} at {}",
+            view.now
+        );
+    }
+    assert_eq!(
+        view.members[0].epoch, view.lease.epoch,
+        "a follower reports the lease's epoch"
+    );
+}
+
 #[test]
 fn a_password_file_logs_in_and_a_url_with_a_password_is_refused() {
     let Some(admin) = server() else { return };

@@ -48,6 +48,7 @@ async fn snapshot(st: &ApiState) -> Snapshot {
     Snapshot {
         sealed: matches!(st.seal_state(), SealState::Sealed),
         token_up: !st.is_token_down(),
+        leader: matches!(*st.role.borrow(), crate::store::NodeRole::Leader(_)),
         store,
     }
 }

@@ -318,6 +318,9 @@ pub struct ApiState {
     /// `/metrics` is a route of the API listener (no `[metrics] listen` of
     /// its own; see [`serve_metrics`]).
     pub metrics_on_api: bool,
+    /// This node's role under the leader lease, as its lease task last
+    /// saw it (for `/v1/status` and `/metrics`).
+    pub role: tokio::sync::watch::Receiver<crate::store::NodeRole>,
 }
 
 impl ApiState {

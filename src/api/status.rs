@@ -45,7 +45,10 @@ pub(super) async fn ready(State(st): AppState) -> Result<Json<serde_json::Value>
 /// admin scope also gets the details an operator needs, which would tell an
 /// outsider about the host: the token's label, serial and sessions, the
 /// last maintenance run, the last state backup (its file, or the error) and
-/// the verification cache. Credentials that are presented must be valid
+/// the verification cache, and the cluster: this node (`node`: its id,
+/// role under the leader lease and the lease's epoch), the lease and the
+/// members with their last heartbeats (node ids are usually host names).
+/// Credentials that are presented must be valid
 /// (401 otherwise, as on every route); a client without the admin scope
 /// gets the public answer. An admin client may also authenticate with its
 /// client certificate.
@@ -109,8 +112,40 @@ pub(super) async fn status(
             ),
         ];
         out.extend(details.map(|(k, v)| (k.to_string(), v)));
+        out.extend(cluster_details(&st).await);
     }
     Ok(Json(serde_json::Value::Object(out)))
+}
+
+/// `node`, `lease` and `members` for an admin's `/v1/status`. The role is
+/// this node's own view (the one its singleton jobs follow); the rest is
+/// read from the store, and left out (null) when the store does not answer.
+async fn cluster_details(st: &super::ApiState) -> serde_json::Map<String, serde_json::Value> {
+    let role = st.role.borrow().clone();
+    let node = st.store.node().to_string();
+    let view = match st.store.cluster_view().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %crate::text::error_chain(&e), "status: the cluster members could not be read");
+            let mut out = serde_json::Map::new();
+            let epoch = match &role {
+                crate::store::NodeRole::Leader(f) => Some(f.epoch()),
+                crate::store::NodeRole::Follower => None,
+            };
+            out.insert(
+                "node".into(),
+                serde_json::json!({ "id": node, "role": role.as_str(), "epoch": epoch }),
+            );
+            out.insert("lease".into(), serde_json::Value::Null);
+            out.insert("members".into(), serde_json::Value::Null);
+            return out;
+        }
+    };
+    let epoch = match &role {
+        crate::store::NodeRole::Leader(f) => f.epoch(),
+        crate::store::NodeRole::Follower => view.lease.epoch,
+    };
+    view.status_json(&node, role.as_str(), epoch)
 }
 
 pub(super) async fn org_key(State(st): AppState) -> Result<Response, ApiError> {

@@ -5,6 +5,7 @@
 mod audit;
 mod backup;
 mod client;
+mod cluster;
 mod escape;
 mod ignite;
 mod init;
@@ -105,6 +106,9 @@ pub enum Command {
     /// Renew certifications and the org key's expiry now (serve does it on a schedule).
     #[command(subcommand)]
     Maintenance(maintenance::MaintenanceCmd),
+    /// The nodes sharing this store and the leader lease (reads the store; no token).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
 }
 
 /// How log lines are written (`--log-format`).
@@ -211,6 +215,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Backup(c) => backup::run(&cli.config, c),
         Command::Ignition(c) => backup::run_ignition(&cli.config, c),
         Command::Maintenance(c) => maintenance::run(&cli.config, c),
+        Command::Cluster(c) => cluster::run(&cli.config, c),
     };
     match result {
         Ok(code) => code,

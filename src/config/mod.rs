@@ -82,6 +82,14 @@ struct RawConfig {
     rate_limits: RawRateLimits,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    cluster: RawCluster,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +213,28 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Where `/metrics` is served.
     pub metrics: MetricsConfig,
+    /// The leader lease of the singleton jobs.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: the leader lease under which one node runs the singleton
+/// jobs (maintenance, CRL refresh, org key renewal, scheduled backups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// How long the lease holds without renewal: a dead leader is replaced
+    /// within it. Renewed every third of it.
+    pub lease_ttl: Duration,
+}
+
+/// Default `[cluster] lease_ttl`.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: DEFAULT_LEASE_TTL,
+        }
+    }
 }
 
 /// Where `GET /metrics` (Prometheus) is served.
@@ -793,6 +823,7 @@ fn validate(
     let backup = backup_config(raw.backup, &data_dir, base, store.postgres.is_some())?;
     let rate_limits = rate_limits(raw.rate_limits)?;
     let metrics = metrics_config(raw.metrics, &server)?;
+    let cluster = cluster_config(raw.cluster)?;
     Ok(Config {
         path: path.to_path_buf(),
         data_dir,
@@ -808,7 +839,26 @@ fn validate(
         backup,
         rate_limits,
         metrics,
+        cluster,
     })
+}
+
+/// `[cluster] lease_ttl`: at least 1 s (it is renewed every third of it,
+/// and each renewal is a database round trip), at most 10 min (a dead
+/// leader's jobs wait that long).
+fn cluster_config(raw: RawCluster) -> Result<ClusterConfig, ConfigError> {
+    let lease_ttl = match raw.lease_ttl.as_deref() {
+        None => DEFAULT_LEASE_TTL,
+        Some(s) => parse_duration("[cluster] lease_ttl", s)?,
+    };
+    if lease_ttl < Duration::from_secs(1) || lease_ttl > Duration::from_secs(600) {
+        return Err(ConfigError::Invalid(format!(
+            "[cluster] lease_ttl = {}: must be between 1s and 10m (the lease is renewed every \
+             third of it; a dead leader is replaced within it)",
+            humantime::format_duration(lease_ttl)
+        )));
+    }
+    Ok(ClusterConfig { lease_ttl })
 }
 
 /// `[metrics] listen`: an address of its own, never the API's.
@@ -1130,9 +1180,9 @@ fn backup_config(
     postgres: bool,
 ) -> Result<BackupConfig, ConfigError> {
     let interval = match raw.interval.as_deref() {
-        // A PostgreSQL store is shared: every node would back it up. Off
-        // unless set, on the one node that should (there is no leader
-        // lease yet to pick it).
+        // A PostgreSQL store is shared and backed up by whichever node
+        // holds the leader lease, into that node's own directory: off
+        // unless the operator says where backups should land.
         None if postgres => None,
         None => Some(Duration::from_secs(86_400)),
         Some("off") => None,
@@ -1521,6 +1571,24 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.server.tls.unwrap().cert, Path::new("/srv/orgkey/c.pem"));
+    }
+
+    #[test]
+    fn the_lease_ttl_defaults_to_15s_and_is_checked() {
+        assert_eq!(load(MINIMAL).unwrap().cluster.lease_ttl, DEFAULT_LEASE_TTL);
+        let c = load(&format!("{MINIMAL}[cluster]\nlease_ttl = \"2s\"\n")).unwrap();
+        assert_eq!(c.cluster.lease_ttl, Duration::from_secs(2));
+        for (ttl, says) in [
+            ("500ms", "between 1s and 10m"),
+            ("1h", "between 1s and 10m"),
+            ("soon", "[cluster] lease_ttl = \"soon\""),
+        ] {
+            let e = load(&format!("{MINIMAL}[cluster]\nlease_ttl = \"{ttl}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{ttl}: {e}");
+        }
+        assert!(load(&format!("{MINIMAL}[cluster]\nttl = \"2s\"\n")).is_err());
     }
 
     #[test]

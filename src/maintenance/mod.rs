@@ -52,6 +52,12 @@ pub enum MaintenanceError {
 }
 
 impl MaintenanceError {
+    /// Whether the run stopped because this node lost the leader lease (a
+    /// write was fenced): not a failure of the run's work.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, MaintenanceError::Store(e) if e.is_fenced())
+    }
+
     /// Whether the run failed because the token is down or did not answer
     /// within the deadline: the token is to be treated as lost (recovered).
     pub fn token_unavailable(&self) -> bool {
@@ -662,6 +668,68 @@ mod tests {
             "{rows:?}"
         );
         drop(release);
+    }
+
+    /// A leader paused past its lease resumes its run after another node
+    /// took over: the org key renewal it made in the token is not stored,
+    /// nor is the run's audit row, and the error says the lease was lost.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_run_that_lost_the_leader_lease_writes_nothing() {
+        let primary = SoftP256::new(1, false);
+        let org = OrgKey::generate(
+            &OrgKeyDraft {
+                user_id: "Org <org@example.com>".into(),
+                created: UNIX_EPOCH + Duration::from_secs(T0),
+                validity: Some(Duration::from_secs(10 * DAY)),
+            },
+            OrgKeyKeys {
+                primary: &primary,
+                signing: &SoftP256::new(2, false),
+                encryption: SoftP256::new(3, false).public_key(),
+            },
+        )
+        .unwrap();
+        // Half a day before expiry: the org key's renewal is due.
+        let now = UNIX_EPOCH + Duration::from_secs(T0 + 10 * DAY - DAY / 2);
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(now));
+        let path = dir.path().join("s.db");
+        let store = Store::open(&path, true, clock.clone()).await.unwrap();
+        let other = Store::open(&path, false, clock.clone()).await.unwrap();
+        let ttl = Duration::from_secs(15);
+        let fence = store
+            .acquire_lease("node-a", "a", ttl, false)
+            .await
+            .unwrap()
+            .unwrap();
+        clock.advance(ttl + Duration::from_secs(1));
+        let newer = other
+            .acquire_lease("node-b", "b", ttl, false)
+            .await
+            .unwrap();
+        assert!(newer.is_some_and(|f| f.epoch() > fence.epoch()));
+        let m = Maintenance {
+            store: store.fenced(fence),
+            config: MaintenanceConfig::default(),
+            certification_validity: Duration::from_secs(14 * DAY),
+            concurrency: 2,
+            clock,
+            x509: crate::config::X509Config::default(),
+            domains: vec!["example.com".into()],
+            token_deadline: Duration::from_secs(10),
+        };
+        let key = OrgSigner {
+            org,
+            certifier: Arc::new(primary),
+            cas: crate::ca::CaSet::default(),
+        };
+        let e = match m.run(&key, "maintenance", &|_, _| {}).await {
+            Err(e) => e,
+            Ok(_) => panic!("a fenced run succeeded"),
+        };
+        assert!(e.is_fenced(), "{e}");
+        assert!(!e.token_unavailable());
+        assert_eq!(store.audit_head().await.unwrap(), 0, "nothing was written");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::maintenance::{Maintenance, OrgSigner, Report};
 use crate::openpgp::OrgKey;
-use crate::store::Store;
+use crate::store::{NodeRole, Store};
 use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,22 +88,38 @@ async fn sync_org_key(state: &ApiState, org: &OrgKey) -> bool {
     }
 }
 
-/// The scheduler: while ignited, runs maintenance every `interval` (the
-/// first run right after ignition), until `stop` turns true. A failed run is
-/// retried after a tenth of the interval. A run that found the token down or
-/// hung marks it down, which starts recovery; while it is down no run starts.
+/// The scheduler: while ignited and this node holds the leader lease, runs
+/// maintenance every `interval` (the first run right after ignition, or
+/// right after this node became the leader: a leader that died mid-run left
+/// per-item progress in the store, and the new one resumes at once), until
+/// `stop` turns true. Each run writes through a store handle fenced with the
+/// lease's epoch, so a node that lost the lease during a run writes nothing
+/// more. A failed run is retried after a tenth of the interval. A run that
+/// found the token down or hung marks it down, which starts recovery; while
+/// it is down no run starts.
 pub(super) async fn schedule(
     state: Arc<ApiState>,
     m: Maintenance,
+    mut role: tokio::sync::watch::Receiver<NodeRole>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let poll = Duration::from_secs(30).min(m.config.interval);
     let mut next_run = Instant::now();
+    let mut was_leader = false;
     loop {
         if *stop.borrow() {
             break;
         }
-        if Instant::now() >= next_run
+        let fence = match &*role.borrow_and_update() {
+            NodeRole::Leader(f) => Some(f.clone()),
+            NodeRole::Follower => None,
+        };
+        if fence.is_some() && !was_leader {
+            next_run = Instant::now();
+        }
+        was_leader = fence.is_some();
+        if let Some(fence) = fence
+            && Instant::now() >= next_run
             && !state.is_token_down()
             && let SealState::Ignited(Some(key)) = state.seal_state()
             && sync_org_key(&state, &key.org).await
@@ -117,7 +133,12 @@ pub(super) async fn schedule(
                 certifier: Arc::clone(&key.certifier),
                 cas: key.cas.clone(),
             };
-            tracing::info!("maintenance run starting");
+            let epoch = fence.epoch();
+            let fenced = Maintenance {
+                store: m.store.fenced(fence),
+                ..m.clone()
+            };
+            tracing::info!(epoch, "maintenance run starting");
             // Progress in the log at every further tenth of the due keys.
             let logged_tenths = std::sync::atomic::AtomicU64::new(0);
             let progress = |done: u64, total: u64| {
@@ -126,7 +147,7 @@ pub(super) async fn schedule(
                     tracing::info!(done, total, "maintenance progress");
                 }
             };
-            match m.run(&signer, "maintenance", &progress).await {
+            match fenced.run(&signer, "maintenance", &progress).await {
                 Ok((report, renewed)) => {
                     if let Some(org) = renewed {
                         state.update_org_key(org);
@@ -145,6 +166,16 @@ pub(super) async fn schedule(
                     });
                     next_run = Instant::now() + m.config.interval;
                 }
+                Err(e) if e.is_fenced() => {
+                    // Another node took the lease during the run: what was
+                    // written stays (each batch is one transaction), the new
+                    // leader resumes from there.
+                    tracing::warn!(
+                        epoch,
+                        "maintenance run stopped: another node took the leader lease"
+                    );
+                    next_run = Instant::now();
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "maintenance run failed; retrying later");
                     if e.token_unavailable() {
@@ -160,6 +191,7 @@ pub(super) async fn schedule(
         }
         tokio::select! {
             _ = stop.changed() => {}
+            () = super::cluster::role_changed(&mut role) => {}
             () = tokio::time::sleep(poll) => {}
         }
     }

@@ -4,6 +4,7 @@
 //! parses arguments or prompts.
 
 mod backup;
+mod cluster;
 mod harden;
 mod ignition;
 mod init;
@@ -18,6 +19,7 @@ pub use backup::{
     ExportReport, ExportSecrets, RestoreStateOptions, RestoreStateReport, backup_state,
     export_keys, inspect_key_backup, restore_keys, restore_state,
 };
+pub use cluster::cluster_status;
 pub use harden::disable_core_dumps;
 pub use ignition::{change_ignition, reset_ignition};
 pub(crate) use init::write_private;

@@ -8,7 +8,7 @@ use crate::api::{
 };
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::store::{AuditEvent, AuditWriter};
+use crate::store::{AuditEvent, AuditWriter, NodeRole};
 use crate::task::TaskFailed;
 use secrecy::SecretString;
 use std::sync::{Arc, RwLock};
@@ -76,6 +76,13 @@ pub async fn serve(
         );
     }
     let audit = AuditWriter::spawn(store.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    // The leader lease, under which the singleton jobs run. It has a stop
+    // of its own, given after the jobs stopped: a batch that is finishing
+    // at shutdown still holds the lease.
+    let (lease_stop_tx, lease_stop_rx) = tokio::sync::watch::channel(false);
+    let (role_tx, role) = tokio::sync::watch::channel(NodeRole::Follower);
     let igniter: Arc<dyn Igniter> = Arc::new(TokenIgniter::new(
         Arc::clone(&token),
         store.clone(),
@@ -111,7 +118,23 @@ pub async fn serve(
         token_down: std::sync::atomic::AtomicBool::new(false),
         token_event: tokio::sync::Notify::new(),
         metrics_on_api: cfg.metrics.listen.is_none(),
+        role: role.clone(),
     });
+
+    // Only an ignited node with an org key can run the singleton jobs, so
+    // only such a node takes (or keeps) the lease.
+    let eligible = {
+        let state = Arc::clone(&state);
+        move || matches!(state.seal_state(), SealState::Ignited(Some(_)))
+    };
+    let lease = tokio::spawn(super::cluster::hold_lease(
+        store.clone(),
+        cfg.node_id.clone(),
+        cfg.cluster.lease_ttl,
+        eligible,
+        role_tx,
+        lease_stop_rx,
+    ));
 
     if let Some(pass) = opts.ignition_passphrase {
         tracing::warn!(
@@ -156,12 +179,11 @@ pub async fn serve(
             max_connections: super::harden::fit_connections_to_fd_limit(cfg.server.max_connections),
         },
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
     let stop_on_signal = Arc::clone(&stop_tx);
     let scheduler = tokio::spawn(super::maintenance::schedule(
         Arc::clone(&state),
         super::maintenance::maintenance_for(&cfg, store.clone(), Arc::clone(&state.clock)),
+        role.clone(),
         stop_rx,
     ));
     let recovery = tokio::spawn(recover_token(
@@ -172,6 +194,7 @@ pub async fn serve(
     let backups = tokio::spawn(super::backup::schedule_state_backups(
         cfg.clone(),
         Arc::clone(&state),
+        role,
         stop_tx.subscribe(),
     ));
     let metrics = metrics_socket.map(|socket| {
@@ -217,6 +240,9 @@ pub async fn serve(
     {
         tracing::warn!("maintenance did not stop within 30 s; abandoning the run");
     }
+    // After the singleton jobs: the lease is given up for the next leader.
+    let _ = lease_stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease).await;
     state.set_seal_state(SealState::Sealed);
     let ig = Arc::clone(&igniter);
     let _ = tokio::task::spawn_blocking(move || ig.seal()).await;

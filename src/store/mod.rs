@@ -6,6 +6,7 @@
 
 mod audit;
 mod db;
+mod lease;
 mod logical;
 mod users;
 mod x509;
@@ -20,6 +21,7 @@ pub use x509::{
 use crate::clock::Clock;
 pub(crate) use db::Tx;
 use db::{Pool, Row, query, scalar};
+pub use lease::{ClusterView, Fence, LeaseRecord, MemberRecord, NodeRole, new_instance};
 pub use logical::is_logical_snapshot;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -84,6 +86,17 @@ pub enum StoreError {
     /// The operation does not exist on this store's backend.
     #[error("{0}")]
     Unsupported(String),
+    /// A singleton job's write was refused, and nothing written, because
+    /// this node no longer holds the leader lease it started with (another
+    /// node took over: its epoch is newer).
+    #[error(
+        "this node no longer holds the leader lease (epoch {epoch}); another node took over \
+         the singleton jobs and nothing was written"
+    )]
+    Fenced {
+        /// The epoch the refused write carried.
+        epoch: i64,
+    },
 }
 
 /// Key of the transaction-scoped advisory lock migrations run under
@@ -117,8 +130,20 @@ impl StoreError {
     /// change it records) as [`StoreError::Audit`].
     pub(crate) fn audit(self) -> StoreError {
         match self {
-            e @ StoreError::Audit(_) => e,
+            // A fenced write is refused on purpose, before any row: the
+            // audit log is fine.
+            e @ (StoreError::Audit(_) | StoreError::Fenced { .. }) => e,
             e => StoreError::Audit(Arc::new(e)),
+        }
+    }
+
+    /// Whether this is (or wraps) a [`StoreError::Fenced`]: the node lost
+    /// the leader lease, and its singleton job stops.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            StoreError::Fenced { .. } => true,
+            StoreError::Audit(cause) => cause.is_fenced(),
+            _ => false,
         }
     }
 }
@@ -343,6 +368,9 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     /// The node id stamped on every audit row this handle appends.
     node: Arc<str>,
+    /// The leader's fencing token every write transaction of this handle
+    /// checks (the singleton jobs' handle; [`Store::fenced`]).
+    fence: Option<Fence>,
 }
 
 impl std::fmt::Debug for Store {
@@ -350,6 +378,7 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("backend", &self.backend())
             .field("node", &self.node)
+            .field("fence", &self.fence)
             .finish_non_exhaustive()
     }
 }
@@ -452,6 +481,7 @@ impl Store {
             pool: Pool::Sqlite(pool),
             clock,
             node: host_name().into(),
+            fence: None,
         })
     }
 
@@ -491,6 +521,7 @@ impl Store {
             pool: Pool::Postgres(pool),
             clock,
             node: host_name().into(),
+            fence: None,
         })
     }
 
@@ -580,12 +611,12 @@ impl Store {
     /// SQLite file, and a read-then-write inside sees every write committed
     /// before it.
     pub(crate) async fn begin_write(&self) -> Result<Tx, StoreError> {
-        match &self.pool {
+        let mut tx = match &self.pool {
             Pool::Sqlite(p) => p
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map(Tx::Sqlite)
-                .map_err(StoreError::db("starting a transaction")),
+                .map_err(StoreError::db("starting a transaction"))?,
             Pool::Postgres(p) => {
                 let mut tx = p
                     .begin()
@@ -595,8 +626,22 @@ impl Store {
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::db("locking the audit chain head"))?;
-                Ok(Tx::Postgres(tx))
+                Tx::Postgres(tx)
             }
+        };
+        // A fenced handle (a singleton job) writes only while it holds the
+        // leader lease, checked in this very transaction.
+        self.check_fence(&mut tx).await?;
+        Ok(tx)
+    }
+
+    /// For a statement that writes on its own (outside a transaction): a
+    /// write transaction when this handle is fenced, so the fence is
+    /// checked with it; `None` (run it on the pool) otherwise.
+    pub(crate) async fn begin_fenced(&self) -> Result<Option<Tx>, StoreError> {
+        match self.fence {
+            Some(_) => self.begin_write().await.map(Some),
+            None => Ok(None),
         }
     }
 

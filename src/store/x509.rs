@@ -357,10 +357,21 @@ impl Store {
     /// is signed. A serial already in use is a [`StoreError::Conflict`].
     pub async fn reserve_user_cert(&self, p: &PendingUserCert) -> Result<(), StoreError> {
         let now = self.now_secs_i64();
-        let inserted = insert_pending(self.pool.exec(), p, now)
+        let mut tx = self.begin_fenced().await?;
+        let exec = match &mut tx {
+            Some(tx) => tx.exec(),
+            None => self.pool.exec(),
+        };
+        let inserted = insert_pending(exec, p, now)
             .await
             .map_err(StoreError::db("reserving a serial"))?;
-        serial_reserved(inserted, p)
+        serial_reserved(inserted, p)?;
+        if let Some(tx) = tx {
+            tx.commit()
+                .await
+                .map_err(StoreError::db("committing a reserved serial"))?;
+        }
+        Ok(())
     }
 
     /// Marks a pending certificate issued, with its audit row. A failure to
@@ -477,26 +488,46 @@ impl Store {
     /// Marks a pending certificate abandoned (signing failed; the serial is
     /// burnt, never reused).
     pub async fn abandon_user_cert(&self, serial: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_fenced().await?;
+        let exec = match &mut tx {
+            Some(tx) => tx.exec(),
+            None => self.pool.exec(),
+        };
         query!(
-            self.pool.exec(),
+            exec,
             execute,
             "UPDATE user_certs SET state = 'abandoned' WHERE serial = $1 AND state = 'pending'",
             serial
         )
         .map_err(StoreError::db("abandoning a certificate"))?;
+        if let Some(tx) = tx {
+            tx.commit()
+                .await
+                .map_err(StoreError::db("committing an abandoned certificate"))?;
+        }
         Ok(())
     }
 
     /// Pending rows older than `before` (a crash between reserving and
     /// issuing) become abandoned; returns how many.
     pub async fn abandon_stale_user_certs(&self, before: i64) -> Result<u64, StoreError> {
+        let mut tx = self.begin_fenced().await?;
+        let exec = match &mut tx {
+            Some(tx) => tx.exec(),
+            None => self.pool.exec(),
+        };
         let res = query!(
-            self.pool.exec(),
+            exec,
             execute,
             "UPDATE user_certs SET state = 'abandoned' WHERE state = 'pending' AND created_at < $1",
             before
         )
         .map_err(StoreError::db("abandoning stale certificates"))?;
+        if let Some(tx) = tx {
+            tx.commit()
+                .await
+                .map_err(StoreError::db("committing abandoned certificates"))?;
+        }
         Ok(res)
     }
 

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::openpgp::PgpError;
 use crate::service::ServiceError;
 use crate::signer::{DigestAlgorithm, PublicKey, Signer, SignerError};
-use crate::store::Store;
+use crate::store::{NodeRole, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,16 +16,20 @@ use std::time::Duration;
 /// org signing subkey, which only an ignited appliance can use).
 const SEALED_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Scheduled state backups inside `orgkey serve`: one as soon as the
-/// appliance is ignited with an org key, then every interval; keeps the
-/// newest `keep` files. Backups are signed in the token, so while sealed (or
-/// while the token is down) a due backup waits (reported as skipped) until
-/// ignition. A backup whose signature the token failed or did not make
-/// within [`crate::maintenance::TOKEN_DEADLINE`] marks the token down, which
+/// Scheduled state backups inside `orgkey serve`, on the node that holds
+/// the leader lease only: one as soon as the appliance is ignited with an
+/// org key and the leader, then every interval; keeps the newest `keep`
+/// files. The backup's audit row is written through a store handle fenced
+/// with the lease's epoch, so a node that lost the lease writes no backup.
+/// Backups are signed in the token, so while sealed (or while the token is
+/// down) a due backup waits (reported as skipped) until ignition. A backup
+/// whose signature the token failed or did not make within
+/// [`crate::maintenance::TOKEN_DEADLINE`] marks the token down, which
 /// starts recovery.
 pub(crate) async fn schedule_state_backups(
     cfg: Config,
     state: Arc<crate::api::ApiState>,
+    mut role: tokio::sync::watch::Receiver<NodeRole>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(interval) = cfg.backup.interval else {
@@ -35,18 +39,30 @@ pub(crate) async fn schedule_state_backups(
         if *stop.borrow() {
             break;
         }
+        let fence = match &*role.borrow_and_update() {
+            NodeRole::Leader(f) => Some(f.clone()),
+            NodeRole::Follower => None,
+        };
         let key = match state.seal_state() {
             crate::api::SealState::Ignited(Some(k)) if !state.is_token_down() => Some(k),
             _ => None,
         };
-        let result = match &key {
-            Some(k) => Some(scheduled_backup(&cfg, &state.store, k).await),
-            None => None,
+        let result = match (&key, fence) {
+            (Some(k), Some(fence)) => {
+                Some(scheduled_backup(&cfg, &state.store.fenced(fence), k).await)
+            }
+            _ => None,
         };
         let at = unix_secs(state.clock.now());
+        let ran = result.is_some();
         let report = match result {
-            None => BackupStatus::Skipped {
+            None if key.is_none() => BackupStatus::Skipped {
                 reason: "waiting for an ignited org key (state backups are signed in the token)"
+                    .into(),
+                at,
+            },
+            None => BackupStatus::Skipped {
+                reason: "this node is not the leader: the node holding the leader lease backs up"
                     .into(),
                 at,
             },
@@ -70,14 +86,28 @@ pub(crate) async fn schedule_state_backups(
             }
         };
         state.set_backup_report(report);
-        let wait = if key.is_some() {
-            interval
+        if ran {
+            // The next one after a whole interval, unless this node loses
+            // the lease meanwhile (and then takes it again: a new leader
+            // backs up at once).
+            let deadline = tokio::time::Instant::now() + interval;
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = super::super::cluster::role_changed(&mut role) => {
+                        if !matches!(*role.borrow(), NodeRole::Leader(_)) {
+                            break;
+                        }
+                    }
+                }
+            }
         } else {
-            SEALED_RETRY
-        };
-        tokio::select! {
-            _ = stop.changed() => {}
-            () = tokio::time::sleep(wait) => {}
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = super::super::cluster::role_changed(&mut role) => {}
+                () = tokio::time::sleep(SEALED_RETRY) => {}
+            }
         }
     }
 }
