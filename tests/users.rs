@@ -354,14 +354,7 @@ async fn requests_do_not_grow_the_openpgp_verification_cache() {
     let (a, s, admin, gw) = ignited().await;
     // The first maintenance run follows ignition at once (on the leader):
     // it reads the stored org key, so let it finish before counting.
-    let start = std::time::Instant::now();
-    while admin_status(&s, &admin).await["maintenance"].is_null() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "no maintenance run"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    first_maintenance_done(&s, &admin).await;
     let signer = a.client("signer", "sign");
     let alice = Gpg::new();
     let fpr = alice.gen_key("Alice <alice@example.com>", "ed25519", "1y", &[]);

@@ -611,6 +611,20 @@ pub async fn admin_status(s: &Server, admin: &str) -> serde_json::Value {
 }
 
 /// GET `path` and parse the JSON body.
+/// Waits for the first maintenance run of a node that was just ignited: the
+/// scheduler starts it as soon as the node leads, which follows ignition,
+/// so a test that changes or counts stored state wants it behind it.
+pub async fn first_maintenance_done(s: &Server, admin: &str) {
+    let start = std::time::Instant::now();
+    while admin_status(s, admin).await["maintenance"].is_null() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no maintenance run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn get_json(s: &Server, path: &str) -> serde_json::Value {
     get(s, path).await.json().await.unwrap()
 }
