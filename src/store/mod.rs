@@ -476,7 +476,19 @@ impl Store {
             opts = opts.password(pw.expose_secret());
         }
         let lock_timeout = format!("{}ms", busy_timeout.as_millis().max(1));
-        opts = opts.options([("lock_timeout", lock_timeout.as_str())]);
+        // A node cut off from the database in the middle of a transaction
+        // leaves its session idle in that transaction, holding the audit
+        // chain head row lock, and PostgreSQL notices a peer that sends
+        // nothing only after TCP keepalive (hours): every other node's
+        // writes would time out meanwhile. A transaction idle for twice the
+        // time others wait for its locks is abandoned; the server ends the
+        // session and releases its locks (crates/orgkey-testcontainers/tests/
+        // cluster_faults.rs cuts a node off under load).
+        let idle_in_tx = format!("{}ms", (2 * busy_timeout.as_millis()).max(1000));
+        opts = opts.options([
+            ("lock_timeout", lock_timeout.as_str()),
+            ("idle_in_transaction_session_timeout", idle_in_tx.as_str()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(PG_MAX_CONNECTIONS)
             .acquire_timeout(busy_timeout)
