@@ -133,6 +133,11 @@ const UNAVAILABLE_CODES: [i64; 5] = [5, 6, 10, 13, 14];
 /// system error (I/O).
 const PG_UNAVAILABLE_CLASSES: [&str; 4] = ["08", "53", "57", "58"];
 
+/// The server ended a session left idle in a transaction (ours, set at
+/// connect: a node cut off from the database mid-transaction). The node
+/// finds out when it is back; its transaction was rolled back.
+const PG_IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+
 /// PostgreSQL SQLSTATEs that a retry of the same transaction may cure:
 /// serialization failure, deadlock, lock wait past `lock_timeout`.
 const PG_RETRY_CODES: [&str; 3] = ["40001", "40P01", "55P03"];
@@ -152,6 +157,7 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
                 let code = d.code();
                 let code = code.as_deref().unwrap_or_default();
                 PG_RETRY_CODES.contains(&code)
+                    || code == PG_IDLE_IN_TRANSACTION_TIMEOUT
                     || PG_UNAVAILABLE_CLASSES.iter().any(|c| code.starts_with(c))
             } else {
                 d.code()

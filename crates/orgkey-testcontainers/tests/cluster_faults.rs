@@ -11,11 +11,18 @@
 //! with testcontainers and its re-exported bollard client (kill with
 //! SIGKILL, network connect/disconnect, pause/unpause).
 //!
+//! The load also issues S/MIME certificates (one worker per node, always a
+//! new certificate for the same CSR), so serial numbers are reserved from
+//! all three nodes at once.
+//!
 //! After each scenario: a node's failures fall inside that node's fault
-//! window (the others keep serving), every 200 carried a signature and every
-//! other answer none, every 200 has exactly one `sign` audit row written by
-//! the node that answered (the request bodies are unique, the rows carry
-//! their SHA-256), and `orgkey audit verify` finds the one chain intact.
+//! window (the others keep serving), every 2xx carried a signature or a
+//! certificate and every other answer none, every returned signature has
+//! exactly one `sign` audit row written by the node that answered (the
+//! request bodies are unique, the rows carry their SHA-256), every returned
+//! certificate's serial is issued in the store with one `x509-issue` row and
+//! no serial came back twice, and `orgkey audit verify` finds the one chain
+//! intact.
 //!
 //! The scenarios share one cluster and run in order in one test: each starts
 //! from a healthy cluster, which the previous one's end checks.
@@ -43,6 +50,8 @@ const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 /// Concurrent signers per node (workers are pinned to a node, so a failure
 /// is attributed to the node that answered it).
 const WORKERS_PER_NODE: usize = 2;
+/// Concurrent issuers per node.
+const ISSUERS_PER_NODE: usize = 1;
 /// The nodes' `[store] busy_timeout`: how long a request waits for a
 /// database connection or a row lock before it is a 503. Short, so faults
 /// show quickly.
@@ -57,6 +66,8 @@ const NODE_CONFIG: &str = "/var/lib/orgkey-dev/orgkey.toml";
 /// What one request of the load got.
 #[derive(Debug, Clone)]
 struct Outcome {
+    /// `sign` or `issue`.
+    kind: &'static str,
     node: usize,
     started: Instant,
     ended: Instant,
@@ -66,6 +77,14 @@ struct Outcome {
     code: String,
     /// SHA-256 (hex) of the signed body.
     digest: String,
+    /// The serial of an issued certificate.
+    serial: Option<String>,
+}
+
+impl Outcome {
+    fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
 }
 
 /// A time span in which `node` may fail.
@@ -112,6 +131,8 @@ struct Cluster {
     /// Each node's current base URL (its host port changes when it restarts).
     urls: Arc<RwLock<Vec<String>>>,
     token: Arc<String>,
+    /// A CSR for a managed address, issued again and again (`?renew=true`).
+    csr: Arc<Vec<u8>>,
     http: reqwest::Client,
 }
 
@@ -212,7 +233,7 @@ impl Cluster {
             &c.stdout_to_vec().await.unwrap_or_default(),
         ));
         let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     /// Starts `WORKERS_PER_NODE` signers per node; each body is unique.
@@ -264,15 +285,81 @@ impl Cluster {
                         );
                         let failed = status != 200;
                         out.push(Outcome {
+                            kind: "sign",
                             node,
                             started,
                             ended: Instant::now(),
                             status,
                             code,
                             digest: hex(&Sha256::digest(body.as_bytes())),
+                            serial: None,
                         });
                         if failed {
                             // No busy loop against a node that is down.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    out
+                }));
+            }
+            for _ in 0..ISSUERS_PER_NODE {
+                let (http, urls, token, csr, stop) = (
+                    self.http.clone(),
+                    Arc::clone(&self.urls),
+                    Arc::clone(&self.token),
+                    Arc::clone(&self.csr),
+                    Arc::clone(&stop),
+                );
+                tasks.push(tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let url =
+                            format!("{}/v1/x509/issue?renew=true", urls.read().unwrap()[node]);
+                        let started = Instant::now();
+                        let r = http
+                            .post(&url)
+                            .bearer_auth(token.as_str())
+                            .body(csr.as_ref().clone())
+                            .send()
+                            .await;
+                        let (mut status, mut code, mut cert, mut serial) =
+                            (0, String::new(), false, None);
+                        if let Ok(r) = r {
+                            status = r.status().as_u16();
+                            serial = r
+                                .headers()
+                                .get("orgkey-serial")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_ascii_lowercase);
+                            match r.bytes().await {
+                                Ok(bytes) => {
+                                    cert = bytes.starts_with(b"-----BEGIN CERTIFICATE");
+                                    code = serde_json::from_slice::<serde_json::Value>(&bytes)
+                                        .ok()
+                                        .and_then(|v| v["code"].as_str().map(str::to_owned))
+                                        .unwrap_or_default();
+                                }
+                                Err(_) => status = 0,
+                            }
+                        }
+                        assert_eq!(
+                            cert,
+                            status == 201,
+                            "{name}: an issuance's {status} ({code}) {} a certificate",
+                            if cert { "carried" } else { "lacked" }
+                        );
+                        assert_eq!(serial.is_some(), cert, "{name}: Orgkey-Serial");
+                        out.push(Outcome {
+                            kind: "issue",
+                            node,
+                            started,
+                            ended: Instant::now(),
+                            status,
+                            code,
+                            digest: String::new(),
+                            serial,
+                        });
+                        if status != 201 {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
@@ -286,31 +373,19 @@ impl Cluster {
     /// Every 200 of `outcomes` has exactly one `sign` audit row, written by
     /// the node that answered; no body was signed twice; the chain verifies.
     async fn check_audit(&self, outcomes: &[Outcome]) {
-        let rows = exec(
-            &self.db,
-            &[
-                "psql",
-                "-h",
-                "/tmp",
-                "-U",
-                "postgres",
-                "-d",
-                "orgkey",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-Atc",
+        let rows = self
+            .psql(
                 "SELECT data_digest || ' ' || COALESCE(node, '-') FROM audit_log \
                  WHERE operation = 'sign' AND outcome = 'ok'",
-            ],
-        )
-        .await;
+            )
+            .await;
         let mut by_digest: HashMap<&str, Vec<&str>> = HashMap::new();
         for line in rows.lines() {
             let (digest, node) = line.split_once(' ').unwrap_or((line, "-"));
             by_digest.entry(digest).or_default().push(node);
         }
         let mut ok = 0;
-        for o in outcomes {
+        for o in outcomes.iter().filter(|o| o.kind == "sign") {
             let nodes = by_digest
                 .get(o.digest.as_str())
                 .cloned()
@@ -331,12 +406,71 @@ impl Cluster {
             }
         }
         assert!(ok > 0, "no signatures at all");
+
+        // Issuance: no serial returned twice; each returned one is issued in
+        // the store and has exactly one x509-issue row.
+        let issued = self
+            .psql("SELECT serial FROM user_certs WHERE state IN ('issued', 'revoked')")
+            .await;
+        let issued: std::collections::HashSet<&str> = issued.lines().collect();
+        let rows = self
+            .psql(
+                "SELECT substring(detail from '^serial ([0-9a-fA-F]+) ') FROM audit_log \
+                 WHERE operation = 'x509-issue' AND outcome = 'ok'",
+            )
+            .await;
+        let mut rows_by_serial: HashMap<String, usize> = HashMap::new();
+        for serial in rows.lines() {
+            *rows_by_serial
+                .entry(serial.to_ascii_lowercase())
+                .or_default() += 1;
+        }
+        let mut returned = std::collections::HashSet::new();
+        for o in outcomes.iter().filter(|o| o.kind == "issue" && o.ok()) {
+            let serial = o.serial.as_deref().unwrap();
+            assert!(
+                returned.insert(serial),
+                "serial {serial} was returned twice"
+            );
+            assert!(
+                issued.contains(serial),
+                "serial {serial} is not issued in the store"
+            );
+            assert_eq!(
+                rows_by_serial.get(serial).copied().unwrap_or(0),
+                1,
+                "serial {serial}: x509-issue audit rows"
+            );
+        }
+        assert!(!returned.is_empty(), "no certificates at all");
         let verify = exec(
             self.nodes[0].container(),
             &["orgkey", "--config", NODE_CONFIG, "audit", "verify"],
         )
         .await;
         assert!(verify.contains("intact"), "{verify}");
+    }
+
+    /// One query in the database container (psql over its socket); the
+    /// rows, one a line.
+    async fn psql(&self, sql: &str) -> String {
+        exec(
+            &self.db,
+            &[
+                "psql",
+                "-h",
+                "/tmp",
+                "-U",
+                "postgres",
+                "-d",
+                "orgkey",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-Atc",
+                sql,
+            ],
+        )
+        .await
     }
 
     async fn kill(&self, node: usize) {
@@ -401,6 +535,27 @@ impl Load {
     }
 }
 
+/// A PKCS#10 CSR (PEM) for `email`, made by openssl on the host.
+fn csr(email: &str) -> Vec<u8> {
+    let d = tempfile::tempdir().unwrap();
+    run(std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(d.path().join("k.pem"))
+        .args(["-subj", &format!("/CN=load/emailAddress={email}")])
+        .arg("-out")
+        .arg(d.path().join("csr.pem")));
+    std::fs::read(d.path().join("csr.pem")).unwrap()
+}
+
 fn is_signature(bytes: &[u8]) -> bool {
     bytes.starts_with(b"-----BEGIN PGP SIGNATURE")
 }
@@ -424,16 +579,22 @@ async fn exec<I: orgkey_testcontainers::testcontainers::Image>(
 /// Every failure is one of a node that may fail at that time (its
 /// request overlaps one of its node's windows), and is a 503 or no answer;
 /// every node kept signing. Prints what the load saw.
-fn check_failures(phase: &str, outcomes: &[Outcome], windows: &[Window], took: Duration) {
-    let mut summary: HashMap<(usize, u16, &str), usize> = HashMap::new();
+async fn check_failures(
+    cluster: &Cluster,
+    phase: &str,
+    outcomes: &[Outcome],
+    windows: &[Window],
+    took: Duration,
+) {
+    let mut summary: HashMap<(&str, usize, u16, &str), usize> = HashMap::new();
     for o in outcomes {
         *summary
-            .entry((o.node, o.status, o.code.as_str()))
+            .entry((o.kind, o.node, o.status, o.code.as_str()))
             .or_default() += 1;
     }
     let mut lines: Vec<String> = summary
         .iter()
-        .map(|((n, s, c), k)| format!("  {} {s} {c}: {k}", NODES[*n]))
+        .map(|((kind, n, s, c), k)| format!("  {} {kind} {s} {c}: {k}", NODES[*n]))
         .collect();
     lines.sort();
     eprintln!(
@@ -441,11 +602,26 @@ fn check_failures(phase: &str, outcomes: &[Outcome], windows: &[Window], took: D
         took.as_secs_f64(),
         lines.join("\n")
     );
-    for o in outcomes.iter().filter(|o| o.status != 200) {
+    // Anything but a 503 or no answer: with the node's log.
+    if let Some(o) = outcomes
+        .iter()
+        .find(|o| !o.ok() && o.status != 503 && o.status != 0)
+    {
+        panic!(
+            "{phase}: {} answered a {} with {} ({}); its log ends:\n{}",
+            NODES[o.node],
+            o.kind,
+            o.status,
+            o.code,
+            cluster.log_tail(o.node).await
+        );
+    }
+    for o in outcomes.iter().filter(|o| !o.ok()) {
         assert!(
             o.status == 503 || o.status == 0,
-            "{phase}: {} answered {} ({})",
+            "{phase}: {} answered a {} with {} ({})",
             NODES[o.node],
+            o.kind,
             o.status,
             o.code
         );
@@ -463,8 +639,16 @@ fn check_failures(phase: &str, outcomes: &[Outcome], windows: &[Window], took: D
     }
     for (node, name) in NODES.iter().enumerate() {
         assert!(
-            outcomes.iter().any(|o| o.node == node && o.status == 200),
+            outcomes
+                .iter()
+                .any(|o| o.node == node && o.kind == "sign" && o.ok()),
             "{phase}: {name} never signed"
+        );
+        assert!(
+            outcomes
+                .iter()
+                .any(|o| o.node == node && o.kind == "issue" && o.ok()),
+            "{phase}: {name} never issued"
         );
     }
 }
@@ -516,6 +700,7 @@ async fn three_nodes_on_one_postgres_fail_closed_and_heal_across_container_fault
     let store_url = format!("postgres://orgkey@{db_name}:5432/orgkey");
     let node = |i: usize, role: ClusterRole| {
         OrgkeyDev::default()
+            .with_org_cert(true)
             .with_cluster_role(role)
             .with_store_url(&store_url)
             .with_shared_volume(&volume)
@@ -553,6 +738,7 @@ async fn three_nodes_on_one_postgres_fail_closed_and_heal_across_container_fault
     let (b, c) = (front(b.unwrap()).await, front(c.unwrap()).await);
     assert_eq!(a.org_key(), b.org_key(), "one org key");
     assert_eq!(a.org_key(), c.org_key(), "one org key");
+    assert_eq!(a.org_cert_pem(), c.org_cert_pem(), "one org cert");
     assert_eq!(
         a.gateway_token().expose_secret(),
         c.gateway_token().expose_secret()
@@ -570,6 +756,7 @@ async fn three_nodes_on_one_postgres_fail_closed_and_heal_across_container_fault
         nodes: vec![a, b, c],
         urls: Arc::new(RwLock::new(urls)),
         token,
+        csr: Arc::new(csr("load@example.com")),
         http: reqwest::Client::builder()
             .timeout(CLIENT_TIMEOUT)
             .build()
@@ -579,6 +766,17 @@ async fn three_nodes_on_one_postgres_fail_closed_and_heal_across_container_fault
         cluster.until_ready(n, 200).await;
         cluster.until_signs(n).await;
     }
+    // The org cert's first certificate comes with its first CRL: made once,
+    // before three nodes issue at once.
+    let first = cluster
+        .http
+        .post(format!("{}/v1/x509/issue", cluster.url(0)))
+        .bearer_auth(cluster.token.as_str())
+        .body(cluster.csr.as_ref().clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
     eprintln!(
         "cluster of three nodes up in {:.1}s",
         begun.elapsed().as_secs_f64()
@@ -609,7 +807,14 @@ async fn three_nodes_on_one_postgres_fail_closed_and_heal_across_container_fault
             NODES[n]
         );
     }
-    check_failures("1. SIGKILL node-c", &outcomes, &[window], t.elapsed());
+    check_failures(
+        &cluster,
+        "1. SIGKILL node-c",
+        &outcomes,
+        &[window],
+        t.elapsed(),
+    )
+    .await;
     cluster.start_again(2).await;
     cluster.check_audit(&outcomes).await;
     all.extend(outcomes);
@@ -675,11 +880,13 @@ async fn three_nodes_on_one_postgres_fail_closed_and_heal_across_container_fault
         to: healed,
     });
     check_failures(
+        &cluster,
         "2. node-b cut off the database",
         &outcomes,
         &windows,
         t.elapsed(),
-    );
+    )
+    .await;
     cluster.check_audit(&outcomes).await;
     all.extend(outcomes);
 
@@ -714,9 +921,11 @@ async fn three_nodes_on_one_postgres_fail_closed_and_heal_across_container_fault
     let outcomes = load.finish().await;
     for o in &outcomes {
         assert!(
-            !(o.status == 200 && o.started >= frozen && o.ended <= thawing),
-            "{} returned a signature while the database was frozen",
-            NODES[o.node]
+            !(o.ok() && o.started >= frozen && o.ended <= thawing),
+            "{} answered a {} with {} while the database was frozen",
+            NODES[o.node],
+            o.kind,
+            o.status
         );
     }
     let windows: Vec<Window> = (0..NODES.len())
@@ -726,7 +935,14 @@ async fn three_nodes_on_one_postgres_fail_closed_and_heal_across_container_fault
             to: thawed,
         })
         .collect();
-    check_failures("3. the database frozen", &outcomes, &windows, t.elapsed());
+    check_failures(
+        &cluster,
+        "3. the database frozen",
+        &outcomes,
+        &windows,
+        t.elapsed(),
+    )
+    .await;
     cluster.check_audit(&outcomes).await;
     all.extend(outcomes);
 
@@ -752,7 +968,14 @@ async fn three_nodes_on_one_postgres_fail_closed_and_heal_across_container_fault
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let outcomes = load.finish().await;
-    check_failures("4. rolling restart", &outcomes, &windows, t.elapsed());
+    check_failures(
+        &cluster,
+        "4. rolling restart",
+        &outcomes,
+        &windows,
+        t.elapsed(),
+    )
+    .await;
     cluster.check_audit(&outcomes).await;
     all.extend(outcomes);
 
@@ -760,9 +983,10 @@ async fn three_nodes_on_one_postgres_fail_closed_and_heal_across_container_fault
     // returned it.
     cluster.check_audit(&all).await;
     eprintln!(
-        "cluster faults: {} requests, {} signatures, {:.1}s in all",
+        "cluster faults: {} requests, {} signatures, {} certificates, {:.1}s in all",
         all.len(),
-        all.iter().filter(|o| o.status == 200).count(),
+        all.iter().filter(|o| o.kind == "sign" && o.ok()).count(),
+        all.iter().filter(|o| o.kind == "issue" && o.ok()).count(),
         begun.elapsed().as_secs_f64()
     );
 }
