@@ -137,9 +137,11 @@ wait_for_store() {
     port=${hostport#*:}
     [ "$port" = "$hostport" ] && port=5432
   fi
-  for _ in $(seq $((store_wait * 10))); do
-    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
-    sleep 0.1
+  local deadline=$((SECONDS + store_wait))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    # Bounded: a connect to a host that drops packets would wait minutes.
+    timeout 1 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$host" "$port" 2>/dev/null && return 0
+    sleep 0.2
   done
   say "the database at $host:$port (ORGKEY_DEV_STORE_URL) took no connection in ${store_wait}s"
   exit 1

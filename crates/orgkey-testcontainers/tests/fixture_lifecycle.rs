@@ -127,8 +127,8 @@ async fn bad_fixture_options_stop_the_container_with_a_clear_message() {
 
 /// Cluster options are checked before anything is made: a role without a
 /// database, a database without a role, an org key SoftHSM2 cannot back up,
-/// a bad node id; a joining node with no first node gives up after its
-/// timeout.
+/// a bad node id; a joining node with no first node, and a node with no
+/// database, give up after their timeouts.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_cluster_options_stop_the_container_with_a_clear_message() {
     if !containers_available() {
@@ -190,6 +190,15 @@ async fn bad_cluster_options_stop_the_container_with_a_clear_message() {
             ],
             1,
             "no key backup from a first node appeared",
+        ),
+        (
+            vec![
+                ("ORGKEY_DEV_CLUSTER", "first"),
+                url,
+                ("ORGKEY_DEV_STORE_WAIT", "2"),
+            ],
+            1,
+            "took no connection in 2s",
         ),
     ] {
         let (exit, log) = bad_options(&options).await;
