@@ -2,7 +2,9 @@
 # The container tests: builds the images (scripts/images.sh, reused while
 # their inputs are unchanged), then runs the tests of
 # crates/orgkey-testcontainers (the orgkey:dev image through testcontainers,
-# checked with gpg and openssl on this host).
+# checked with gpg and openssl on this host; a network HSM; and the cluster
+# faults of tests/cluster_faults.rs: orgkey-postgres:15 and three nodes,
+# about 70 s).
 #
 # ORGKEY_TEST_CONTAINERS: unset runs them when a Docker engine answers and
 # skips them with a loud message when none does; 1 makes them mandatory (CI:

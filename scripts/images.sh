@@ -158,6 +158,9 @@ dev_setup="$(apt_install "${dev_packages[@]}")
 useradd --system --home-dir /var/lib/orgkey-dev --shell /usr/sbin/nologin orgkey
 install -d -o orgkey -g orgkey -m 0700 /var/lib/orgkey-dev
 install -d -o orgkey -g orgkey -m 0755 /run/orgkey /etc/orgkey
+# Cluster nodes mount their shared volume here; a new volume takes this
+# directory's owner, so the fixture (user orgkey) can write to it.
+install -d -o orgkey -g orgkey -m 0700 /var/lib/orgkey-shared
 chown root:root /usr/local/bin/orgkey /usr/local/bin/orgkey-entrypoint
 chmod 0755 /usr/local/bin/orgkey /usr/local/bin/orgkey-entrypoint
 orgkey --version"

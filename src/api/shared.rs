@@ -91,9 +91,14 @@ pub(super) async fn load_org_key(
 
 /// The organization's own addresses (every org key's, the org cert's).
 pub(super) async fn reserved_emails(st: &ApiState) -> Result<ReservedEmails, ApiError> {
-    ReservedEmails::load(&st.store)
-        .await
-        .map_err(internal("reading the organization's addresses failed"))
+    // A store that cannot answer now is a 503 like everywhere, not a 500
+    // (a frozen database made issuance answer 500: cluster_faults.rs).
+    ReservedEmails::load(&st.store).await.map_err(|e| match e {
+        crate::reserved::ReservedError::Store(e) => {
+            store_failed("reading the organization's addresses failed")(e)
+        }
+        e => internal("reading the organization's addresses failed")(e),
+    })
 }
 
 /// Whether a stored user may be served by email (keyserver, S/MIME

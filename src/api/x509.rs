@@ -4,7 +4,7 @@
 use super::auth::{Credentials, Scope, authenticate};
 use super::shared::{
     AppState, PathParam, internal, normalize_email, path_param, read_body, reserved_emails,
-    servable_user, signer_error, signing_key, small_json_body, within_deadline,
+    servable_user, signer_error, signing_key, small_json_body, store_failed, within_deadline,
 };
 use super::{ApiError, ApiState, SigningKey};
 use crate::ca::{self, CaError, Issue, LoadedCa, Source};
@@ -71,7 +71,7 @@ async fn active_ca(st: &ApiState, key: &Arc<SigningKey>) -> Result<Arc<LoadedCa>
         .store
         .active_org_cert()
         .await
-        .map_err(internal("reading the org cert failed"))?
+        .map_err(store_failed("reading the org cert failed"))?
         .ok_or_else(no_org_cert)?;
     if let Some(ca) = key.cas.active()
         && ca.record.fingerprint == stored.fingerprint
@@ -186,7 +186,7 @@ pub(super) async fn issue(
         .store
         .user(&req.emails[0])
         .await
-        .map_err(internal("reading a user failed"))?
+        .map_err(store_failed("reading a user failed"))?
         .filter(|u| u.state == UserState::Active)
     {
         Some(user) if servable_user(&st, &user).await? => certified_name(&user),
@@ -246,7 +246,7 @@ pub(super) async fn issue_from_openpgp(
         .store
         .user(&email)
         .await
-        .map_err(internal("reading a user failed"))?
+        .map_err(store_failed("reading a user failed"))?
         .filter(|u| u.state == UserState::Active)
         .ok_or_else(|| {
             ApiError::new(
@@ -267,7 +267,7 @@ pub(super) async fn issue_from_openpgp(
         .store
         .user_key(&user.fingerprint)
         .await
-        .map_err(internal("reading a user key failed"))?
+        .map_err(store_failed("reading a user key failed"))?
         .ok_or_else(|| internal("user without a key")("missing"))?;
     let pgp = UserKey::parse(rec.cert.as_bytes()).map_err(internal("stored key unreadable"))?;
     let pk = pgp.x509_signing_key(st.clock.now()).ok_or_else(|| {
@@ -381,7 +381,7 @@ pub(super) async fn org_cert(
         .store
         .active_org_cert()
         .await
-        .map_err(internal("reading the org cert failed"))?
+        .map_err(store_failed("reading the org cert failed"))?
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -416,7 +416,7 @@ async fn serve_crl(st: &ApiState, id: Option<&str>, q: FormatQuery) -> Result<Re
                 .store
                 .live_org_certs(now)
                 .await
-                .map_err(internal("reading org certs failed"))?;
+                .map_err(store_failed("reading org certs failed"))?;
             let up = id.to_ascii_uppercase();
             certs
                 .into_iter()
@@ -429,7 +429,7 @@ async fn serve_crl(st: &ApiState, id: Option<&str>, q: FormatQuery) -> Result<Re
             .store
             .active_org_cert()
             .await
-            .map_err(internal("reading the org cert failed"))?
+            .map_err(store_failed("reading the org cert failed"))?
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -446,7 +446,7 @@ async fn serve_crl(st: &ApiState, id: Option<&str>, q: FormatQuery) -> Result<Re
         .store
         .latest_crl(&wanted.fingerprint)
         .await
-        .map_err(internal("reading the CRL failed"))?
+        .map_err(store_failed("reading the CRL failed"))?
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -516,7 +516,7 @@ pub(super) async fn cert_status(
         .store
         .user_cert(&serial)
         .await
-        .map_err(internal("reading a certificate failed"))?
+        .map_err(store_failed("reading a certificate failed"))?
         .filter(|r| r.state == "issued" || r.state == "revoked")
         .ok_or_else(|| {
             ApiError::new(

@@ -158,6 +158,11 @@ const UNAVAILABLE_CODES: [i64; 5] = [5, 6, 10, 13, 14];
 /// system error (I/O).
 const PG_UNAVAILABLE_CLASSES: [&str; 4] = ["08", "53", "57", "58"];
 
+/// The server ended a session left idle in a transaction (ours, set at
+/// connect: a node cut off from the database mid-transaction). The node
+/// finds out when it is back; its transaction was rolled back.
+const PG_IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+
 /// PostgreSQL SQLSTATEs that a retry of the same transaction may cure:
 /// serialization failure, deadlock, lock wait past `lock_timeout`.
 const PG_RETRY_CODES: [&str; 3] = ["40001", "40P01", "55P03"];
@@ -177,6 +182,7 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
                 let code = d.code();
                 let code = code.as_deref().unwrap_or_default();
                 PG_RETRY_CODES.contains(&code)
+                    || code == PG_IDLE_IN_TRANSACTION_TIMEOUT
                     || PG_UNAVAILABLE_CLASSES.iter().any(|c| code.starts_with(c))
             } else {
                 d.code()
@@ -506,7 +512,19 @@ impl Store {
             opts = opts.password(pw.expose_secret());
         }
         let lock_timeout = format!("{}ms", busy_timeout.as_millis().max(1));
-        opts = opts.options([("lock_timeout", lock_timeout.as_str())]);
+        // A node cut off from the database in the middle of a transaction
+        // leaves its session idle in that transaction, holding the audit
+        // chain head row lock, and PostgreSQL notices a peer that sends
+        // nothing only after TCP keepalive (hours): every other node's
+        // writes would time out meanwhile. A transaction idle for twice the
+        // time others wait for its locks is abandoned; the server ends the
+        // session and releases its locks (crates/orgkey-testcontainers/tests/
+        // cluster_faults.rs cuts a node off under load).
+        let idle_in_tx = format!("{}ms", (2 * busy_timeout.as_millis()).max(1000));
+        opts = opts.options([
+            ("lock_timeout", lock_timeout.as_str()),
+            ("idle_in_transaction_session_timeout", idle_in_tx.as_str()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(PG_MAX_CONNECTIONS)
             .acquire_timeout(busy_timeout)

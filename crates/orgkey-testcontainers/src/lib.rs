@@ -33,10 +33,51 @@
 //! The gateway client has the `sign`, `certify`, `issue` and `revoke` scopes;
 //! the admin client has `admin`. The container is removed when the
 //! [`OrgkeyDevContainer`] is dropped.
+//!
+//! # Several nodes on one PostgreSQL
+//!
+//! The image also makes a cluster of dev nodes sharing one store in a
+//! PostgreSQL database (the `orgkey-postgres:15` image, trust authentication
+//! on its container network). Each node has its own SoftHSM2 token holding
+//! the same org key. Roles are explicit, so two nodes never race to create an
+//! org key: the single [`ClusterRole::First`] node creates the org key and the
+//! clients and writes a key backup with its passphrase, the tokens and the
+//! public material into a Docker volume every node mounts
+//! ([`OrgkeyDev::with_shared_volume`]); each [`ClusterRole::Join`] node waits
+//! for that backup, joins the store with `orgkey init --store-url`, restores
+//! the org key into its own token with `orgkey backup restore-keys`, and then
+//! serves the same gateway and admin tokens (clients live in the shared
+//! store). The algorithm, domains and org cert are the first node's; a joined
+//! node ignores its own. The backup passphrase in the volume is a test
+//! credential, like everything else in the fixture.
+//!
+//! ```no_run
+//! use orgkey_testcontainers::{ClusterRole, OrgkeyDev, OrgkeyDevContainer};
+//! use orgkey_testcontainers::testcontainers::ImageExt;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! // PostgreSQL runs as `db` on the network `net` (started before the nodes).
+//! let node = |role, id: &str| {
+//!     OrgkeyDev::default()
+//!         .with_cluster_role(role)
+//!         .with_store_url("postgres://orgkey@db:5432/orgkey")
+//!         .with_shared_volume("my-cluster-keys")
+//!         .with_node_id(id)
+//!         .with_network("net")
+//! };
+//! let a = OrgkeyDevContainer::start(node(ClusterRole::First, "node-a")).await?;
+//! let b = OrgkeyDevContainer::start(node(ClusterRole::Join, "node-b")).await?;
+//! assert_eq!(a.org_key(), b.org_key());
+//! # Ok(()) }
+//! ```
+//!
+//! testcontainers does not remove volumes: remove the shared one after the
+//! test (`docker volume rm`), or a later first node refuses it (it holds
+//! another cluster's org key).
 
 use secrecy::SecretString;
 use std::borrow::Cow;
-use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::core::{ContainerPort, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, Image, TestcontainersError};
 
@@ -51,6 +92,9 @@ pub const IMAGE_TAG: &str = "dev";
 pub const API_PORT: u16 = 8443;
 /// What the fixture prints on stdout once it is ignited and serving.
 pub const READY_MESSAGE: &str = "orgkey dev appliance ready";
+/// Where a cluster node mounts the volume the nodes share
+/// ([`OrgkeyDev::with_shared_volume`], `ORGKEY_DEV_SHARED`).
+pub const SHARED_DIR: &str = "/var/lib/orgkey-shared";
 
 /// Files the fixture writes for tests.
 const GATEWAY_TOKEN: &str = "/run/orgkey/gateway.token";
@@ -87,6 +131,27 @@ impl Algorithm {
     }
 }
 
+/// A node's part in a cluster of dev nodes (`ORGKEY_DEV_CLUSTER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterRole {
+    /// Creates the org key and the clients, and writes the key backup into
+    /// the shared volume. Exactly one per cluster.
+    First,
+    /// Waits for the first node's key backup, joins the store and restores
+    /// the org key into its own token.
+    Join,
+}
+
+impl ClusterRole {
+    /// The value of `ORGKEY_DEV_CLUSTER`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterRole::First => "first",
+            ClusterRole::Join => "join",
+        }
+    }
+}
+
 /// The `orgkey:dev` image as a test fixture, with its options.
 ///
 /// `OrgkeyDev::default()` is a P-256 org key for `example.com` without an
@@ -96,6 +161,7 @@ impl Algorithm {
 pub struct OrgkeyDev {
     env: Vec<(&'static str, String)>,
     org_cert: bool,
+    mounts: Vec<Mount>,
 }
 
 impl Default for OrgkeyDev {
@@ -107,6 +173,7 @@ impl Default for OrgkeyDev {
                 ("ORGKEY_DEV_ORG_CERT", "0".into()),
             ],
             org_cert: false,
+            mounts: Vec::new(),
         }
     }
 }
@@ -148,6 +215,42 @@ impl OrgkeyDev {
     }
 }
 
+/// Cluster options (see the crate docs, "Several nodes on one PostgreSQL").
+impl OrgkeyDev {
+    /// This node's role in a cluster of dev nodes (`ORGKEY_DEV_CLUSTER`).
+    /// Needs [`with_store_url`](Self::with_store_url) and
+    /// [`with_shared_volume`](Self::with_shared_volume); the container
+    /// refuses a role without a store URL, and an ed25519 org key (SoftHSM2
+    /// cannot back up EdDSA keys).
+    pub fn with_cluster_role(self, role: ClusterRole) -> Self {
+        self.set("ORGKEY_DEV_CLUSTER", role.as_str().into())
+    }
+
+    /// The PostgreSQL database the nodes share (`ORGKEY_DEV_STORE_URL`,
+    /// `postgres://USER@HOST:PORT/DB`, no password: `orgkey-postgres:15`
+    /// trusts its network). The node waits for the database to take
+    /// connections (`ORGKEY_DEV_STORE_WAIT` seconds, default 60).
+    pub fn with_store_url(self, url: impl Into<String>) -> Self {
+        self.set("ORGKEY_DEV_STORE_URL", url.into())
+    }
+
+    /// This node's id in the audit log (`ORGKEY_DEV_NODE_ID`; default the
+    /// container's host name): 1 to 64 letters, digits, '.', '-' or '_'.
+    pub fn with_node_id(self, id: impl Into<String>) -> Self {
+        self.set("ORGKEY_DEV_NODE_ID", id.into())
+    }
+
+    /// Mounts the named Docker volume the cluster's nodes share at
+    /// [`SHARED_DIR`] (created by Docker if it does not exist; a new volume
+    /// belongs to the `orgkey` user the fixture runs as). Use a new volume
+    /// per cluster.
+    pub fn with_shared_volume(mut self, volume: impl Into<String>) -> Self {
+        self.mounts.retain(|m| m.target() != Some(SHARED_DIR));
+        self.mounts.push(Mount::volume_mount(volume, SHARED_DIR));
+        self
+    }
+}
+
 impl Image for OrgkeyDev {
     fn name(&self) -> &str {
         IMAGE_NAME
@@ -169,6 +272,10 @@ impl Image for OrgkeyDev {
 
     fn expose_ports(&self) -> &[ContainerPort] {
         &[ContainerPort::Tcp(API_PORT)]
+    }
+
+    fn mounts(&self) -> impl IntoIterator<Item = &Mount> {
+        &self.mounts
     }
 }
 
@@ -333,6 +440,33 @@ mod tests {
         assert!(e.contains(&("ORGKEY_DEV_ORG_CERT".into(), "1".into())));
         assert!(image.org_cert);
         assert_eq!((image.name(), image.tag()), ("orgkey", "dev"));
+    }
+
+    #[test]
+    fn cluster_options_set_their_variables_and_mount_the_shared_volume() {
+        let image = OrgkeyDev::default()
+            .with_cluster_role(ClusterRole::First)
+            .with_cluster_role(ClusterRole::Join)
+            .with_store_url("postgres://orgkey@db:5432/orgkey")
+            .with_node_id("node-b")
+            .with_shared_volume("old")
+            .with_shared_volume("keys");
+        let e = env(&image);
+        assert_eq!(e.len(), 6, "{e:?}");
+        for (n, v) in [
+            ("ORGKEY_DEV_CLUSTER", "join"),
+            ("ORGKEY_DEV_STORE_URL", "postgres://orgkey@db:5432/orgkey"),
+            ("ORGKEY_DEV_NODE_ID", "node-b"),
+        ] {
+            assert!(e.contains(&(n.into(), v.into())), "{n}: {e:?}");
+        }
+        let mounts: Vec<_> = image.mounts().into_iter().collect();
+        assert_eq!(mounts.len(), 1, "{mounts:?}");
+        assert_eq!(
+            (mounts[0].source(), mounts[0].target()),
+            (Some("keys"), Some(SHARED_DIR))
+        );
+        assert_eq!(OrgkeyDev::default().mounts().into_iter().count(), 0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use orgkey_testcontainers::secrecy::ExposeSecret;
 use orgkey_testcontainers::testcontainers::core::WaitFor;
 use orgkey_testcontainers::testcontainers::core::wait::ExitWaitStrategy;
 use orgkey_testcontainers::testcontainers::runners::AsyncRunner;
-use orgkey_testcontainers::testcontainers::{GenericImage, ImageExt};
+use orgkey_testcontainers::testcontainers::{ContainerRequest, GenericImage, ImageExt};
 use orgkey_testcontainers::{API_PORT, OrgkeyDev, OrgkeyDevContainer};
 use std::time::Duration;
 
@@ -86,12 +86,18 @@ async fn a_restarted_fixture_serves_the_same_org_key() {
 
 /// Starts orgkey:dev with one bad option; its exit code and log.
 async fn bad_option(name: &str, value: &str) -> (Option<i64>, String) {
-    let c = GenericImage::new("orgkey", "dev")
+    bad_options(&[(name, value)]).await
+}
+
+/// Starts orgkey:dev with these options; its exit code and log.
+async fn bad_options(options: &[(&str, &str)]) -> (Option<i64>, String) {
+    let mut c: ContainerRequest<GenericImage> = GenericImage::new("orgkey", "dev")
         .with_wait_for(WaitFor::exit(ExitWaitStrategy::new()))
-        .with_env_var(name, value)
-        .start()
-        .await
-        .unwrap();
+        .into();
+    for (name, value) in options {
+        c = c.with_env_var(*name, *value);
+    }
+    let c = c.start().await.unwrap();
     let log = String::from_utf8_lossy(&c.stderr_to_vec().await.unwrap()).into_owned();
     let out = String::from_utf8_lossy(&c.stdout_to_vec().await.unwrap()).into_owned();
     assert!(!out.contains("ready"), "{out}");
@@ -117,4 +123,90 @@ async fn bad_fixture_options_stop_the_container_with_a_clear_message() {
         log.contains("dsa") && log.contains("p256"),
         "the CLI names the value and the choices:\n{log}"
     );
+}
+
+/// Cluster options are checked before anything is made: a role without a
+/// database, a database without a role, an org key SoftHSM2 cannot back up,
+/// a bad node id; a joining node with no first node, and a node with no
+/// database, give up after their timeouts.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_cluster_options_stop_the_container_with_a_clear_message() {
+    if !containers_available() {
+        return;
+    }
+    let url = ("ORGKEY_DEV_STORE_URL", "postgres://orgkey@db:5432/orgkey");
+    for (options, code, message) in [
+        (
+            vec![("ORGKEY_DEV_CLUSTER", "second")],
+            2,
+            "ORGKEY_DEV_CLUSTER must be first",
+        ),
+        (
+            vec![("ORGKEY_DEV_CLUSTER", "join")],
+            2,
+            "ORGKEY_DEV_CLUSTER=join needs ORGKEY_DEV_STORE_URL",
+        ),
+        (
+            vec![url],
+            2,
+            "ORGKEY_DEV_STORE_URL is set without ORGKEY_DEV_CLUSTER",
+        ),
+        (
+            vec![
+                ("ORGKEY_DEV_CLUSTER", "first"),
+                ("ORGKEY_DEV_STORE_URL", "mysql://db/orgkey"),
+            ],
+            2,
+            "must be a postgres:// URL",
+        ),
+        (
+            vec![
+                ("ORGKEY_DEV_CLUSTER", "first"),
+                url,
+                ("ORGKEY_DEV_ALGORITHM", "ed25519"),
+            ],
+            2,
+            "not ed25519",
+        ),
+        (
+            vec![("ORGKEY_DEV_NODE_ID", "node a")],
+            2,
+            "ORGKEY_DEV_NODE_ID must be",
+        ),
+        (
+            vec![
+                ("ORGKEY_DEV_CLUSTER", "first"),
+                url,
+                ("ORGKEY_DEV_STORE_BUSY_TIMEOUT", "soon"),
+            ],
+            2,
+            "ORGKEY_DEV_STORE_BUSY_TIMEOUT must be a duration",
+        ),
+        (
+            vec![
+                ("ORGKEY_DEV_CLUSTER", "join"),
+                url,
+                ("ORGKEY_DEV_JOIN_TIMEOUT", "1"),
+            ],
+            1,
+            "no key backup from a first node appeared",
+        ),
+        (
+            vec![
+                ("ORGKEY_DEV_CLUSTER", "first"),
+                url,
+                ("ORGKEY_DEV_STORE_WAIT", "2"),
+            ],
+            1,
+            "took no connection in 2s",
+        ),
+    ] {
+        let (exit, log) = bad_options(&options).await;
+        assert_eq!(exit, Some(code), "{options:?}: {log}");
+        assert!(log.contains(message), "{options:?}: {log}");
+        assert!(
+            !log.contains("creating a SoftHSM2 token"),
+            "{options:?}: nothing is made: {log}"
+        );
+    }
 }
